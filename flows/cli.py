@@ -1,0 +1,191 @@
+"""The ``gpuflow`` command: run the pipeline on the embedded defaults, print a summary, exit honestly.
+
+Exit codes: 0 success; 1 a stage failed; 2 bad usage; 3 the quality gate rejected the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+
+
+def _quiet_environment() -> None:
+    """Defaults that keep a successful run's output free of noise that is not ours to show."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class _NoTracebackForGpuflowErrors(logging.Filter):
+    """On the console, errors gpuflow raised on purpose show their message, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import GpuflowError
+
+        if record.exc_info and isinstance(record.exc_info[1], GpuflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _configure_logging() -> None:
+    for name in ("mlflow", "alembic", "urllib3", "botocore", "git"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
+    tidy = _NoTracebackForGpuflowErrors()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(tidy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuflow",
+        description="Event-driven GPU ML pipelines on Prefect, Kubernetes and MLflow.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run prepare -> train -> evaluate",
+        description="Run the whole pipeline. Without servers configured it uses the embedded defaults: "
+        "Prefect's ephemeral API, MLflow on SQLite and the store under GPUFLOW_HOME (default ./.gpuflow).",
+    )
+    run.add_argument("--data", default="demo", help="raw CSV/Parquet: path, file://, s3://bucket/key, or 'demo'")
+    run.add_argument("--dataset-name", default=None, help="prepared dataset name (default: digits)")
+    run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")
+    run.add_argument("--epochs", type=_positive_int, default=20)
+    run.add_argument("--batch-size", type=_positive_int, default=64)
+    run.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    run.add_argument("--hidden-size", type=_positive_int, default=128)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    run.add_argument("--drop-duplicates", action="store_true", help="drop duplicate rows instead of failing")
+    run.add_argument("--no-promote", action="store_true", help="register the model but never move 'champion'")
+    run.add_argument("--data-store", metavar="BLOCK", help="saved DataStore block name")
+    run.add_argument("--compute", metavar="BLOCK", help="saved compute-target block name")
+    run.add_argument("--tracking", metavar="BLOCK", help="saved MLflowTracking block name")
+    run.add_argument("--gate", metavar="BLOCK", help="saved QualityGate block name")
+    run.add_argument("--json", action="store_true", help="end stdout with one JSON object describing the run")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
+def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "data_uri": args.data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "hidden_size": args.hidden_size,
+        "seed": args.seed,
+        "device": args.device,
+        "drop_duplicates": args.drop_duplicates,
+        "promote_on_pass": not args.no_promote,
+        "data_store": args.data_store,
+        "compute": args.compute,
+        "tracking": args.tracking,
+        "gate": args.gate,
+    }
+    if args.dataset_name:
+        params["dataset_name"] = args.dataset_name
+    if args.model_name:
+        params["model_name"] = args.model_name
+    return params
+
+
+def _summary(result: Any) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gpuflow run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    gate = result.gate
+    verdict = "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
+    rows = [
+        ("dataset", f"{result.dataset_name} {result.dataset_version}" + (" (cached)" if result.dataset_cache_hit else "")),
+        ("training run", result.train_run_id),
+        ("model", f"{result.model_name} version {result.model_version}"),
+        ("test accuracy", f"{result.metrics.get('accuracy', float('nan')):.4f}"),
+        ("macro F1", f"{result.metrics.get('macro_f1', float('nan')):.4f}"),
+        ("quality gate", verdict),
+        ("champion", f"version {result.champion_version}" if result.champion_version else "none"),
+        ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items())),
+        ("pipeline run", result.pipeline_run_id),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console = Console(file=None, force_terminal=False, width=110)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    sys.stdout.write(_summary(result))
+    if as_json:
+        payload = result.model_dump(mode="json")
+        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import ml_pipeline
+    from tasks.errors import GateFailed, GpuflowError
+
+    state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
+    if state.is_completed():
+        _print_result(state.result(), args.json)
+        return EXIT_OK
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, GateFailed) and outcome.result is not None:
+        _print_result(outcome.result, args.json)
+        print(f"gpuflow: {outcome}", file=sys.stderr)
+        return EXIT_GATE
+    message = str(outcome) if isinstance(outcome, BaseException) else (state.message or "pipeline failed")
+    if args.json:
+        print(json.dumps({"error": message, "error_type": type(outcome).__name__}))
+    if not isinstance(outcome, GpuflowError):
+        message = f"{type(outcome).__name__}: {message}"
+    print(f"gpuflow: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_environment()
+    import prefect.logging.configuration  # noqa: F401 - sets up Prefect's handlers before we tune them
+
+    prefect.logging.configuration.setup_logging()
+    _configure_logging()
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+    except KeyboardInterrupt:
+        print("gpuflow: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""``ml_pipeline``: prepare -> train -> evaluate as one versioned pipeline run.
+
+Each stage is its own flow and still runs alone; here they run as subflows under one MLflow parent run,
+so the UI shows one pipeline run with a child per stage. A failed quality gate ends the run Failed with
+the gate's reasons (not a traceback): it is a verdict on the model, not a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from mlflow.entities import Metric
+from prefect import flow, get_run_logger
+from prefect.states import Failed, State
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.mlflow_tracking import resolve_tracking
+from flows.evaluate import evaluate
+from flows.prepare import prepare
+from flows.train import train
+from tasks import settings
+from tasks import tracking as runs
+from tasks.errors import GateFailed
+
+
+class PipelineResult(BaseModel):
+    """What one pipeline run produced; ``gpuflow run --json`` prints it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline_run_id: str = Field(description="MLflow parent run of this pipeline run.")
+    pipeline_version: str
+    dataset_name: str
+    dataset_version: str
+    dataset_uri: str
+    dataset_cache_hit: bool
+    train_run_id: str
+    model_uri: str
+    model_name: str
+    model_version: str
+    metrics: dict[str, float]
+    gate: dict[str, Any] = Field(description="passed, reasons and the checks behind them.")
+    champion_version: str | None
+    previous_champion_version: str | None
+    promoted: bool
+    stage_seconds: dict[str, float] = Field(description="Wall time of each stage as the pipeline saw it.")
+    stage_work_seconds: dict[str, float] = Field(description="Time each stage spent on its own work.")
+    total_seconds: float
+
+
+@flow(name="ml_pipeline", log_prints=False)
+def ml_pipeline(
+    data_uri: str = "demo",
+    dataset_name: str = settings.DEFAULT_DATASET_NAME,
+    model_name: str = settings.DEFAULT_MODEL_NAME,
+    epochs: int = 20,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    hidden_size: int = 128,
+    seed: int = 42,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    drop_duplicates: bool = False,
+    promote_on_pass: bool = True,
+    data_store: str | None = None,
+    compute: str | None = None,
+    tracking: str | None = None,
+    gate: str | None = None,
+) -> PipelineResult | State:
+    """Run prepare -> train -> evaluate on one dataset and register the model.
+
+    Args:
+        data_uri: Raw data (CSV or Parquet): a path, file://, s3://bucket/key, or "demo" for the bundled digits.
+        dataset_name: Name of the prepared dataset under <store>/datasets/.
+        model_name: Registered model name in MLflow.
+        epochs: Training epochs.
+        batch_size: Training batch size.
+        learning_rate: Adam learning rate.
+        hidden_size: Width of the classifier's hidden layers.
+        seed: Seed for the split and the training.
+        device: "auto" uses CUDA when present, else CPU.
+        val_fraction: Share of rows for validation.
+        test_fraction: Share of rows for the test split.
+        drop_duplicates: Drop duplicate rows instead of rejecting the data.
+        promote_on_pass: Move the champion alias to the new version when the gate passes.
+        data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
+        compute: Saved compute-target block name; empty runs the trainer as a local process.
+        tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
+        gate: Saved QualityGate block name; empty uses the default thresholds.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    tracking_cfg = resolve_tracking(tracking)
+    parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
+    client = runs.client_for(tracking_cfg)
+    logger.info("pipeline %s, MLflow run %s", runs.pipeline_version(), parent)
+    walls: dict[str, float] = {}
+
+    def timed(stage: str, call: Any) -> Any:
+        begin = time.perf_counter()
+        try:
+            return call()
+        finally:
+            walls[stage] = round(time.perf_counter() - begin, 3)
+
+    try:
+        prepared = timed(
+            "prepare",
+            lambda: prepare(
+                data_uri=data_uri,
+                dataset_name=dataset_name,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+                drop_duplicates=drop_duplicates,
+                data_store=data_store,
+                tracking=tracking,
+                parent_run_id=parent,
+            ),
+        )
+        client.set_tag(parent, runs.TAG_DATASET_VERSION, prepared.dataset_version)
+        trained = timed(
+            "train",
+            lambda: train(
+                dataset_uri=prepared.dataset_uri,
+                model_name=model_name,
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                hidden_size=hidden_size,
+                seed=seed,
+                device=device,
+                compute=compute,
+                data_store=data_store,
+                tracking=tracking,
+                parent_run_id=parent,
+            ),
+        )
+        evaluation = timed(
+            "evaluate",
+            lambda: evaluate(
+                train_run_id=trained.run_id,
+                dataset_uri=prepared.dataset_uri,
+                model_name=model_name,
+                gate=gate,
+                promote_on_pass=promote_on_pass,
+                data_store=data_store,
+                tracking=tracking,
+                parent_run_id=parent,
+            ),
+        )
+    except BaseException:
+        client.set_terminated(parent, status="FAILED")
+        raise
+
+    work = {"prepare": prepared.seconds, "train": trained.seconds, "evaluate": evaluation.seconds}
+    result = PipelineResult(
+        pipeline_run_id=parent,
+        pipeline_version=runs.pipeline_version(),
+        dataset_name=prepared.dataset_name,
+        dataset_version=prepared.dataset_version,
+        dataset_uri=prepared.dataset_uri,
+        dataset_cache_hit=prepared.cache_hit,
+        train_run_id=trained.run_id,
+        model_uri=trained.model_uri,
+        model_name=model_name,
+        model_version=evaluation.model_version,
+        metrics=dict(evaluation.metrics),
+        gate=evaluation.gate.model_dump(mode="json"),
+        champion_version=evaluation.champion_version,
+        previous_champion_version=evaluation.previous_champion_version,
+        promoted=evaluation.promoted,
+        stage_seconds=walls,
+        stage_work_seconds={k: round(float(v), 3) for k, v in work.items()},
+        total_seconds=round(time.perf_counter() - started, 3),
+    )
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent,
+        metrics=[Metric(f"stage_seconds_{k}", v, now, 0) for k, v in walls.items()]
+        + [Metric(f"test_{k}", float(v), now, 0) for k, v in result.metrics.items()],
+    )
+    client.set_tag(parent, "gpuflow.model_version", result.model_version)
+    client.set_tag(parent, "gpuflow.gate.passed", str(evaluation.gate.passed).lower())
+    if not evaluation.gate.passed:
+        client.set_terminated(parent, status="FAILED")
+        failure = GateFailed(list(evaluation.gate.reasons), result=result)
+        logger.warning("%s; champion stays version %s", failure, evaluation.champion_version)
+        return Failed(message=str(failure), data=failure)
+    client.set_terminated(parent, status="FINISHED")
+    return result

@@ -1,0 +1,126 @@
+"""``gpuflow run --json`` end to end, as a newcomer runs it: a real process, an empty home, no servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gpuflow(home: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GPUFLOW_"))}
+    env.update(GPUFLOW_HOME=str(home / "gpuflow"), PREFECT_HOME=str(home / "prefect"), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def dataset_dirs(home: Path) -> list[str]:
+    root = home / "gpuflow" / "store" / "datasets"
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*")) if root.exists() else []
+
+
+def write_shuffled_digits(path: Path) -> None:
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"pixel_{i}" for i in range(64)])
+    frame["label"] = np.random.default_rng(0).permutation(digits.target)
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def first_run(home: Path) -> subprocess.CompletedProcess[str]:
+    return gpuflow(home, "run", "--epochs", "15", "--json")
+
+
+def test_first_run_registers_version_1_as_champion(first_run: subprocess.CompletedProcess[str]) -> None:
+    assert first_run.returncode == 0, first_run.stderr[-3000:]
+    result = last_json(first_run.stdout)
+    assert result["model_version"] == "1"
+    assert result["champion_version"] == "1"
+    assert result["gate"]["passed"] is True
+    assert result["metrics"]["accuracy"] > 0.9
+    for key in ("dataset_version", "pipeline_run_id", "train_run_id", "model_name", "stage_seconds"):
+        assert result[key], key
+    assert set(result["stage_seconds"]) == {"prepare", "train", "evaluate"}
+    assert "quality gate" in first_run.stdout  # the human summary precedes the JSON line
+
+
+def test_successful_run_prints_no_warnings_errors_or_tracebacks(first_run: subprocess.CompletedProcess[str]) -> None:
+    assert first_run.returncode == 0
+    noisy = [
+        line
+        for line in (first_run.stderr + first_run.stdout).splitlines()
+        if any(word in line for word in ("Traceback", "ERROR", "Warning", "WARNING", "warn("))
+    ]
+    assert noisy == []
+
+
+def test_worse_model_fails_the_gate_and_champion_stays(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
+    assert first_run.returncode == 0
+    raw = home / "shuffled.csv"
+    write_shuffled_digits(raw)
+    second = gpuflow(home, "run", "--data", str(raw), "--epochs", "1", "--json")
+    assert second.returncode == 3, second.stderr[-3000:]
+    result = last_json(second.stdout)
+    assert result["gate"]["passed"] is False
+    assert any("accuracy" in reason for reason in result["gate"]["reasons"])
+    assert result["model_version"] == "2"
+    assert result["champion_version"] == "1"
+    assert second.stderr.strip().splitlines()[-1].startswith("gpuflow: quality gate failed")
+
+
+def test_same_data_twice_reuses_the_dataset_version(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
+    assert first_run.returncode == 0
+    again = gpuflow(home, "run", "--epochs", "15", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = last_json(first_run.stdout), last_json(again.stdout)
+    assert second["dataset_version"] == first["dataset_version"]
+    assert second["dataset_cache_hit"] is True
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no file"),
+        ("", "empty"),
+        ("pixel_0,label\n1,2\n", "missing"),
+    ],
+    ids=["missing-file", "empty-file", "missing-columns"],
+)
+def test_bad_input_exits_non_zero_with_a_clear_message_and_no_dataset(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    raw = tmp_path / "raw.csv"
+    if content is not None:
+        raw.write_text(content)
+    result = gpuflow(tmp_path, "run", "--data", str(raw), "--json")
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("gpuflow: error:")
+    assert expected in last_line.lower()
+    assert "Traceback" not in result.stderr
+    assert dataset_dirs(tmp_path) == []
+    assert "error" in last_json(result.stdout)

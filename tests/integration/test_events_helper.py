@@ -1,0 +1,25 @@
+"""The event contract: what tasks.events emits is what Prefect's API serves to automations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from prefect import flow
+
+from tasks import events
+from tests.fixtures.prefect_events import wait_for_event
+
+
+@flow
+def _emit_one(name: str) -> None:
+    events.emit(events.DATASET_PREPARED, events.dataset_resource(name), {"dataset_version": "abc123"})
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_emitted_event_is_served_by_the_prefect_api_with_resource_and_payload() -> None:
+    since = datetime.now(UTC)
+    _emit_one("events-helper")
+    event = wait_for_event(events.DATASET_PREPARED, resource_id="gpuflow.dataset.events-helper", since=since)
+    assert event["payload"] == {"dataset_version": "abc123"}
+    assert event["resource"]["prefect.resource.name"] == "events-helper"

@@ -1,0 +1,156 @@
+"""The trainer's configuration: command-line arguments plus environment, checked before any work starts.
+
+Every problem found here is permanent (retrying the same pod cannot fix it), so it ends the program with
+:data:`EXIT_CONFIG` and one line on stderr; see the package docstring for all exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+from workloads.store import join
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # unexpected error (service unreachable, crash): a retry may pass
+EXIT_CONFIG = 2  # bad arguments or environment: permanent
+EXIT_DATA = 3  # dataset missing or not usable: permanent
+
+DEVICES = ("auto", "cpu", "cuda")
+_TRAINING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class TrainerError(Exception):
+    """An error with a message for the user and the exit code the program ends with."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(TrainerError):
+    """Arguments or environment the trainer cannot use."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DatasetError(TrainerError):
+    """The dataset is missing, incomplete or does not match its manifest."""
+
+    exit_code = EXIT_DATA
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What decides the trained model; stored in every checkpoint and logged as MLflow params."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    hidden_size: int
+    dropout: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything one trainer run needs, already validated."""
+
+    dataset_uri: str
+    training_id: str
+    hyper: Hyperparameters
+    device: str
+    checkpoint_uri: str
+    tracking_uri: str
+    run_id: str
+    keep_checkpoints: int
+    threads: int | None
+
+    def params(self) -> dict[str, Any]:
+        return {**asdict(self.hyper), "dataset_uri": self.dataset_uri, "training_id": self.training_id}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so all errors look alike."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m workloads.trainer", description="Train the gpuflow MLP classifier.")
+    parser.add_argument("--dataset-uri", required=True, help="prepared dataset folder (path, file:// or s3://)")
+    parser.add_argument("--training-id", required=True, help="names the checkpoint folder; reuse it to resume")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--checkpoint-root", default=None, help="default: $GPUFLOW_STORE_URI/checkpoints")
+    parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept")
+    return parser
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> TrainerConfig:
+    """Parse and validate; raises :class:`ConfigError` naming the bad value and what was expected."""
+    args = _parser().parse_args(list(argv))
+    _check(args.epochs >= 1, f"--epochs must be at least 1, got {args.epochs}")
+    _check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
+    _check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
+    _check(args.hidden_size >= 1, f"--hidden-size must be at least 1, got {args.hidden_size}")
+    _check(0.0 <= args.dropout < 1.0, f"--dropout must be in [0, 1), got {args.dropout}")
+    _check(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
+    _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
+    _check(args.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
+    _check(bool(args.dataset_uri.strip()), "--dataset-uri must not be empty")
+    _check(
+        bool(_TRAINING_ID.match(args.training_id)),
+        f"--training-id must be 1-128 letters, digits, '.', '_' or '-', got {args.training_id!r}",
+    )
+
+    tracking_uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
+    run_id = environ.get("MLFLOW_RUN_ID", "").strip()
+    _check(bool(tracking_uri), "environment variable MLFLOW_TRACKING_URI is not set: the trainer logs to MLflow")
+    _check(bool(run_id), "environment variable MLFLOW_RUN_ID is not set: the trainer logs into an existing run")
+
+    root = args.checkpoint_root or environ.get("GPUFLOW_STORE_URI", "").strip()
+    _check(bool(root), "set --checkpoint-root or GPUFLOW_STORE_URI: checkpoints need a place to live")
+    checkpoint_uri = (
+        join(args.checkpoint_root, args.training_id)
+        if args.checkpoint_root
+        else join(root, "checkpoints", args.training_id)
+    )
+
+    threads_text = environ.get("GPUFLOW_TORCH_THREADS", "").strip()
+    _check(
+        not threads_text or (threads_text.isdigit() and int(threads_text) >= 1),
+        f"GPUFLOW_TORCH_THREADS must be a positive integer, got {threads_text!r}",
+    )
+
+    return TrainerConfig(
+        dataset_uri=args.dataset_uri.rstrip("/"),
+        training_id=args.training_id,
+        hyper=Hyperparameters(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            hidden_size=args.hidden_size,
+            dropout=args.dropout,
+            seed=args.seed,
+        ),
+        device=args.device,
+        checkpoint_uri=checkpoint_uri,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        keep_checkpoints=args.keep_checkpoints,
+        threads=int(threads_text) if threads_text else None,
+    )
