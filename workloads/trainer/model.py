@@ -16,9 +16,7 @@ class MLPClassifier(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(
-        self, n_features: int, n_classes: int, hidden_size: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, n_features: int, n_classes: int, hidden_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
@@ -38,4 +36,4 @@ class MLPClassifier(nn.Module):
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)  # type: ignore[no-any-return]
+        return self.net((x - self.mean) / self.std)

@@ -1,0 +1,117 @@
+"""The ``train`` flow: run the trainer workload on a prepared dataset and announce the trained model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from blocks.compute import resolve_compute
+from blocks.data_store import resolve_data_store
+from blocks.mlflow_tracking import resolve_tracking
+from tasks import events
+from tasks.settings import DEFAULT_MODEL_NAME
+from tasks.tracking import record_gpu_inventory
+from tasks.training import (
+    TrainedModel,
+    dataset_manifest,
+    default_training_id,
+    read_trained_model,
+    run_trainer,
+    trainer_spec,
+    training_run,
+)
+
+
+@flow(name="train")
+def train(
+    dataset_uri: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20,
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 64,
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3,
+    hidden_size: Annotated[int, Field(ge=1, le=65_536)] = 128,
+    seed: Annotated[int, Field(ge=0)] = 42,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    training_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
+    compute: str | None = None,
+    data_store: str | None = None,
+    tracking: str | None = None,
+    parent_run_id: str | None = None,
+) -> TrainedModel:
+    """Train the classifier on a prepared dataset and log the model to MLflow.
+
+    Args:
+        dataset_uri: Prepared dataset folder, as the prepare stage reported it (<store>/datasets/<name>/<version>).
+        model_name: Model name carried in the gpuflow.model.trained event (the registry name used by evaluate).
+        epochs: Training epochs (at least 1).
+        batch_size: Training batch size.
+        learning_rate: Adam learning rate.
+        hidden_size: Width of the classifier's two hidden layers.
+        seed: Seed for weights and batch order; the same seed gives the same model.
+        device: "auto" uses CUDA when the machine has it, else CPU; "cuda" fails where there is none.
+        training_id: Names the checkpoint folder; the same id resumes an interrupted training. Empty: derived
+            from this flow run, so retrying the flow run resumes.
+        compute: Saved compute-target block (name or block-type/name); empty runs the trainer as a local process.
+        data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
+        tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
+        parent_run_id: MLflow run of the pipeline this stage belongs to; empty makes a top-level run.
+    """
+    logger = get_run_logger()
+    store = resolve_data_store(data_store)
+    tracking_cfg = resolve_tracking(tracking)
+    target = resolve_compute(compute)
+    manifest = dataset_manifest(dataset_uri, store)
+    training_id = training_id or default_training_id()
+
+    with training_run(
+        tracking_cfg, training_id, parent_run_id=parent_run_id, dataset_version=manifest.version
+    ) as run_id:
+        logger.info(
+            "training %s on dataset %s@%s, MLflow run %s; GPUs: %s",
+            training_id, manifest.name, manifest.version, run_id, record_gpu_inventory(tracking_cfg, run_id),
+        )  # fmt: skip
+        spec = trainer_spec(
+            dataset_uri=dataset_uri,
+            training_id=training_id,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            hidden_size=hidden_size,
+            seed=seed,
+            device=device,
+            run_id=run_id,
+            tracking=tracking_cfg,
+            store=store,
+            model_name=model_name,
+        )
+        result = run_trainer(target, spec)
+        trained = read_trained_model(
+            tracking_cfg,
+            run_id,
+            model_name=model_name,
+            training_id=training_id,
+            dataset_uri=dataset_uri,
+            dataset_version=manifest.version,
+            epochs=epochs,
+            result=result,
+        )
+
+    events.emit(
+        events.MODEL_TRAINED,
+        events.model_resource(model_name),
+        {
+            "model_name": model_name,
+            "run_id": trained.run_id,
+            "model_uri": trained.model_uri,
+            "dataset_uri": dataset_uri,
+            "dataset_version": manifest.version,
+            "training_id": training_id,
+        },
+    )
+    logger.info(
+        "trained %s: val_accuracy=%.4f in %.1fs; model %s",
+        model_name, trained.metrics["val_accuracy"], trained.seconds, trained.model_uri,
+    )  # fmt: skip
+    return trained

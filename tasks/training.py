@@ -1,0 +1,188 @@
+"""The train stage's logic: the trainer's command line, its MLflow run, and what it produced.
+
+The flow stays orchestration only; everything that builds or reads something lives here. The trainer
+itself is ``workloads.trainer`` and runs on whatever compute target the flow was given.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.compute import ComputeTarget, WorkloadResult, WorkloadSpec
+from blocks.data_store import DataStore
+from blocks.mlflow_tracking import MLflowTracking
+from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, WorkloadFailed
+from tasks.tracking import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
+from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
+from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_TRAINING_ID
+
+TRAINER_MODULE = "workloads.trainer"
+FINAL_METRICS = ("val_accuracy", "val_loss", "train_loss")
+
+
+class TrainedModel(BaseModel):
+    """What the train stage hands on: where the model is and how well it did on validation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str = Field(description="Name the model will be registered under.")
+    run_id: str = Field(description="The train stage's MLflow run.")
+    model_uri: str = Field(description="The logged model (models:/m-<id>), loadable with mlflow.pytorch.load_model.")
+    labels: list[str] = Field(description="Class labels in logit order (the run's gpuflow.labels tag).")
+    training_id: str = Field(description="Checkpoint folder name; the same id resumes the same training.")
+    dataset_uri: str
+    dataset_version: str
+    epochs: int
+    device: str = Field(description="Where the trainer ran: cpu or cuda:N.")
+    metrics: dict[str, float] = Field(description="Final-epoch val_accuracy, val_loss and train_loss.")
+    seconds: float = Field(description="The trainer's own wall time (process start to model logged).")
+
+
+def default_training_id() -> str:
+    """Derived from the flow run, so a retried flow run resumes the same checkpoints."""
+    flow_run = current_flow_run_id()
+    return f"train-{flow_run}" if flow_run else f"train-{uuid.uuid4()}"
+
+
+@task(name="read-dataset-manifest", cache_policy=NO_CACHE)
+def dataset_manifest(dataset_uri: str, store: DataStore) -> DatasetManifest:
+    """The manifest of the dataset to train on; fails before any run is created when it is not usable."""
+    try:
+        return load_manifest(dataset_uri, store.object_store())
+    except DatasetNotFound as exc:
+        raise DataNotFoundError(f"{exc}; pass the dataset_uri a prepare run reported") from exc
+    except DatasetCorrupt as exc:
+        raise DataValidationError(str(exc)) from exc
+
+
+def trainer_spec(
+    *,
+    dataset_uri: str,
+    training_id: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    hidden_size: int,
+    seed: int,
+    device: str,
+    run_id: str,
+    tracking: MLflowTracking,
+    store: DataStore,
+    model_name: str,
+) -> WorkloadSpec:
+    """The trainer's command line and environment; store credentials go into ``secret_env`` only."""
+    store_env = store.workload_env()
+    plain = {"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_RUN_ID": run_id, "GPUFLOW_STORE_URI": store.root}
+    secret = {k: v for k, v in store_env.items() if k not in plain}
+    options = {
+        "--dataset-uri": dataset_uri,
+        "--training-id": training_id,
+        "--epochs": str(epochs),
+        "--batch-size": str(batch_size),
+        "--learning-rate": repr(float(learning_rate)),
+        "--hidden-size": str(hidden_size),
+        "--seed": str(seed),
+        "--device": device,
+    }
+    return WorkloadSpec(
+        name="trainer",
+        module=TRAINER_MODULE,
+        args=[part for option in options.items() for part in option],
+        env=plain,
+        secret_env=secret,
+        labels={"gpuflow.stage": "train", "gpuflow.training-id": training_id, "gpuflow.model": model_name},
+    )
+
+
+@contextmanager
+def training_run(
+    tracking: MLflowTracking, training_id: str, *, parent_run_id: str | None, dataset_version: str
+) -> Iterator[str]:
+    """The stage's MLflow run: the one already made for this training id (same parent), else a new one.
+
+    Reusing it means a retried flow run keeps one run with every epoch logged once, as the restarted
+    trainer continues from its checkpoint.
+    """
+    client = client_for(tracking)
+    existing = _existing_run(tracking, training_id, parent_run_id)
+    if existing is None:
+        with stage_run(tracking, "train", parent_run_id=parent_run_id, dataset_version=dataset_version) as run_id:
+            client.set_tag(run_id, TAG_TRAINING_ID, training_id)
+            yield run_id
+        return
+    client.update_run(existing, status="RUNNING")
+    try:
+        yield existing
+    except BaseException:
+        client.set_terminated(existing, status="FAILED")
+        raise
+    client.set_terminated(existing, status="FINISHED")
+
+
+def _existing_run(tracking: MLflowTracking, training_id: str, parent_run_id: str | None) -> str | None:
+    if "'" in training_id:
+        return None
+    runs = client_for(tracking).search_runs(
+        [experiment_id(tracking)],
+        filter_string=f"tags.`{TAG_TRAINING_ID}` = '{training_id}' and tags.`{TAG_STAGE}` = 'train'",
+        max_results=10,
+    )
+    for run in runs:
+        if run.data.tags.get(TAG_PARENT) == (parent_run_id or None):
+            return str(run.info.run_id)
+    return None
+
+
+@task(name="run-trainer", cache_policy=NO_CACHE)
+def run_trainer(target: ComputeTarget, spec: WorkloadSpec) -> WorkloadResult:
+    """Run the trainer on the compute target, its output lines going to this task's log."""
+    logger = get_run_logger()
+    logger.info("starting %s (python -m %s) on %s", spec.name, spec.module, type(target).__name__)
+    return target.run_workload(spec, logger.info)
+
+
+@task(name="read-trained-model", cache_policy=NO_CACHE)
+def read_trained_model(
+    tracking: MLflowTracking,
+    run_id: str,
+    *,
+    model_name: str,
+    training_id: str,
+    dataset_uri: str,
+    dataset_version: str,
+    epochs: int,
+    result: WorkloadResult,
+) -> TrainedModel:
+    """What the trainer wrote into its run: the model URI, labels and final metrics."""
+    try:
+        run = client_for(tracking).get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigurationError(f"MLflow run {run_id} could not be read back: {exc}") from exc
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    model_uri = tags.get(TAG_MODEL_URI)
+    if not model_uri:
+        raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=f"exited 0 but set no {TAG_MODEL_URI}")
+    missing = [k for k in FINAL_METRICS if k not in metrics]
+    if missing:
+        raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=f"logged no final {missing}")
+    return TrainedModel(
+        model_name=model_name,
+        run_id=run_id,
+        model_uri=model_uri,
+        labels=[str(label) for label in json.loads(tags.get(TAG_LABELS, "[]"))],
+        training_id=training_id,
+        dataset_uri=dataset_uri,
+        dataset_version=dataset_version,
+        epochs=epochs,
+        device=params.get("device", ""),
+        metrics={k: float(metrics[k]) for k in FINAL_METRICS},
+        seconds=float(metrics.get("workload_seconds", result.seconds)),
+    )

@@ -1,0 +1,170 @@
+"""The local compute backend: real child processes, streamed output, failures, timeouts and interrupts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from blocks.compute import LocalProcess, WorkloadSpec, resolve_compute
+from tasks.errors import WorkloadFailed
+
+# A grandchild that ignores SIGTERM, so only killing the whole group with SIGKILL removes it.
+STUBBORN_CHILD = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+print(f"pids {__import__('os').getpid()} {child.pid}")
+time.sleep(120)
+"""
+
+
+def workload(tmp_path: Path, name: str, source: str, **spec: object) -> WorkloadSpec:
+    """A module ``name`` under tmp_path, run as ``python -m name``."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    env = {"PYTHONPATH": str(tmp_path), **spec.pop("env", {})}  # type: ignore[dict-item]
+    return WorkloadSpec(name=name, module=name, env=env, **spec)  # type: ignore[arg-type]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pids_from(lines: list[str]) -> list[int]:
+    line = next(line for line in lines if line.startswith("pids "))
+    return [int(p) for p in line.split()[1:]]
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def test_output_reaches_the_log_line_by_line_while_the_workload_runs(tmp_path: Path) -> None:
+    spec = workload(
+        tmp_path,
+        "chatty",
+        """
+        import sys, time
+        print("first")
+        print("to stderr", file=sys.stderr)
+        time.sleep(1.0)
+        print("last")
+        """,
+    )
+    seen: list[tuple[float, str]] = []
+    result = LocalProcess().run_workload(spec, lambda line: seen.append((time.monotonic(), line)))
+
+    assert [line for _, line in seen] == ["first", "to stderr", "last"]
+    assert seen[2][0] - seen[0][0] > 0.5  # "first" arrived before the workload slept, not at exit
+    assert result.exit_code == 0
+    assert result.seconds >= 1.0
+    assert result.tail == ["first", "to stderr", "last"]
+
+
+def test_failing_workload_raises_with_exit_code_and_last_lines(tmp_path: Path) -> None:
+    spec = workload(
+        tmp_path,
+        "failing",
+        """
+        import sys
+        for i in range(30):
+            print(f"step {i}")
+        sys.exit(3)
+        """,
+    )
+    with pytest.raises(WorkloadFailed) as caught:
+        LocalProcess(tail_lines=5).run_workload(spec, lambda line: None)
+
+    assert caught.value.exit_code == 3
+    assert caught.value.tail == [f"step {i}" for i in range(25, 30)]
+    assert "failing exited with code 3" in str(caught.value)
+    assert "| step 29" in str(caught.value)
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    spec = workload(tmp_path, "stuck", STUBBORN_CHILD)
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(WorkloadFailed) as caught:
+        LocalProcess(timeout_seconds=2, termination_grace_seconds=0.5).run_workload(spec, lines.append)
+
+    assert caught.value.reason == "timed out after 2s"
+    assert "stuck timed out after 2s" in str(caught.value)
+    assert time.monotonic() - started < 10
+    assert wait_gone(pids_from(lines)) == []
+
+
+def test_interrupt_while_waiting_kills_the_workload_and_propagates(tmp_path: Path) -> None:
+    spec = workload(tmp_path, "interrupted", STUBBORN_CHILD)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("pids "):
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C on the flow process does
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalProcess(termination_grace_seconds=0.5).run_workload(spec, log)
+
+    assert wait_gone(pids_from(lines)) == []
+
+
+def test_children_left_behind_by_a_finished_workload_are_ended(tmp_path: Path) -> None:
+    # The leftover child inherits the output pipe; without cleanup the run would wait for it forever.
+    spec = workload(tmp_path, "leaves_child", STUBBORN_CHILD.rsplit("time.sleep(120)", 1)[0])
+    lines: list[str] = []
+    started = time.monotonic()
+
+    result = LocalProcess().run_workload(spec, lines.append)
+
+    assert result.exit_code == 0
+    assert time.monotonic() - started < 10
+    assert wait_gone(pids_from(lines)) == []
+
+
+def test_secrets_reach_the_process_but_not_the_spec_repr(tmp_path: Path) -> None:
+    spec = workload(
+        tmp_path,
+        "secretive",
+        """
+        import os
+        print("secret ok" if os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" else "secret missing")
+        print("plain", os.environ["PLAIN"])
+        """,
+        env={"PLAIN": "visible"},
+        secret_env={"AWS_SECRET_ACCESS_KEY": "s3cr3t"},
+    )
+    lines: list[str] = []
+    LocalProcess().run_workload(spec, lines.append)
+
+    assert lines == ["secret ok", "plain visible"]
+    assert "s3cr3t" not in repr(spec)
+
+
+def test_a_missing_interpreter_is_a_workload_failure(tmp_path: Path) -> None:
+    spec = workload(tmp_path, "never", "print('hi')")
+    with pytest.raises(WorkloadFailed, match="could not start"):
+        LocalProcess(python_executable=str(tmp_path / "no-python")).run_workload(spec, lambda line: None)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_saved_block_is_found_by_name_and_by_slug() -> None:
+    LocalProcess(timeout_seconds=123, tail_lines=7).save("local-test", overwrite=True)
+
+    by_name = resolve_compute("local-test")
+    by_slug = resolve_compute("gpuflow-local-process/local-test")
+
+    assert isinstance(by_name, LocalProcess) and by_name.timeout_seconds == 123
+    assert isinstance(by_slug, LocalProcess) and by_slug.tail_lines == 7
+    assert isinstance(resolve_compute(None), LocalProcess)

@@ -1,0 +1,64 @@
+"""The trainer's command line: bad input ends with the configuration exit code and one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from workloads.trainer.config import EXIT_CONFIG, ConfigError, parse_config
+
+ENV = {"MLFLOW_TRACKING_URI": "sqlite:///x.db", "MLFLOW_RUN_ID": "abc", "GPUFLOW_STORE_URI": "s3://bucket/root"}
+BASE = ["--dataset-uri", "s3://bucket/root/datasets/digits/v1", "--training-id", "t-1"]
+
+
+def run_trainer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workloads.trainer", *args],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **(ENV if env is None else env)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--learning-rate", "-1"], "--learning-rate must be positive, got -1.0"),
+        (["--device", "tpu"], "--device must be one of auto, cpu, cuda, got 'tpu'"),
+        (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_bad_argument_exits_with_config_code_and_one_line_naming_it(args: list[str], message: str) -> None:
+    done = run_trainer(*BASE, *args)
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.strip() == f"error: {message}"
+    assert done.stdout == ""
+
+
+def test_missing_required_argument_is_named() -> None:
+    done = run_trainer("--training-id", "t-1")
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.strip() == "error: the following arguments are required: --dataset-uri"
+
+
+def test_missing_run_id_environment_is_a_config_error() -> None:
+    done = run_trainer(*BASE, env={k: v for k, v in ENV.items() if k != "MLFLOW_RUN_ID"})
+    assert done.returncode == EXIT_CONFIG
+    assert "MLFLOW_RUN_ID is not set" in done.stderr
+
+
+def test_checkpoints_default_under_the_store_and_follow_checkpoint_root() -> None:
+    assert parse_config(BASE, ENV).checkpoint_uri == "s3://bucket/root/checkpoints/t-1"
+    assert parse_config([*BASE, "--checkpoint-root", "/ck/"], ENV).checkpoint_uri == "/ck/t-1"
+
+
+def test_training_id_must_be_usable_as_a_folder_name() -> None:
+    with pytest.raises(ConfigError, match="--training-id"):
+        parse_config(["--dataset-uri", "x", "--training-id", "../escape"], ENV)

@@ -1,0 +1,56 @@
+"""The trainer's workload spec: the same command line on every backend, credentials only as secrets."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from blocks.compute import WorkloadSpec
+from blocks.data_store import DataStore
+from blocks.mlflow_tracking import MLflowTracking
+from tasks.training import trainer_spec
+from workloads.trainer.config import parse_config
+
+
+def make_spec() -> WorkloadSpec:
+    store = DataStore(
+        root_uri="s3://bucket/gpuflow",
+        s3_endpoint_url="http://minio:9000",
+        aws_access_key_id=SecretStr("AKIA-test"),
+        aws_secret_access_key=SecretStr("very-secret"),
+    )
+    return trainer_spec(
+        dataset_uri="s3://bucket/gpuflow/datasets/digits/abc",
+        training_id="train-1",
+        epochs=7,
+        batch_size=32,
+        learning_rate=0.003,
+        hidden_size=96,
+        seed=5,
+        device="auto",
+        run_id="run-123",
+        tracking=MLflowTracking(tracking_uri="http://mlflow:5000"),
+        store=store,
+        model_name="digits",
+    )
+
+
+def test_credentials_travel_only_as_secret_env() -> None:
+    spec = make_spec()
+    assert spec.env == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLFLOW_RUN_ID": "run-123",
+        "GPUFLOW_STORE_URI": "s3://bucket/gpuflow",
+    }
+    assert spec.secret_env["AWS_SECRET_ACCESS_KEY"] == "very-secret"
+    assert spec.secret_env["AWS_ACCESS_KEY_ID"] == "AKIA-test"
+    assert "very-secret" not in repr(spec) and "very-secret" not in " ".join(spec.args)
+
+
+def test_the_trainer_accepts_the_command_line_the_flow_builds() -> None:
+    spec = make_spec()
+    assert spec.module == "workloads.trainer"
+    config = parse_config(spec.args, {**spec.env, **spec.secret_env})
+    assert (config.hyper.epochs, config.hyper.batch_size, config.hyper.hidden_size, config.hyper.seed) == (7, 32, 96, 5)
+    assert config.hyper.learning_rate == 0.003
+    assert config.checkpoint_uri == "s3://bucket/gpuflow/checkpoints/train-1"
+    assert config.run_id == "run-123"

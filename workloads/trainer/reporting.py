@@ -1,0 +1,126 @@
+"""What the trainer tells MLflow: params once, metrics once per epoch in one batch, the model at the end.
+
+The run belongs to the flow (it creates and terminates it); the trainer only writes into it, so a restarted
+trainer writes into the same run. Params already on the run are not written again, and an epoch step
+already in the metric history is not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+TAG_MODEL_URI = "gpuflow.model_uri"
+TAG_LABELS = "gpuflow.labels"
+TAG_TRAINING_ID = "gpuflow.training_id"
+TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
+METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's INFO chatter, progress bars and advisory warnings; keep real errors."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    for name in ("mlflow", "alembic", "urllib3", "botocore"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.export(\..*)?")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\..*)?")
+
+
+class RunReporter:
+    """Writes into one existing MLflow run through an explicit client."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def check_run(self) -> dict[str, str]:
+        """Fails fast (``LookupError``) when the run does not exist; returns the params already logged."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(self.run_id)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                raise LookupError(f"MLflow run {self.run_id!r} does not exist at {self.tracking_uri}") from exc
+            raise
+        return dict(run.data.params)
+
+    def log_params(self, params: dict[str, Any], existing: dict[str, str]) -> list[str]:
+        """Log the params the run lacks; returns the names whose logged value differs (left as they were)."""
+        from mlflow.entities import Param
+
+        new = [Param(k, _text(v)) for k, v in params.items() if k not in existing]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
+        return [k for k, v in params.items() if k in existing and existing[k] != _text(v)]
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def logged_steps(self, key: str = "val_accuracy") -> set[int]:
+        return {int(m.step) for m in self.client.get_metric_history(self.run_id, key)}
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """All of one epoch's metrics in one request, under step ``epoch``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+        )
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def model_uri(self) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(TAG_MODEL_URI)
+
+    def log_model(self, model: Any, example: Any, labels: list[Any], step: int) -> str:
+        """Log the model and tag the run with its URI and labels.
+
+        The model is exported with ``torch.export`` (pt2) on CPU in eval mode: ``mlflow.pytorch.load_model``
+        returns an ``nn.Module`` (a GraphModule) that needs no gpuflow code and no pickle, takes float32
+        ``[N, n_features]`` and returns logits ``[N, n_classes]``. It is already in inference mode; calling
+        ``.eval()`` on it raises, so callers just use ``torch.no_grad()``.
+        """
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        # Without this MLflow files the LoggedModel (and its artifacts) under the default experiment,
+        # not the run's: its experiment lookup prefers the process default over the source run.
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        model = model.to("cpu").eval()
+        with torch.no_grad():
+            output = model(example).numpy()
+        signature = infer_signature(example.numpy(), output)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            serialization_format="pt2",  # torch.export: loads without pickle or gpuflow's code
+            step=step,
+            run_id=self.run_id,
+        )
+        self.set_tags({TAG_MODEL_URI: info.model_uri, TAG_LABELS: json.dumps(labels)})
+        return str(info.model_uri)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, list | dict) else str(value)
