@@ -138,3 +138,14 @@ def render_markdown(
         other = champion_metrics.get(key) if champion_metrics else None
         lines.append(f"| {key} | {_figure(value)} | {_figure(other)} |")
     return "\n".join(lines) + "\n"
+
+
+def outcome(decision: GateDecision, *, version: str, promote_on_pass: bool, champion_version: str | None) -> str:
+    """One sentence saying what the gate's verdict does to the aliases."""
+    before = f"version {champion_version}" if champion_version else "none yet"
+    if decision.passed and promote_on_pass:
+        return f"Version {version} passed and becomes `champion` (previous champion: {before})."
+    if decision.passed:
+        return f"Version {version} passed; promotion is left to rollout, so it is `challenger` (champion: {before})."
+    kept = f"`champion` stays version {champion_version}" if champion_version else "no `champion` is set"
+    return f"Version {version} failed the gate: it stays `challenger` and {kept}."
