@@ -88,7 +88,7 @@ class S3Server:
     secret_access_key: str = "testing"
     region: str = "us-east-1"
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
 
         return boto3.client(
