@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.
+os.environ["GPUFLOW_HOME"] = tempfile.mkdtemp(prefix="gpuflow-test-home-")
 for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
 

@@ -1,0 +1,123 @@
+"""The canary-policy block: how a challenger earns traffic, and what makes the rollout give up on it.
+
+The rollout stage (flows/rollout.py) walks ``step_weights``; at each step the canary gets that share of
+traffic for ``analysis_seconds`` and must pass every threshold here (rules in tasks/canary.py and
+docs/rollout.md). Fields named ``local_*`` only concern the local backend, where gpuflow drives the traffic
+itself; on a cluster, real traffic flows and those fields are ignored.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, field_validator
+
+from tasks.errors import ConfigurationError
+
+Role = Literal["stable", "canary"]
+
+
+class CanaryPolicy(Block):
+    """Canary steps and the thresholds a challenger must hold at each one before it replaces the champion.
+
+    Example:
+        ```python
+        from blocks.canary_policy import CanaryPolicy
+        policy = CanaryPolicy.load("production")
+        ```
+    """
+
+    _block_type_name = "gpuflow Canary Policy"
+    _block_type_slug = "gpuflow-canary-policy"
+
+    step_weights: list[int] = Field(
+        default_factory=lambda: [10, 25, 50, 100],
+        description="Percent of traffic the canary gets at each step, strictly increasing, each in 1..100. "
+        "The canary is promoted once the last step passes.",
+    )
+    analysis_seconds: float = Field(
+        default=60.0, gt=0, description="Analysis window of each step: traffic flows this long before it continues."
+    )
+    check_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a step is checked before its window ends (at most once per window). A failing "
+        "check (with at least min_requests canary requests) rolls back at once; only the window's end can "
+        "continue or promote.",
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=1,
+        description="Canary requests (as its /metrics counts them) a step needs before its figures are judged; "
+        "a step that ends with fewer rolls back (not enough evidence to promote).",
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Highest share of canary requests answered non-2xx or not at all."
+    )
+    max_p95_latency_ratio: float = Field(
+        default=1.5, gt=0, description="Highest canary p95 latency divided by the stable p95 latency (server side)."
+    )
+    latency_tolerance_seconds: float = Field(
+        default=0.001,
+        ge=0.0,
+        description="A canary p95 at most this much above the stable p95 passes whatever the ratio: sub-millisecond "
+        "p95s differ by bucket resolution and scheduler noise, not by the model.",
+    )
+    min_accuracy: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="Lowest canary accuracy on labelled traffic (answers vs labels)."
+    )
+    min_agreement: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Lowest share of canary answers equal to the stable version's answer for the same row.",
+    )
+    server_start_timeout_seconds: float = Field(
+        default=180.0, gt=0, description="How long a model server may take to answer GET /readyz with 200."
+    )
+    local_requests_per_second: float = Field(
+        default=200.0, gt=0, description="Local backend: requests per second the traffic driver sends."
+    )
+    local_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Local backend: requests the traffic driver keeps in flight at most."
+    )
+    local_request_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Local backend: a request unanswered after this long counts as an error."
+    )
+    local_server_commands: dict[Role, list[str]] = Field(
+        default_factory=dict,
+        description="Local backend, for tests: run `python -m <these arguments>` instead of `python -m "
+        'workloads.server` for a role, e.g. {"canary": ["tests.fixtures.bad_servers", "--error-rate", "0.5"]}; '
+        "the model, host and port flags are appended. Leave empty.",
+    )
+
+    @field_validator("step_weights")
+    @classmethod
+    def _weights_increase(cls, weights: list[int]) -> list[int]:
+        if not weights:
+            raise ValueError("step_weights must hold at least one step, e.g. [10, 25, 50, 100]")
+        if any(not 1 <= weight <= 100 for weight in weights):
+            raise ValueError(f"step_weights {weights}: every weight must be a percent between 1 and 100")
+        if any(later <= earlier for earlier, later in pairwise(weights)):
+            raise ValueError(f"step_weights {weights} must be strictly increasing")
+        return weights
+
+    @field_validator("local_server_commands")
+    @classmethod
+    def _commands_name_a_module(cls, commands: dict[Role, list[str]]) -> dict[Role, list[str]]:
+        for role, command in commands.items():
+            if not command or not command[0].strip():
+                raise ValueError(f"local_server_commands[{role!r}] must start with a module name")
+        return commands
+
+
+def resolve_policy(name: str | None) -> CanaryPolicy:
+    """A saved block by name, or the default policy when no name is given."""
+    if not name:
+        return CanaryPolicy()
+    try:
+        return CanaryPolicy.load(name)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ConfigurationError(f"no canary policy block named {name!r}: {exc}") from exc

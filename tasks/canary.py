@@ -1,0 +1,518 @@
+"""Canary analysis: scraped /metrics text and the traffic record in, per-step figures and a decision out.
+
+Pure functions and frozen models, so every rule is unit-tested without servers. What is read from where:
+
+- error rate and p95 latency: each server's own ``/metrics``, as deltas between two scrapes (the step's
+  start and the check), exactly as a Prometheus query would read them on a cluster; p95 is estimated from the
+  latency histogram's buckets the way PromQL's ``histogram_quantile`` does;
+- accuracy and agreement: the traffic driver's labelled record (tasks/traffic.py), since only the driver
+  knows the labels;
+- requests that never reached the canary (refused, reset, timed out) are in no server's counters; the
+  driver's transport errors are added to the canary's requests and errors so a dying canary cannot look clean.
+
+The rules (docs/rollout.md): a check fails -> roll back, at once, even mid-window; a window ends with every
+check passed -> continue to the next step, or promote after the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.canary_policy import CanaryPolicy
+from tasks.traffic import PREDICT_PATH, TargetRecord, TrafficRecord
+
+
+@dataclass(frozen=True)
+class ServerMetricNames:
+    """The one place the server's metric names are spelled (docs/serving.md); a rename is a one-line change."""
+
+    requests: str = "gpuflow_server_requests"  # counter, sample name <requests>_total{model,version,route,code}
+    latency: str = "gpuflow_server_request_duration_seconds"  # histogram {model,version,route,le}
+    route: str = PREDICT_PATH  # the route the traffic driver posts to
+
+
+METRICS = ServerMetricNames()
+P95 = 0.95
+CheckName = Literal[
+    "canary_ready", "canary_up", "min_requests", "error_rate", "p95_latency_ratio", "accuracy", "agreement"
+]
+StepDecision = Literal["continue", "promote", "roll_back"]
+Decision = Literal["promoted", "rolled_back", "promoted_without_canary"]
+
+
+# -- /metrics -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    """The prediction route's counters in one scrape (or the difference of two)."""
+
+    requests: Mapping[str, float]  # by HTTP status code
+    buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), ascending, +Inf last
+    model: str | None = None
+    version: str | None = None
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.requests.values()))
+
+    @property
+    def errors(self) -> float:
+        return float(sum(count for code, count in self.requests.items() if not code.startswith("2")))
+
+    def since(self, earlier: ServerSample) -> ServerSample:
+        """What happened between ``earlier`` and this scrape; a counter that went down means a restart."""
+        requests = {code: count - earlier.requests.get(code, 0.0) for code, count in self.requests.items()}
+        before = dict(earlier.buckets)
+        buckets = tuple((bound, count - before.get(bound, 0.0)) for bound, count in self.buckets)
+        if any(v < 0 for v in requests.values()) or any(c < 0 for _, c in buckets):
+            return self
+        return ServerSample(requests, buckets, self.model, self.version)
+
+
+EMPTY_SAMPLE = ServerSample(requests={}, buckets=())
+
+
+def parse_server_metrics(text: str, names: ServerMetricNames = METRICS) -> ServerSample:
+    """The prediction route's request counts by code and latency buckets from a /metrics body."""
+    requests: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    model = version = None
+    for family in text_string_to_metric_families(text):
+        if family.name not in (names.requests, names.latency):
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("route") != names.route:
+                continue
+            model, version = labels.get("model", model), labels.get("version", version)
+            if sample.name == f"{names.requests}_total":
+                code = labels.get("code", "")
+                requests[code] = requests.get(code, 0.0) + float(sample.value)
+            elif sample.name == f"{names.latency}_bucket":
+                bound = float(labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + float(sample.value)
+    return ServerSample(requests, tuple(sorted(buckets.items())), model, version)
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """PromQL's estimate: linear interpolation inside the bucket holding the q-th observation.
+
+    The first bucket's lower bound is 0; a quantile in the +Inf bucket is the highest finite bound. None when
+    the histogram is empty.
+    """
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+# -- figures and checks --------------------------------------------------------------------------
+
+
+class CheckResult(BaseModel):
+    """One rule applied at one step: the figure, the threshold, and a sentence naming both."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: CheckName
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class TargetFigures(BaseModel):
+    """One version's figures in one step: server-side from /metrics, labelled ones from the driver."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    requests: int = Field(description="Prediction requests: /metrics delta plus the driver's transport errors.")
+    errors: int = Field(description="Of those, answered non-2xx (/metrics) or not at all (driver).")
+    error_rate: float | None
+    p95_seconds: float | None = Field(description="Server-side p95 latency from the /metrics histogram delta.")
+    routed: int = Field(description="User requests the driver routed here.")
+    transport_errors: int
+    answered: int
+    accuracy: float | None = Field(description="Correct answers / answered, on labelled traffic.")
+    client_p95_seconds: float | None = Field(description="p95 latency the driver measured (HTTP round trip).")
+
+
+class StepFigures(BaseModel):
+    """One canary step: both versions' figures, the comparison, every check, and what it decided."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int = Field(description="1-based step index (the MLflow step of its metrics).")
+    weight: int = Field(description="Percent of traffic routed to the canary.")
+    seconds: float
+    stable: TargetFigures
+    canary: TargetFigures
+    stable_p95_scope: Literal["step", "rollout"] = Field(
+        description="Where the ratio's stable p95 came from: this step, or every step so far when this step "
+        "gave stable fewer than min_requests requests (at weight 100)."
+    )
+    p95_ratio: float | None
+    agreement: float | None
+    compared: int = Field(description="Canary answers compared with stable's answer for the same row.")
+    retried_on_stable: int
+    unanswered: int
+    shadow_requests: int
+    checks: list[CheckResult]
+    decision: StepDecision
+    failed_check: CheckName | None = None
+
+    @property
+    def failure(self) -> CheckResult | None:
+        return next((check for check in self.checks if not check.passed), None)
+
+    def summary(self) -> dict[str, Any]:
+        """The step's headline figures, JSON-ready, for events and logs."""
+        return {
+            "step": self.step,
+            "weight": self.weight,
+            "seconds": round(self.seconds, 3),
+            "requests": {"stable": self.stable.requests, "canary": self.canary.requests},
+            "error_rate": {"stable": self.stable.error_rate, "canary": self.canary.error_rate},
+            "p95_seconds": {"stable": self.stable.p95_seconds, "canary": self.canary.p95_seconds},
+            "p95_ratio": self.p95_ratio,
+            "accuracy": {"stable": self.stable.accuracy, "canary": self.canary.accuracy},
+            "agreement": self.agreement,
+            "decision": self.decision,
+            "failed_check": self.failed_check,
+        }
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
+
+
+def _client_p95(latencies: list[float]) -> float | None:
+    if not latencies:
+        return None
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, math.ceil(P95 * len(ordered)) - 1)]
+
+
+def target_figures(version: str, sample: ServerSample | None, record: TargetRecord) -> TargetFigures:
+    """One version's figures; ``sample`` is None when its /metrics could not be read."""
+    served = sample.total if sample else 0.0
+    failed = sample.errors if sample else 0.0
+    requests = int(served) + record.transport_errors
+    errors = int(failed) + record.transport_errors
+    return TargetFigures(
+        version=version,
+        requests=requests,
+        errors=errors,
+        error_rate=_ratio(errors, requests),
+        p95_seconds=histogram_quantile(P95, sample.buckets) if sample else None,
+        routed=record.routed,
+        transport_errors=record.transport_errors,
+        answered=record.answered,
+        accuracy=_ratio(record.correct, record.answered),
+        client_p95_seconds=_client_p95(record.latencies),
+    )
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value * 1000:.2f} ms"
+
+
+def _judge(
+    policy: CanaryPolicy,
+    canary: TargetFigures,
+    stable_p95: float | None,
+    agreement: float | None,
+    compared: int,
+) -> list[CheckResult]:
+    """The threshold checks, in the order their failures are reported."""
+    checks: list[CheckResult] = []
+    rate = canary.error_rate if canary.error_rate is not None else 0.0
+    checks.append(
+        CheckResult(
+            name="error_rate",
+            passed=rate <= policy.max_error_rate,
+            value=rate,
+            threshold=policy.max_error_rate,
+            detail=f"canary error rate {rate:.3f} ({canary.errors} of {canary.requests} requests) "
+            f"{'≤' if rate <= policy.max_error_rate else 'is above the maximum'} {policy.max_error_rate:.3f}",
+        )
+    )
+    p95 = canary.p95_seconds
+    if p95 is None or stable_p95 is None or stable_p95 <= 0:
+        checks.append(
+            CheckResult(
+                name="p95_latency_ratio",
+                passed=True,
+                threshold=policy.max_p95_latency_ratio,
+                detail="p95 latency ratio not measured (no latency observations on one side)",
+            )
+        )
+    else:
+        ratio = p95 / stable_p95
+        limit, tolerance = policy.max_p95_latency_ratio, policy.latency_tolerance_seconds
+        measured = f"canary p95 {_ms(p95)} / stable p95 {_ms(stable_p95)} = {ratio:.2f}"
+        if ratio <= limit:
+            detail, passed = f"{measured} ≤ {limit:.2f}", True
+        elif p95 - stable_p95 <= tolerance:
+            detail, passed = f"{measured}, above {limit:.2f} but within the {_ms(tolerance)} tolerance", True
+        else:
+            detail, passed = f"{measured} is above the maximum {limit:.2f}", False
+        checks.append(CheckResult(name="p95_latency_ratio", passed=passed, value=ratio, threshold=limit, detail=detail))
+    accuracy = canary.accuracy
+    checks.append(
+        CheckResult(
+            name="accuracy",
+            passed=accuracy is None or accuracy >= policy.min_accuracy,
+            value=accuracy,
+            threshold=policy.min_accuracy,
+            detail=f"canary accuracy {_fmt(accuracy)} on {canary.answered} labelled answers "
+            f"{'≥' if accuracy is None or accuracy >= policy.min_accuracy else 'is below the minimum'} "
+            f"{policy.min_accuracy:.3f}",
+        )
+    )
+    checks.append(
+        CheckResult(
+            name="agreement",
+            passed=agreement is None or agreement >= policy.min_agreement,
+            value=agreement,
+            threshold=policy.min_agreement,
+            detail=f"canary agreement with stable {_fmt(agreement)} on {compared} rows "
+            f"{'≥' if agreement is None or agreement >= policy.min_agreement else 'is below the minimum'} "
+            f"{policy.min_agreement:.3f}",
+        )
+    )
+    return checks
+
+
+def analyse_step(
+    policy: CanaryPolicy,
+    *,
+    step: int,
+    weight: int,
+    stable_version: str,
+    canary_version: str,
+    stable: ServerSample,
+    stable_so_far: ServerSample,
+    canary: ServerSample | None,
+    record: TrafficRecord,
+    canary_down: str | None = None,
+    final: bool,
+    last_step: bool,
+) -> StepFigures:
+    """Judge one step at one check.
+
+    Args:
+        policy: The thresholds.
+        step: 1-based step index.
+        weight: Percent of traffic the canary gets in this step.
+        stable_version: Registry version serving as stable.
+        canary_version: Registry version serving as canary.
+        stable: Stable's /metrics delta since the step began.
+        stable_so_far: Stable's /metrics delta since the rollout began (the p95 reference when this step
+            gave stable fewer than ``min_requests`` requests).
+        canary: The canary's /metrics delta since the step began; None when it could not be scraped.
+        record: The driver's record of the step so far.
+        canary_down: Why the canary is not answering (exited, unreachable), or None while it is up.
+        final: The step's window is over: the decision may continue or promote; before, it can only roll back.
+        last_step: This is the policy's last step (passing it promotes).
+    """
+    stable_figures = target_figures(stable_version, stable, record.stable)
+    canary_figures = target_figures(canary_version, canary, record.canary)
+    scope: Literal["step", "rollout"] = "step"
+    stable_p95 = stable_figures.p95_seconds
+    if stable.total < policy.min_requests:
+        scope, stable_p95 = "rollout", histogram_quantile(P95, stable_so_far.buckets)
+    agreement = _ratio(record.agreed, record.compared)
+    p95_ratio = (
+        canary_figures.p95_seconds / stable_p95 if canary_figures.p95_seconds is not None and stable_p95 else None
+    )
+
+    checks: list[CheckResult] = []
+    if canary_down is not None or canary is None:
+        checks.append(CheckResult(name="canary_up", passed=False, detail=canary_down or "canary /metrics unreadable"))
+    else:
+        enough = canary_figures.requests >= policy.min_requests
+        checks.append(
+            CheckResult(
+                name="min_requests",
+                passed=enough or not final,
+                value=float(canary_figures.requests),
+                threshold=float(policy.min_requests),
+                detail=f"canary received {canary_figures.requests} requests; the step needs {policy.min_requests}",
+            )
+        )
+        if enough:
+            checks += _judge(policy, canary_figures, stable_p95, agreement, record.compared)
+
+    failed = next((check for check in checks if not check.passed), None)
+    decision: StepDecision = "roll_back" if failed else ("promote" if final and last_step else "continue")
+    return StepFigures(
+        step=step,
+        weight=weight,
+        seconds=record.seconds,
+        stable=stable_figures,
+        canary=canary_figures,
+        stable_p95_scope=scope,
+        p95_ratio=p95_ratio,
+        agreement=agreement,
+        compared=record.compared,
+        retried_on_stable=record.retried_on_stable,
+        unanswered=record.unanswered,
+        shadow_requests=record.shadow_requests,
+        checks=checks,
+        decision=decision,
+        failed_check=failed.name if failed else None,
+    )
+
+
+def step_is_judged(figures: StepFigures) -> bool:
+    """Whether a mid-window check had enough canary requests to apply the thresholds."""
+    return any(check.name not in ("canary_up", "min_requests") for check in figures.checks)
+
+
+# -- the result ------------------------------------------------------------------------------------
+
+
+class RolloutResult(BaseModel):
+    """What one rollout did: the decision, the check that decided it, and every step's figures."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    candidate_version: str
+    previous_champion_version: str | None
+    champion_version: str | None = Field(description="The champion after the rollout.")
+    decision: Decision
+    failed_check: CheckName | None = None
+    reason: str
+    steps: list[StepFigures] = Field(default_factory=list)
+    seconds: float = Field(description="Wall time of the whole stage, waiting for the lock included.")
+    time_to_decision_seconds: float | None = Field(
+        description="From the first request routed to the canary to the decision; None without a canary."
+    )
+    rollout_run_id: str = Field(description="MLflow run of this stage.")
+    dataset_version: str | None = None
+
+    def failing_check(self) -> CheckResult | None:
+        for step in self.steps:
+            if step.failure is not None:
+                return step.failure
+        return None
+
+    def event_payload(self) -> dict[str, Any]:
+        """The gpuflow.model.promoted / gpuflow.model.rolled-back payload, JSON-ready."""
+        payload: dict[str, Any] = {
+            "model_name": self.model_name,
+            "version": self.candidate_version,
+            "previous_version": self.previous_champion_version,
+            "champion_version": self.champion_version,
+            "decision": self.decision,
+            "reason": self.reason,
+            "time_to_decision_seconds": self.time_to_decision_seconds,
+            "rollout_run_id": self.rollout_run_id,
+            "steps": [step.summary() for step in self.steps],
+        }
+        if self.decision == "rolled_back":
+            failing = self.failing_check()
+            payload["failed_check"] = self.failed_check
+            payload["figures"] = {
+                "value": failing.value if failing else None,
+                "threshold": failing.threshold if failing else None,
+                "step": self.steps[-1].step if self.steps else None,
+                "weight": self.steps[-1].weight if self.steps else None,
+            }
+        return payload
+
+
+def artifact_key(model_name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+    return f"canary-{slug or 'model'}"
+
+
+_HEADLINES = {
+    "promoted": "promoted",
+    "rolled_back": "ROLLED BACK",
+    "promoted_without_canary": "promoted without a canary",
+}
+
+
+def _check_cell(step: StepFigures, name: CheckName) -> str:
+    check = next((c for c in step.checks if c.name == name), None)
+    if check is None:
+        return "—"
+    return "pass" if check.passed else "**FAIL**"
+
+
+def render_markdown(result: RolloutResult, policy: CanaryPolicy) -> str:
+    """The rollout as Markdown: the verdict, then one table per step with both versions side by side."""
+    stable_label = f"stable v{result.previous_champion_version}" if result.previous_champion_version else "stable"
+    canary_label = f"canary v{result.candidate_version}"
+    lines = [
+        f"# Canary rollout of `{result.model_name}` version {result.candidate_version}: {_HEADLINES[result.decision]}",
+        "",
+        result.reason,
+        "",
+        f"Champion before: {result.previous_champion_version or '—'}; after: {result.champion_version or '—'}. "
+        f"Time to decision: {_fmt(result.time_to_decision_seconds, 2)} s; stage: {result.seconds:.1f} s.",
+        "",
+        f"Policy: steps {policy.step_weights} %, window {policy.analysis_seconds:g} s, checks every "
+        f"{min(policy.check_interval_seconds, policy.analysis_seconds):g} s, at least {policy.min_requests} canary "
+        "requests per step.",
+    ]
+    for step in result.steps:
+        verdict = {"continue": "passed", "promote": "passed, promote", "roll_back": "roll back"}[step.decision]
+        failed = f" — failed check `{step.failed_check}`" if step.failed_check else ""
+        s, c = step.stable, step.canary
+        lines += [
+            "",
+            f"## Step {step.step}: {step.weight}% to the canary, {step.seconds:.1f} s — {verdict}{failed}",
+            "",
+            f"| figure | {stable_label} | {canary_label} | threshold | check |",
+            "|---|---|---|---|---|",
+            f"| requests (/metrics + transport errors) | {s.requests} | {c.requests} | ≥ {policy.min_requests} "
+            f"| {_check_cell(step, 'min_requests')} |",
+            f"| error rate | {_fmt(s.error_rate)} | {_fmt(c.error_rate)} | ≤ {policy.max_error_rate:.3f} "
+            f"| {_check_cell(step, 'error_rate')} |",
+            f"| p95 latency, server side | {_ms(s.p95_seconds)} | {_ms(c.p95_seconds)} | ratio "
+            f"{_fmt(step.p95_ratio, 2)} ≤ {policy.max_p95_latency_ratio:.2f} (or within "
+            f"{_ms(policy.latency_tolerance_seconds)}) | {_check_cell(step, 'p95_latency_ratio')} |",
+            f"| accuracy (labelled) | {_fmt(s.accuracy)} | {_fmt(c.accuracy)} | ≥ {policy.min_accuracy:.3f} "
+            f"| {_check_cell(step, 'accuracy')} |",
+            f"| agreement with stable | — | {_fmt(step.agreement)} ({step.compared} rows) | "
+            f"≥ {policy.min_agreement:.3f} | {_check_cell(step, 'agreement')} |",
+            f"| routed by the driver | {s.routed} | {c.routed} | | |",
+            f"| p95 latency, client side | {_ms(s.client_p95_seconds)} | {_ms(c.client_p95_seconds)} | | |",
+            "",
+            f"Canary failures answered by stable: {step.retried_on_stable}; unanswered requests: {step.unanswered}; "
+            f"shadow requests to stable: {step.shadow_requests}; stable p95 scope: {step.stable_p95_scope}.",
+        ]
+        for check in step.checks:
+            if not check.passed:
+                lines += ["", f"**{check.name}**: {check.detail}"]
+    if not result.steps:
+        lines += ["", "No canary steps ran."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,272 @@
+"""Local model servers for the rollout: start one per role, wait until ready, scrape /metrics, stop them all.
+
+Each server is ``python -m workloads.server`` (the same command a pod runs) in its own process group, on a
+free loopback port, its output kept as a tail for error messages. :class:`LocalServers` is a context
+manager: whatever ends the stage (a decision, an error, a cancellation, a timeout), every process it started
+is stopped on the way out, SIGTERM then SIGKILL to the whole group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, Literal
+
+from blocks.compute import _import_root, _signal_group
+from tasks.errors import WorkloadFailed
+from workloads.server.config import EXIT_LISTEN
+
+Role = Literal["stable", "canary"]
+LogFn = Callable[[str], None]
+SERVER_MODULE = "workloads.server"
+HOST = "127.0.0.1"
+TAIL_LINES = 30
+STOP_GRACE_SECONDS = 10.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+_LISTEN_ATTEMPTS = 3
+
+
+class ServerNotReady(WorkloadFailed):
+    """A model server exited or did not answer GET /readyz with 200 in time; carries its exit code and tail."""
+
+
+class ServerUnreachable(Exception):
+    """GET /metrics failed: the server is down or hung."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the server exits with EXIT_LISTEN if it is taken meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, path: str, timeout: float) -> tuple[int, bytes]:
+    """One GET on a fresh connection; raises OSError or HTTPException when there is no answer."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@dataclass
+class ServerProcess:
+    """One running model server: its process, address and last output lines."""
+
+    role: Role
+    model_uri: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    reader: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} server ({self.model_uri}, pid {self.proc.pid})"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_reason(self) -> str | None:
+        """Why the server is gone, with its last lines; None while it runs."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"{self.name} exited with code {code}; last log lines:\n" + self.log_tail()
+
+    def log_tail(self) -> str:
+        return "\n".join(f"  | {line}" for line in self.tail) if self.tail else "  | (no output)"
+
+    def scrape(self, timeout: float = SCRAPE_TIMEOUT_SECONDS) -> str:
+        """The /metrics body, read over HTTP as Prometheus would; :class:`ServerUnreachable` otherwise."""
+        try:
+            status, body = http_get(self.url, "/metrics", timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics failed: {exc}") from exc
+        if status != 200:
+            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics answered {status}")
+        return body.decode("utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until GET /readyz answers 200; :class:`ServerNotReady` when it exits or the time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                self._join_reader()
+                raise ServerNotReady(self.name, self.proc.returncode, list(self.tail), reason="exited before ready")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if http_get(self.url, "/readyz", 1.0)[0] == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise ServerNotReady(
+                    self.name, None, list(self.tail), reason=f"was not ready (GET /readyz) after {timeout:g}s"
+                )
+            time.sleep(0.1)
+
+    def terminate(self) -> None:
+        """Ask the server to drain and exit (SIGTERM to its process group); returns at once."""
+        if self.alive():
+            _signal_group(self.proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Wait up to ``grace`` for the group to go, then SIGKILL whatever is left (children included)."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader so its group can disappear
+            if not _signal_group(self.proc.pid, 0):
+                break
+            time.sleep(0.05)
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._join_reader()
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM the process group (the server drains), SIGKILL whatever is left after ``grace``."""
+        self.terminate()
+        self.wait_stopped(grace)
+
+    def _join_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.join(timeout=2)
+
+
+def _pump(stream: IO[bytes], server: ServerProcess, log: LogFn) -> None:
+    prefix = f"[{server.role}] "
+    try:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            server.tail.append(line)
+            log(prefix + line)
+    finally:
+        stream.close()
+
+
+class LocalServers:
+    """Model servers started for one rollout; leaving the context stops every one of them.
+
+    Args:
+        tracking_uri: MLflow tracking (and registry) URI the servers load ``models:/`` URIs from.
+        commands: Per-role replacement of ``workloads.server`` (module then arguments), the documented test
+            seam ``CanaryPolicy.local_server_commands``; roles not named run the real server.
+        log: Receives every output line of every server, prefixed with its role.
+        python: Interpreter to run the servers with (default: this one).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        commands: Mapping[Role, Sequence[str]] | None = None,
+        log: LogFn = lambda line: None,
+        python: str | None = None,
+    ) -> None:
+        self._tracking_uri = tracking_uri
+        self._commands = dict(commands or {})
+        self._log = log
+        self._python = python or sys.executable
+        self._servers: dict[Role, ServerProcess] = {}
+        self._stopping: list[ServerProcess] = []  # signalled, not yet waited for
+
+    def __enter__(self) -> LocalServers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def __getitem__(self, role: Role) -> ServerProcess:
+        return self._servers[role]
+
+    def command(self, role: Role, model_uri: str, port: int) -> list[str]:
+        """The command line for a role: the real server unless the test seam names another module."""
+        program = list(self._commands.get(role, [SERVER_MODULE]))
+        return [self._python, "-m", *program, "--model-uri", model_uri, "--host", HOST, "--port", str(port)]
+
+    def start(self, role: Role, model_uri: str) -> ServerProcess:
+        """Spawn the role's server on a free port (not waiting for it); a role already running is an error."""
+        if role in self._servers:
+            raise RuntimeError(f"a {role} server is already running")
+        port = free_port()
+        module = self._commands.get(role, [SERVER_MODULE])[0]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self._tracking_uri, "PYTHONUNBUFFERED": "1"}
+        root = _import_root(module)
+        if root:
+            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in parts if p != root)])
+        proc = subprocess.Popen(
+            self.command(role, model_uri, port),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        server = ServerProcess(role=role, model_uri=model_uri, url=f"http://{HOST}:{port}", proc=proc)
+        assert proc.stdout is not None
+        server.reader = threading.Thread(
+            target=_pump, args=(proc.stdout, server, self._log), name=f"{role}-server-output", daemon=True
+        )
+        server.reader.start()
+        self._servers[role] = server
+        return server
+
+    def wait_ready(self, role: Role, timeout: float) -> ServerProcess:
+        """Wait for the role's server; a port taken between choosing and binding it is retried on another."""
+        for attempt in range(1, _LISTEN_ATTEMPTS + 1):
+            server = self._servers[role]
+            try:
+                server.wait_ready(timeout)
+                return server
+            except ServerNotReady as exc:
+                if exc.exit_code != EXIT_LISTEN or attempt == _LISTEN_ATTEMPTS:
+                    raise
+                del self._servers[role]
+                self.start(role, server.model_uri)
+        raise AssertionError("unreachable")
+
+    def stop(self, role: Role, *, wait: bool = True) -> None:
+        """Stop one role's server (idempotent); ``wait=False`` only signals it, leaving the wait to ``stop_all``."""
+        server = self._servers.pop(role, None)
+        if server is None:
+            return
+        if wait:
+            server.stop()
+        else:
+            server.terminate()
+            self._stopping.append(server)
+
+    def stop_all(self) -> None:
+        """Stop every server this object started: all are signalled first, then each is waited for (or killed)."""
+        servers = [*self._stopping, *self._servers.values()]
+        self._servers.clear()
+        self._stopping.clear()
+        errors: list[BaseException] = []
+        for server in servers:
+            try:
+                server.terminate()
+            except BaseException as exc:  # keep stopping the others; re-raised below
+                errors.append(exc)
+        for server in servers:
+            try:
+                server.wait_stopped()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,309 @@
+"""The local traffic driver: replays a labelled split against the stable and canary servers at a weight.
+
+On a cluster, users send the traffic and a gateway splits it; locally gpuflow plays both parts, so the
+canary analysis has traffic to judge and labels to judge it by.
+
+- **Routing** is smooth weighted round-robin (nginx's algorithm): deterministic, and any 100 consecutive
+  requests hold exactly ``weight`` canary requests, evenly spread (no bursts, no seed to pick).
+- **Rows** are the split replayed in a new seeded order on every pass, so the canary does not see the same
+  rows over and over when the split's size is a multiple of the routing period.
+- **A failed canary request is answered anyway**: when the canary answers non-2xx, times out or refuses the
+  connection, the driver asks stable for the same row and the user gets stable's answer. It counts as a
+  canary error (and as ``retried_on_stable``); only a request stable cannot answer either is ``unanswered``.
+- **Agreement** is measured per canary answer against stable's answer for the same row. Stable serves one
+  fixed version, so its answer to a row never changes: the driver keeps each row's stable answer from routed
+  traffic and, for a row stable has not answered yet, asks stable once in shadow (the answer is compared,
+  never returned to the user). Shadow requests show in stable's /metrics like any other request.
+
+Pacing is open-loop up to ``concurrency`` requests in flight: request *k* is sent at ``start + k / rate``
+unless every worker is busy, so a slow canary does not slow the request rate of the whole test.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+
+Target = Literal["stable", "canary"]
+PREDICT_PATH = "/v1/predict"
+
+
+@dataclass
+class TargetRecord:
+    """What the driver saw of one server during a step (user requests only, not retries or shadows)."""
+
+    routed: int = 0
+    http_errors: int = 0
+    transport_errors: int = 0
+    answered: int = 0
+    correct: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return self.http_errors + self.transport_errors
+
+
+@dataclass
+class TrafficRecord:
+    """The driver's record of one step: per target, plus what happened to canary requests that failed."""
+
+    stable: TargetRecord = field(default_factory=TargetRecord)
+    canary: TargetRecord = field(default_factory=TargetRecord)
+    retried_on_stable: int = 0  # canary failures that stable answered
+    unanswered: int = 0  # user requests nobody answered (stable failed a routed request or a retry)
+    shadow_requests: int = 0
+    compared: int = 0
+    agreed: int = 0
+    seconds: float = 0.0
+
+    def target(self, name: Target) -> TargetRecord:
+        return self.stable if name == "stable" else self.canary
+
+
+class WeightedRouter:
+    """Smooth weighted round-robin between stable and canary; thread-safe."""
+
+    def __init__(self, canary_percent: int) -> None:
+        if not 0 <= canary_percent <= 100:
+            raise ValueError(f"canary weight {canary_percent} is not a percent between 0 and 100")
+        self._weights = {"stable": 100 - canary_percent, "canary": canary_percent}
+        self._current = {"stable": 0, "canary": 0}
+        self._lock = threading.Lock()
+
+    def pick(self) -> Target:
+        with self._lock:
+            for name, weight in self._weights.items():
+                self._current[name] += weight
+            chosen: Target = "canary" if self._current["canary"] > self._current["stable"] else "stable"
+            self._current[chosen] -= 100
+            return chosen
+
+
+class RowCycle:
+    """Row indices of the split, each pass in a new seeded order; thread-safe."""
+
+    def __init__(self, rows: int, seed: int = 0) -> None:
+        if rows <= 0:
+            raise ValueError("the traffic driver needs at least one labelled row")
+        self._rng = np.random.default_rng(seed)
+        self._rows = rows
+        self._order: list[int] = []
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            if not self._order:
+                self._order = self._rng.permutation(self._rows).tolist()[::-1]
+            return self._order.pop()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One request's outcome: a prediction, or why there is none."""
+
+    prediction: str | None
+    status: int | None  # None: no HTTP answer (refused, reset, timed out)
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+
+class _Endpoint:
+    """One keep-alive connection to one server, reopened after any transport error."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
+
+    def predict(self, body: bytes) -> _Answer:
+        started = time.perf_counter()
+        try:
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._connection.request("POST", PREDICT_PATH, body=body, headers={"Content-Type": "application/json"})
+            response = self._connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return _Answer(None, None, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if not 200 <= response.status < 300:
+            return _Answer(None, response.status, seconds)
+        try:
+            prediction = json.loads(payload)["predictions"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return _Answer(None, response.status, seconds)  # a 2xx without a prediction is no answer
+        return _Answer(str(prediction), response.status, seconds)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class TrafficDriver:
+    """Sends the split's rows to stable and canary at a weight, one step at a time, and records what came back.
+
+    ``start(weight)`` begins a step (a fresh record), ``snapshot()`` reads the record while traffic flows,
+    ``stop()`` ends the step and returns its record. Labels are compared as strings, so integer labels and
+    their JSON answers match.
+    """
+
+    def __init__(
+        self,
+        stable_url: str,
+        canary_url: str,
+        features: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        requests_per_second: float,
+        concurrency: int,
+        timeout_seconds: float,
+        seed: int = 0,
+    ) -> None:
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        self._urls: dict[Target, str] = {"stable": stable_url, "canary": canary_url}
+        self._bodies = [json.dumps({"rows": [row.tolist()]}).encode() for row in np.asarray(features, np.float32)]
+        self._labels = [str(label.item() if hasattr(label, "item") else label) for label in labels]
+        self._interval = 1.0 / requests_per_second
+        self._concurrency = concurrency
+        self._timeout = timeout_seconds
+        self._rows = RowCycle(len(self._bodies), seed)
+        self._stable_answers: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._router = WeightedRouter(0)
+        self._record = TrafficRecord()
+        self._started = 0.0
+        self._next_at = 0.0
+        self.first_canary_at: float | None = None  # time.monotonic() of the first request routed to the canary
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
+
+    def start(self, weight: int) -> None:
+        """Begin a step: ``weight`` percent of requests go to the canary."""
+        if self._threads:
+            raise RuntimeError("a step is already running; stop() it first")
+        self._router = WeightedRouter(weight)
+        self._record = TrafficRecord()
+        self._stop.clear()
+        self._started = self._next_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"traffic-{n}", daemon=True) for n in range(self._concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def snapshot(self) -> TrafficRecord:
+        """A copy of the running step's record."""
+        with self._lock:
+            record = copy.deepcopy(self._record)
+        record.seconds = time.monotonic() - self._started
+        return record
+
+    def stop(self) -> TrafficRecord:
+        """End the step: no new request is sent; in-flight ones finish (within the request timeout)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self._timeout * 3 + 5)
+        self._threads = []
+        return self.snapshot()
+
+    # -- the workers ------------------------------------------------------------------------------
+
+    def _pace(self) -> bool:
+        """Wait for this worker's next send slot; False when the step is stopping."""
+        with self._lock:
+            now = time.monotonic()
+            at = max(self._next_at, now)
+            self._next_at = at + self._interval
+        return not self._stop.wait(at - now) if at > now else not self._stop.is_set()
+
+    def _work(self) -> None:
+        endpoints: dict[Target, _Endpoint] = {name: _Endpoint(url, self._timeout) for name, url in self._urls.items()}
+        try:
+            while self._pace():
+                row = self._rows.next()
+                target = self._router.pick()
+                if target == "canary" and self.first_canary_at is None:
+                    self.first_canary_at = time.monotonic()
+                answer = endpoints[target].predict(self._bodies[row])
+                if target == "stable":
+                    self._record_stable(row, answer)
+                else:
+                    self._record_canary(row, answer, endpoints["stable"])
+        finally:
+            for endpoint in endpoints.values():
+                endpoint.close()
+
+    def _count(self, record: TargetRecord, row: int, answer: _Answer) -> None:
+        """Count one routed request in its target's record (caller holds the lock)."""
+        record.routed += 1
+        if answer.ok:
+            record.answered += 1
+            record.correct += answer.prediction == self._labels[row]
+            record.latencies.append(answer.seconds)
+        elif answer.status is None:
+            record.transport_errors += 1
+        else:
+            record.http_errors += 1
+
+    def _record_stable(self, row: int, answer: _Answer) -> None:
+        with self._lock:
+            self._count(self._record.stable, row, answer)
+            if answer.ok:
+                assert answer.prediction is not None
+                self._stable_answers[row] = answer.prediction
+            else:
+                self._record.unanswered += 1
+
+    def _record_canary(self, row: int, answer: _Answer, stable: _Endpoint) -> None:
+        with self._lock:
+            self._count(self._record.canary, row, answer)
+            known = self._stable_answers.get(row)
+        if not answer.ok:
+            self._retry_on_stable(row, stable)
+            return
+        shadow = False
+        if known is None:
+            shadow = True
+            reference = stable.predict(self._bodies[row])
+            known = reference.prediction
+        with self._lock:
+            if shadow:
+                self._record.shadow_requests += 1
+                if known is not None:
+                    self._stable_answers[row] = known
+            if known is not None:
+                self._record.compared += 1
+                self._record.agreed += answer.prediction == known
+
+    def _retry_on_stable(self, row: int, stable: _Endpoint) -> None:
+        """The canary failed this request: stable answers it, so the user still gets an answer."""
+        retry = stable.predict(self._bodies[row])
+        with self._lock:
+            if retry.ok:
+                assert retry.prediction is not None
+                self._record.retried_on_stable += 1
+                self._stable_answers[row] = retry.prediction
+            else:
+                self._record.unanswered += 1
