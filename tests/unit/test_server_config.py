@@ -1,0 +1,47 @@
+"""The server's flags: environment defaults, command-line precedence, and exit code 2 for bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from workloads.server import main
+from workloads.server.config import EXIT_USAGE, parse_args
+
+
+def test_flags_parse_into_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = parse_args(["--model-uri", "models:/m/1", "--max-batch-size", "8", "--max-wait-us", "250", "--port", "0"])
+    assert (config.model_uri, config.max_batch_size, config.max_wait_us, config.port) == ("models:/m/1", 8, 250, 0)
+    assert config.max_wait_s == pytest.approx(0.00025)
+    assert config.tracking_uri is None and config.host == "127.0.0.1"
+
+
+def test_environment_supplies_defaults_and_the_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLOW_SERVER_MODEL_URI", "models:/m@champion")
+    monkeypatch.setenv("GPUFLOW_SERVER_MAX_ROWS", "7")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    config = parse_args(["--max-rows", "9"])
+    assert (config.model_uri, config.max_rows, config.tracking_uri) == ("models:/m@champion", 9, "http://mlflow:5000")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "--model-uri"),
+        (["--model-uri", "m", "--max-batch-size", "0"], "expected at least 1"),
+        (["--model-uri", "m", "--port", "70000"], "between 0 and 65535"),
+        (["--model-uri", "m", "--max-wait-us", "soon"], "not a int"),
+        (["--model-uri", "m", "--backend", "onnx"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert says in capsys.readouterr().err
+
+
+def test_a_bad_environment_value_is_checked_like_a_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUFLOW_SERVER_BACKEND", "tensorrt")
+    assert main(["--model-uri", "m"]) == EXIT_USAGE
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
