@@ -1,6 +1,7 @@
 """The ``gpuflow`` command: run the pipeline on the embedded defaults, print a summary, exit honestly.
 
-Exit codes: 0 success; 1 a stage failed; 2 bad usage; 3 the quality gate rejected the model.
+Exit codes: 0 success; 1 a stage failed; 2 bad usage; 3 the quality gate rejected the model;
+4 the canary was rolled back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_ROLLED_BACK = 0, 1, 2, 3, 4
 
 
 def _quiet_environment() -> None:
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="run prepare -> train -> evaluate",
+        help="run prepare -> train -> evaluate -> rollout",
         description="Run the whole pipeline. Without servers configured it uses the embedded defaults: "
         "Prefect's ephemeral API, MLflow on SQLite and the store under GPUFLOW_HOME (default ./.gpuflow).",
     )
@@ -68,13 +69,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--drop-duplicates", action="store_true", help="drop duplicate rows instead of failing")
-    run.add_argument("--no-promote", action="store_true", help="register the model but never move 'champion'")
+    run.add_argument("--no-promote", action="store_true", help="register the model but never roll it out")
     run.add_argument("--data-store", metavar="BLOCK", help="saved DataStore block name")
     run.add_argument("--compute", metavar="BLOCK", help="saved compute-target block name")
     run.add_argument("--tracking", metavar="BLOCK", help="saved MLflowTracking block name")
     run.add_argument("--gate", metavar="BLOCK", help="saved QualityGate block name")
+    run.add_argument("--policy", metavar="BLOCK", help="saved CanaryPolicy block name")
+    run.add_argument(
+        "--canary-seconds",
+        type=_positive_float,
+        metavar="S",
+        help="analysis window per canary step (default: the policy's, 60 s)",
+    )
     run.add_argument("--json", action="store_true", help="end stdout with one JSON object describing the run")
+    serve = commands.add_parser(
+        "serve",
+        help="serve one model version over HTTP in the foreground",
+        description="Serve a registered model (models:/NAME/VERSION or models:/NAME@ALIAS) with the same server "
+        "the canary and the cluster use. Extra options go to the server: see docs/serving.md.",
+    )
+    serve.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/gpuflow-digits@champion")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="further server options, e.g. --max-wait-us 200")
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the inference server in this process, on the embedded tracking store unless told otherwise."""
+    from tasks import settings
+    from workloads.server import main as server_main
+
+    argv = ["--model-uri", args.model_uri, "--port", str(args.port), "--host", args.host]
+    if "--tracking-uri" not in args.server_args:
+        argv += ["--tracking-uri", settings.tracking_uri()]
+    return server_main(argv + list(args.server_args))
 
 
 def _positive_int(text: str) -> int:
@@ -106,6 +135,8 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "compute": args.compute,
         "tracking": args.tracking,
         "gate": args.gate,
+        "policy": args.policy,
+        "canary_analysis_seconds": args.canary_seconds,
     }
     if args.dataset_name:
         params["dataset_name"] = args.dataset_name
@@ -124,12 +155,13 @@ def _summary(result: Any) -> str:
     gate = result.gate
     verdict = "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
     rows = [
-        ("dataset", f"{result.dataset_name} {result.dataset_version}" + (" (cached)" if result.dataset_cache_hit else "")),
+        ("dataset", f"{result.dataset_name} {result.dataset_version}{' (cached)' if result.dataset_cache_hit else ''}"),
         ("training run", result.train_run_id),
         ("model", f"{result.model_name} version {result.model_version}"),
         ("test accuracy", f"{result.metrics.get('accuracy', float('nan')):.4f}"),
         ("macro F1", f"{result.metrics.get('macro_f1', float('nan')):.4f}"),
         ("quality gate", verdict),
+        ("canary", _canary_text(result.canary)),
         ("champion", f"version {result.champion_version}" if result.champion_version else "none"),
         ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items())),
         ("pipeline run", result.pipeline_run_id),
@@ -140,6 +172,24 @@ def _summary(result: Any) -> str:
     with console.capture() as capture:
         console.print(table)
     return capture.get()
+
+
+def _canary_text(canary: dict[str, Any] | None) -> str:
+    if not canary:
+        return "not run"
+    lines = [f"{canary['decision'].replace('_', ' ')}: {canary['reason']}"]
+    for index, step in enumerate(canary.get("steps") or [], start=1):
+        lines.append(
+            f"step {index} at {step['weight']}%: {step['decision']}"
+            f" (canary {step['canary']['requests']} req, errors {_fmt(step['canary']['error_rate'])},"
+            f" p95 ratio {_fmt(step.get('p95_ratio'))}, accuracy {_fmt(step['canary'].get('accuracy'))},"
+            f" agreement {_fmt(step.get('agreement'))})"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _print_result(result: Any, as_json: bool) -> None:
@@ -170,7 +220,7 @@ def _start_prefect_api_early() -> threading.Thread | None:
 def cmd_run(args: argparse.Namespace) -> int:
     warming = _start_prefect_api_early()
     from flows.pipeline import ml_pipeline
-    from tasks.errors import GateFailed, GpuflowError
+    from tasks.errors import GateFailed, GpuflowError, ModelRejected
 
     if warming is not None:
         warming.join()
@@ -180,10 +230,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_result(state.result(), args.json)
         return EXIT_OK
     outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, GateFailed) and outcome.result is not None:
+    if isinstance(outcome, ModelRejected) and outcome.result is not None:
         _print_result(outcome.result, args.json)
         print(f"gpuflow: {outcome}", file=sys.stderr)
-        return EXIT_GATE
+        return EXIT_GATE if isinstance(outcome, GateFailed) else EXIT_ROLLED_BACK
     message = str(outcome) if isinstance(outcome, BaseException) else (state.message or "pipeline failed")
     if args.json:
         print(json.dumps({"error": message, "error_type": type(outcome).__name__}))
@@ -196,9 +246,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_environment()
-    import prefect.logging.configuration  # noqa: F401 - sets up Prefect's handlers before we tune them
+    if args.command == "serve":
+        return cmd_serve(args)
+    import prefect.logging.configuration
 
-    prefect.logging.configuration.setup_logging()
+    prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
     _configure_logging()
     try:
         if args.command == "run":

@@ -27,6 +27,7 @@ from tasks.evaluation import (
 from tasks.events import MODEL_EVALUATED, emit, model_resource
 from tasks.gate import GateDecision, decide, outcome, render_markdown
 from tasks.registry import current_champion, move_aliases, register_version, trained_model
+from tasks.telemetry import stage_telemetry
 from tasks.tracking import TAG_DATASET_VERSION, client_for, record_gpu_inventory, stage_run
 
 __all__ = ["Evaluation", "GateDecision", "evaluate"]
@@ -71,7 +72,10 @@ def evaluate(
         logger.warning(
             "run %s trained on dataset %s; scoring it on %s", train_run_id, model.dataset_version, split.version
         )
-    with stage_run(tracking_cfg, "evaluate", parent_run_id=parent_run_id, dataset_version=split.version) as run_id:
+    with (
+        stage_run(tracking_cfg, "evaluate", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,
+        stage_telemetry(tracking_cfg, run_id, "evaluate") as telemetry,
+    ):
         logger.info("evaluate run %s on %s", run_id, record_gpu_inventory(tracking_cfg, run_id))
         challenger = score_model(tracking_cfg, model.model_uri, model.labels, split)
         previous = current_champion(tracking_cfg, model_name)
@@ -146,6 +150,7 @@ def evaluate(
         champion_version=champion_after,
         promoted=promote,
         seconds=round(seconds, 3),
+        telemetry=telemetry.as_dict(),
     )
     emit(MODEL_EVALUATED, model_resource(model_name), evaluation.event_payload())
     if decision.passed:

@@ -1,8 +1,8 @@
-"""``ml_pipeline``: prepare -> train -> evaluate as one versioned pipeline run.
+"""``ml_pipeline``: prepare -> train -> evaluate -> rollout as one versioned pipeline run.
 
 Each stage is its own flow and still runs alone; here they run as subflows under one MLflow parent run,
-so the UI shows one pipeline run with a child per stage. A failed quality gate ends the run Failed with
-the gate's reasons (not a traceback): it is a verdict on the model, not a crash.
+so the UI shows one pipeline run with a child per stage. A failed quality gate or a rolled-back canary ends
+the run Failed with the reasons (not a traceback): it is a verdict on the model, not a crash.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.mlflow_tracking import resolve_tracking
 from flows.evaluate import evaluate
 from flows.prepare import prepare
+from flows.rollout import rollout
 from flows.train import train
 from tasks import settings
 from tasks import tracking as runs
-from tasks.errors import GateFailed
+from tasks.errors import GateFailed, ModelRejected, RolledBack
 
 
 class PipelineResult(BaseModel):
@@ -44,6 +45,9 @@ class PipelineResult(BaseModel):
     champion_version: str | None
     previous_champion_version: str | None
     promoted: bool
+    canary: dict[str, Any] | None = Field(
+        description="Rollout decision, reason and each step's figures; empty when the gate failed or rollout was off."
+    )
     stage_seconds: dict[str, float] = Field(description="Wall time of each stage as the pipeline saw it.")
     stage_work_seconds: dict[str, float] = Field(description="Time each stage spent on its own work.")
     total_seconds: float
@@ -68,8 +72,10 @@ def ml_pipeline(
     compute: str | None = None,
     tracking: str | None = None,
     gate: str | None = None,
+    policy: str | None = None,
+    canary_analysis_seconds: float | None = None,
 ) -> PipelineResult | State:
-    """Run prepare -> train -> evaluate on one dataset and register the model.
+    """Run prepare -> train -> evaluate -> rollout on one dataset: a new model earns its traffic or is rolled back.
 
     Args:
         data_uri: Raw data (CSV or Parquet): a path, file://, s3://bucket/key, or "demo" for the bundled digits.
@@ -84,11 +90,13 @@ def ml_pipeline(
         val_fraction: Share of rows for validation.
         test_fraction: Share of rows for the test split.
         drop_duplicates: Drop duplicate rows instead of rejecting the data.
-        promote_on_pass: Move the champion alias to the new version when the gate passes.
+        promote_on_pass: Roll a version that passes the gate out against the champion (canary); off registers only.
         data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
         compute: Saved compute-target block name; empty runs the trainer as a local process.
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
         gate: Saved QualityGate block name; empty uses the default thresholds.
+        policy: Saved CanaryPolicy block name; empty uses the default steps and thresholds.
+        canary_analysis_seconds: Override the canary policy's analysis window per step (seconds).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -145,17 +153,34 @@ def ml_pipeline(
                 dataset_uri=prepared.dataset_uri,
                 model_name=model_name,
                 gate=gate,
-                promote_on_pass=promote_on_pass,
+                promote_on_pass=False,
                 data_store=data_store,
                 tracking=tracking,
                 parent_run_id=parent,
             ),
         )
+        rolled = None
+        if evaluation.gate.passed and promote_on_pass:
+            rolled = timed(
+                "rollout",
+                lambda: rollout(
+                    model_name=model_name,
+                    candidate_version=evaluation.model_version,
+                    dataset_uri=prepared.dataset_uri,
+                    policy=policy,
+                    data_store=data_store,
+                    tracking=tracking,
+                    parent_run_id=parent,
+                    analysis_seconds=canary_analysis_seconds,
+                ),
+            )
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
 
     work = {"prepare": prepared.seconds, "train": trained.seconds, "evaluate": evaluation.seconds}
+    if rolled is not None:
+        work["rollout"] = rolled.seconds
     result = PipelineResult(
         pipeline_run_id=parent,
         pipeline_version=runs.pipeline_version(),
@@ -169,9 +194,10 @@ def ml_pipeline(
         model_version=evaluation.model_version,
         metrics=dict(evaluation.metrics),
         gate=evaluation.gate.model_dump(mode="json"),
-        champion_version=evaluation.champion_version,
+        champion_version=rolled.champion_version if rolled else evaluation.champion_version,
         previous_champion_version=evaluation.previous_champion_version,
-        promoted=evaluation.promoted,
+        promoted=rolled is not None and rolled.decision != "rolled_back",
+        canary=rolled.model_dump(mode="json") if rolled else None,
         stage_seconds=walls,
         stage_work_seconds={k: round(float(v), 3) for k, v in work.items()},
         total_seconds=round(time.perf_counter() - started, 3),
@@ -184,10 +210,20 @@ def ml_pipeline(
     )
     client.set_tag(parent, "gpuflow.model_version", result.model_version)
     client.set_tag(parent, "gpuflow.gate.passed", str(evaluation.gate.passed).lower())
+    if rolled is not None:
+        client.set_tag(parent, "gpuflow.rollout.decision", rolled.decision)
+    failure: ModelRejected | None = None
     if not evaluation.gate.passed:
-        client.set_terminated(parent, status="FAILED")
         failure = GateFailed(list(evaluation.gate.reasons), result=result)
-        logger.warning("%s; champion stays version %s", failure, evaluation.champion_version)
+    elif rolled is not None and rolled.decision == "rolled_back":
+        failure = RolledBack(f"canary rolled back: {rolled.reason}", result=result)
+    if failure is not None:
+        client.set_terminated(parent, status="FAILED")
+        logger.warning("%s; champion stays %s", failure, _version_text(result.champion_version))
         return Failed(message=str(failure), data=failure)
     client.set_terminated(parent, status="FINISHED")
     return result
+
+
+def _version_text(version: str | None) -> str:
+    return f"version {version}" if version else "unset (no champion yet)"

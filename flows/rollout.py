@@ -417,6 +417,7 @@ def rollout(
     tracking: str | None = None,
     parent_run_id: str | None = None,
     lock_timeout_seconds: float = 1800.0,
+    analysis_seconds: float | None = None,
 ) -> RolloutResult:
     """Canary-release a gated version: promote it when every step passes, roll it back at the first failed check.
 
@@ -433,10 +434,15 @@ def rollout(
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
         parent_run_id: MLflow parent run (the pipeline's) to nest this stage's run under.
         lock_timeout_seconds: How long to wait while another rollout of the same model runs before failing.
+        analysis_seconds: Override the policy's analysis window per step (seconds); empty keeps the policy's.
     """
     started = time.perf_counter()
     logger = get_run_logger()
     policy_cfg = resolve_policy(policy)
+    if analysis_seconds is not None:
+        if analysis_seconds <= 0:
+            raise ConfigurationError(f"analysis_seconds must be above 0, got {analysis_seconds}")
+        policy_cfg = policy_cfg.model_copy(update={"analysis_seconds": float(analysis_seconds)})
     tracking_cfg = resolve_tracking(tracking)
     store = resolve_data_store(data_store)
 

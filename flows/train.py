@@ -12,6 +12,7 @@ from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from tasks import events
 from tasks.settings import DEFAULT_MODEL_NAME
+from tasks.telemetry import read_train_telemetry
 from tasks.tracking import record_gpu_inventory
 from tasks.training import (
     TrainedModel,
@@ -35,6 +36,9 @@ def train(
     seed: Annotated[int, Field(ge=0)] = 42,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     training_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
+    early_stop: Literal["off", "plateau", "divergence", "both"] = "off",
+    patience: Annotated[int, Field(ge=1, le=10_000)] = 5,
+    telemetry_interval: Annotated[float, Field(ge=0.05, le=3600)] | None = None,
     compute: str | None = None,
     data_store: str | None = None,
     tracking: str | None = None,
@@ -53,6 +57,11 @@ def train(
         device: "auto" uses CUDA when the machine has it, else CPU; "cuda" fails where there is none.
         training_id: Names the checkpoint folder; the same id resumes an interrupted training. Empty: derived
             from this flow run, so retrying the flow run resumes.
+        early_stop: Stop before `epochs` when "plateau" (val_accuracy has not improved for `patience` epochs),
+            "divergence" (a NaN/inf loss, or train_loss rising 3 epochs in a row), or "both"; "off" runs every epoch.
+        patience: Epochs without improvement that make a plateau.
+        telemetry_interval: Seconds between the trainer's GPU samples (NVML), 0.05 at the finest; empty: the
+            trainer's default (GPUFLOW_TELEMETRY_INTERVAL, else 1 s).
         compute: Saved compute-target block (name or block-type/name); empty runs the trainer as a local process.
         data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
@@ -85,8 +94,12 @@ def train(
             tracking=tracking_cfg,
             store=store,
             model_name=model_name,
+            early_stop=early_stop,
+            patience=patience,
+            telemetry_interval=telemetry_interval,
         )
         result = run_trainer(target, spec)
+        telemetry = read_train_telemetry(tracking_cfg, run_id)
         trained = read_trained_model(
             tracking_cfg,
             run_id,
@@ -96,6 +109,7 @@ def train(
             dataset_version=manifest.version,
             epochs=epochs,
             result=result,
+            telemetry=telemetry.as_dict(),
         )
 
     events.emit(
@@ -111,7 +125,7 @@ def train(
         },
     )
     logger.info(
-        "trained %s: val_accuracy=%.4f in %.1fs; model %s",
-        model_name, trained.metrics["val_accuracy"], trained.seconds, trained.model_uri,
+        "trained %s: val_accuracy=%.4f in %.1fs (%s); model %s",
+        model_name, trained.metrics["val_accuracy"], trained.seconds, trained.stop_reason, trained.model_uri,
     )  # fmt: skip
     return trained

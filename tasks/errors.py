@@ -44,13 +44,24 @@ class WorkloadFailed(GpuflowError):
         super().__init__(f"{name} {detail}; last log lines:\n{last}")
 
 
-class GateFailed(PermanentError):
+class ModelRejected(PermanentError):
+    """The pipeline ran to the end but the new model did not ship; ``result`` holds the whole run."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+class GateFailed(ModelRejected):
     """The quality gate rejected the challenger; ``reasons`` says which checks failed."""
 
     def __init__(self, reasons: list[str], result: object | None = None) -> None:
         self.reasons = list(reasons)
-        self.result = result
-        super().__init__("quality gate failed: " + "; ".join(self.reasons))
+        super().__init__("quality gate failed: " + "; ".join(self.reasons), result)
+
+
+class RolledBack(ModelRejected):
+    """The canary failed a check on live traffic and was rolled back; the champion is unchanged."""
 
 
 class ServiceUnavailable(RetryableError):

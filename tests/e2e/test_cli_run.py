@@ -64,8 +64,10 @@ def test_first_run_registers_version_1_as_champion(first_run: subprocess.Complet
     assert result["metrics"]["accuracy"] > 0.9
     for key in ("dataset_version", "pipeline_run_id", "train_run_id", "model_name", "stage_seconds"):
         assert result[key], key
-    assert set(result["stage_seconds"]) == {"prepare", "train", "evaluate"}
+    assert set(result["stage_seconds"]) == {"prepare", "train", "evaluate", "rollout"}
+    assert result["canary"]["decision"] == "promoted_without_canary"
     assert "quality gate" in first_run.stdout  # the human summary precedes the JSON line
+    assert "promoted without canary" in first_run.stdout
 
 
 def test_successful_run_prints_no_warnings_errors_or_tracebacks(first_run: subprocess.CompletedProcess[str]) -> None:
@@ -92,13 +94,20 @@ def test_worse_model_fails_the_gate_and_champion_stays(home: Path, first_run: su
     assert second.stderr.strip().splitlines()[-1].startswith("gpuflow: quality gate failed")
 
 
-def test_same_data_twice_reuses_the_dataset_version(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
+def test_same_data_again_reuses_the_dataset_and_a_good_canary_is_promoted(
+    home: Path, first_run: subprocess.CompletedProcess[str]
+) -> None:
     assert first_run.returncode == 0
-    again = gpuflow(home, "run", "--epochs", "15", "--json")
+    again = gpuflow(home, "run", "--epochs", "15", "--canary-seconds", "5", "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = last_json(first_run.stdout), last_json(again.stdout)
     assert second["dataset_version"] == first["dataset_version"]
     assert second["dataset_cache_hit"] is True
+    canary = second["canary"]
+    assert canary["decision"] == "promoted"
+    assert [step["weight"] for step in canary["steps"]] == [10, 25, 50, 100]
+    assert second["champion_version"] == second["model_version"] != first["model_version"]
+    assert "step 1 at 10%" in again.stdout
 
 
 @pytest.mark.parametrize(
