@@ -225,7 +225,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if warming is not None:
         warming.join()
 
-    state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
+    if warming is None:
+        state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
+    else:
+        from prefect.logging.handlers import APILogHandler
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        # Heartbeats let a long-lived server spot crashed runs; the temporary server dies with this process,
+        # and each flow run waits up to a second on exit for its heartbeat thread.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
+        APILogHandler.flush()  # deliver the run's logs, then stop the server so its goodbye is not our last word
+        SubprocessASGIServer().stop()
     if state.is_completed():
         _print_result(state.result(), args.json)
         return EXIT_OK

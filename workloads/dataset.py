@@ -1,0 +1,226 @@
+"""Read a dataset published by the prepare stage: its manifest and its splits as numpy arrays.
+
+Layout: ``<store>/datasets/<name>/<version>/{train,val,test}.parquet`` and ``manifest.json``, written
+last. A folder without a manifest is not a dataset (a crashed or running prepare), so every reader starts
+from the manifest. Split files are checked against the sha256 the manifest records, so a trainer never
+trains on a file that was changed or cut short after publishing. No Prefect import: trainer and server
+images use this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workloads.store import ObjectNotFound, ObjectStore, StoreError, join, store_from_env
+
+MANIFEST = "manifest.json"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+MANIFEST_FORMAT = 1
+
+
+class DatasetNotFound(ObjectNotFound):
+    """No published dataset at the URI (no manifest.json there)."""
+
+
+class DatasetCorrupt(StoreError):
+    """A published dataset does not match its manifest (bad JSON, missing split, wrong checksum)."""
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """One split file as the manifest records it (``sha256`` empty only in hand-made manifests)."""
+
+    file: str
+    rows: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """What ``manifest.json`` says: the contract between prepare and the stages that read datasets.
+
+    JSON keys (one per field): ``format``, ``name``, ``version``, ``source_uri``, ``source_sha256``,
+    ``source_bytes``, ``source_format``, ``schema`` (``features``, ``label``, ``labels``, ``dtype``,
+    ``value_range``), ``parameters`` (``val_fraction``, ``test_fraction``, ``seed``, ``drop_duplicates``),
+    ``rows`` (split -> rows), ``class_balance`` (split -> label -> rows), ``splits`` (split -> ``file``,
+    ``rows``, ``sha256``, ``bytes``), ``duplicates`` (``found``, ``dropped``, ``examples``),
+    ``created_at`` (ISO 8601, UTC) and ``created_by`` (gpuflow version).
+    """
+
+    name: str
+    version: str
+    source_uri: str
+    source_sha256: str
+    source_bytes: int
+    source_format: str
+    schema: dict[str, Any]
+    parameters: dict[str, Any]
+    rows: dict[str, int]
+    class_balance: dict[str, dict[str, int]]
+    splits: dict[str, SplitFile]
+    duplicates: dict[str, Any]
+    created_at: str
+    created_by: str = ""
+    format: int = MANIFEST_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.schema["features"])
+
+    @property
+    def label(self) -> str:
+        return str(self.schema["label"])
+
+    @property
+    def labels(self) -> list[Any]:
+        return list(self.schema["labels"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "source_uri": self.source_uri,
+            "source_sha256": self.source_sha256,
+            "source_bytes": self.source_bytes,
+            "source_format": self.source_format,
+            "schema": self.schema,
+            "parameters": self.parameters,
+            "rows": self.rows,
+            "class_balance": self.class_balance,
+            "splits": {
+                name: {"file": s.file, "rows": s.rows, "sha256": s.sha256, "bytes": s.bytes}
+                for name, s in self.splits.items()
+            },
+            "duplicates": self.duplicates,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
+        out.update(self.extra)
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetManifest:
+        known = {
+            "format", "name", "version", "source_uri", "source_sha256", "source_bytes", "source_format",
+            "schema", "parameters", "rows", "class_balance", "splits", "duplicates", "created_at", "created_by",
+        }  # fmt: skip
+        schema = dict(data["schema"])
+        for key in ("features", "label", "labels"):
+            if key not in schema:
+                raise KeyError(f"schema.{key}")
+        return cls(
+            format=int(data.get("format", MANIFEST_FORMAT)),
+            name=str(data["name"]),
+            version=str(data["version"]),
+            source_uri=str(data.get("source_uri", "")),
+            source_sha256=str(data.get("source_sha256", "")),
+            source_bytes=int(data.get("source_bytes", 0)),
+            source_format=str(data.get("source_format", "")),
+            schema=schema,
+            parameters=dict(data.get("parameters", {})),
+            rows={str(k): int(v) for k, v in data["rows"].items()},
+            class_balance={
+                str(split): {str(label): int(n) for label, n in counts.items()}
+                for split, counts in data.get("class_balance", {}).items()
+            },
+            splits={
+                str(k): SplitFile(str(v["file"]), int(v["rows"]), str(v.get("sha256", "")), int(v.get("bytes", 0)))
+                for k, v in data["splits"].items()
+            },
+            duplicates=dict(data.get("duplicates", {})),
+            created_at=str(data.get("created_at", "")),
+            created_by=str(data.get("created_by", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def dataset_uri(root: str, name: str, version: str) -> str:
+    """Where a dataset version lives under a store root."""
+    return join(root, "datasets", name, version)
+
+
+def dataset_exists(uri: str, store: ObjectStore | None = None) -> bool:
+    """True once the manifest is there, i.e. the dataset was published completely."""
+    return (store or store_from_env()).exists(join(uri, MANIFEST))
+
+
+def load_manifest(uri: str, store: ObjectStore | None = None) -> DatasetManifest:
+    """The manifest of the dataset at ``uri``; raises :class:`DatasetNotFound` when it was never published."""
+    store = store or store_from_env()
+    manifest_uri = join(uri, MANIFEST)
+    try:
+        raw = store.read_bytes(manifest_uri)
+    except ObjectNotFound as exc:
+        raise DatasetNotFound(f"no prepared dataset at {uri}: {MANIFEST} does not exist") from exc
+    try:
+        return DatasetManifest.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetCorrupt(f"{manifest_uri} is not a gpuflow dataset manifest: {exc!r}") from exc
+
+
+def read_split_table(
+    uri: str,
+    split: str,
+    store: ObjectStore | None = None,
+    *,
+    manifest: DatasetManifest | None = None,
+    verify: bool = True,
+) -> pa.Table:
+    """One split as an Arrow table, its bytes checked against the manifest's sha256 when ``verify``."""
+    store = store or store_from_env()
+    manifest = manifest or load_manifest(uri, store)
+    entry = manifest.splits.get(split)
+    if entry is None:
+        raise DatasetCorrupt(f"dataset {uri} has no split {split!r}; it has {sorted(manifest.splits)}")
+    file_uri = join(uri, entry.file)
+    try:
+        data = store.read_bytes(file_uri)
+    except ObjectNotFound as exc:
+        raise DatasetCorrupt(f"{file_uri} is listed in the manifest but missing") from exc
+    if verify and entry.sha256:  # manifests written by prepare always carry it
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise DatasetCorrupt(f"{file_uri} has sha256 {digest}, the manifest expects {entry.sha256}")
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetCorrupt(f"{file_uri} is not readable Parquet: {exc}") from exc
+
+
+def table_to_arrays(table: pa.Table, features: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features as a C-contiguous float32 matrix [N, F] and labels as int64 [N], one copy each."""
+    missing = [c for c in [*features, label] if c not in table.column_names]
+    if missing:
+        raise DatasetCorrupt(f"split lacks column(s) named in the manifest: {missing[:5]}")
+    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        x[:, j] = table.column(name).to_numpy()
+    y = np.ascontiguousarray(table.column(label).to_numpy(), dtype=np.int64)
+    return x, y
+
+
+def read_split(
+    uri: str,
+    split: str,
+    store: ObjectStore | None = None,
+    *,
+    manifest: DatasetManifest | None = None,
+    verify: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features float32 [N, F] (manifest column order) and raw labels int64 [N] of one split."""
+    manifest = manifest or load_manifest(uri, store)
+    table = read_split_table(uri, split, store, manifest=manifest, verify=verify)
+    return table_to_arrays(table, manifest.features, manifest.label)
