@@ -228,7 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if warming is None:
         state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
     else:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
         from prefect.server.api.server import SubprocessASGIServer
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
@@ -236,7 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # and each flow run waits up to a second on exit for its heartbeat thread.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
-        APILogHandler.flush()  # deliver the run's logs, then stop the server so its goodbye is not our last word
+        # Deliver the run's events and logs, then stop the server so its goodbye is not our last word.
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
         SubprocessASGIServer().stop()
     if state.is_completed():
         _print_result(state.result(), args.json)
