@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,9 +85,7 @@ def child_gpuflow(csv: Path, out: Path, features: int) -> dict[str, object]:
     store = ObjectStore()
     rss_before = _rss_now()
     started = time.perf_counter()
-    result = prepare_dataset(
-        str(csv), store=store, root=str(out), name="bench", schema=schema, params=PrepareParams()
-    )
+    result = prepare_dataset(str(csv), store=store, root=str(out), name="bench", schema=schema, params=PrepareParams())
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -205,13 +204,27 @@ def main() -> None:
         began = time.perf_counter()
         # In a child: ru_maxrss survives fork+exec, so the parent must stay small for the children's peaks.
         subprocess.run(
-            [sys.executable, __file__, "--child", "generate", "--csv", str(csv), "--rows", str(args.rows),
-             "--features", str(args.features), "--values", args.values],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "generate",
+                "--csv",
+                str(csv),
+                "--rows",
+                str(args.rows),
+                "--features",
+                str(args.features),
+                "--values",
+                args.values,
+            ],
             check=True,
         )
         size = csv.stat().st_size
-        print(f"generated {csv.name}: {args.rows:,} rows x {args.features} {args.values} features + label, "
-              f"{size / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; {os.cpu_count()} CPU(s)")
+        print(
+            f"generated {csv.name}: {args.rows:,} rows x {args.features} {args.values} features + label, "
+            f"{size / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; {os.cpu_count()} CPU(s)"
+        )
         common = ["--csv", str(csv), "--features", str(args.features)]
         contenders = {
             "pandas": ("pandas", *common, "--out", str(workdir / "pandas")),
@@ -246,19 +259,25 @@ def report(results: dict[str, dict[str, object]], size: int) -> None:
         seconds = float(r["seconds"])  # type: ignore[arg-type]
         rss = int(r["maxrss"])  # type: ignore[call-overload]
         own = rss - int(r["rss_before_work"])  # type: ignore[call-overload]
-        print(f"{name:<16}{seconds:>9.2f}{float(r['process_wall']):>11.2f}{base / seconds:>13.2f}"  # type: ignore[arg-type]
-              f"{rss / 1e6:>13.0f}{rss / size:>10.2f}{own / size:>20.2f}")
+        print(
+            f"{name:<16}{seconds:>9.2f}{float(r['process_wall']):>11.2f}{base / seconds:>13.2f}"  # type: ignore[arg-type]
+            f"{rss / 1e6:>13.0f}{rss / size:>10.2f}{own / size:>20.2f}"
+        )
     for name, r in results.items():
         if "all_seconds" in r:
             print(f"  {name}: runs {r['all_seconds']}" + (f", cache_hit={r['cache_hit']}" if "cache_hit" in r else ""))
-    print(f"file size {size / 1e6:.1f} MB; 'work s': best of {results['pandas']['runs']} fresh processes, "
-          "imports excluded; peak RSS: highest of those runs, imports included")
+    print(
+        f"file size {size / 1e6:.1f} MB; 'work s': best of {results['pandas']['runs']} fresh processes, "
+        "imports excluded; peak RSS: highest of those runs, imports included"
+    )
     gpuflow = results["gpuflow"]
     print(f"gpuflow stages (s): {gpuflow['timings']}; RSS after imports {int(gpuflow['rss_before_work']) / 1e6:.0f} MB")  # type: ignore[call-overload]
     if "flow" in results:
-        flow = results["flow"]
-        print(f"flow: first run {float(flow['seconds']):.2f}s (stage work {flow['stage_seconds']}s), "  # type: ignore[arg-type]
-              f"cache hit {float(flow['cached_seconds']):.2f}s (cache_hit={flow['cache_hit_second']})")  # type: ignore[arg-type]
+        flow: dict[str, Any] = dict(results["flow"])
+        print(
+            f"flow: first run {float(flow['seconds']):.2f}s (stage work {flow['stage_seconds']}s), "
+            f"cache hit {float(flow['cached_seconds']):.2f}s (cache_hit={flow['cache_hit_second']})"
+        )
 
 
 if __name__ == "__main__":

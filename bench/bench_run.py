@@ -28,7 +28,11 @@ def one_run(epochs: int, home: Path) -> dict[str, float]:
     begin = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--epochs", str(epochs), "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     wall = time.perf_counter() - begin
     if proc.returncode != 0:

@@ -140,6 +140,6 @@ def _compact(names: tuple[str, ...]) -> str:
     """``pixel_0..pixel_63`` when names are a numbered run, else a comma list."""
     if len(names) > 3:
         stem = names[0].rstrip("0123456789")
-        if stem and all(n == f"{stem}{i}" for i, n in enumerate(names, start=int(names[0][len(stem):] or 0))):
+        if stem and all(n == f"{stem}{i}" for i, n in enumerate(names, start=int(names[0][len(stem) :] or 0))):
             return f"{names[0]}..{names[-1]}"
     return ", ".join(names)

@@ -114,9 +114,7 @@ def stage_run(
     dataset_version: str | None = None,
 ) -> Iterator[str]:
     """A child run for one stage; FINISHED on success, FAILED on any error (then re-raised)."""
-    run_id = start_run(
-        tracking, stage, stage=stage, parent_run_id=parent_run_id, dataset_version=dataset_version
-    )
+    run_id = start_run(tracking, stage, stage=stage, parent_run_id=parent_run_id, dataset_version=dataset_version)
     client = client_for(tracking)
     try:
         yield run_id

@@ -210,4 +210,6 @@ def _is_not_found(exc: Exception) -> bool:
 
 def store_from_env() -> ObjectStore:
     """The store a workload uses: boto3 reads endpoint, region and credentials from the environment."""
-    return ObjectStore(S3Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")))
+    return ObjectStore(
+        S3Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    )
