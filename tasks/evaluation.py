@@ -84,6 +84,10 @@ class Evaluation(BaseModel):
     champion_version: str | None = Field(description="Version holding the champion alias after this stage.")
     promoted: bool
     seconds: float = Field(description="Time the stage spent on its own work.")
+    telemetry: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GPU telemetry of the stage's work, TelemetrySummary.as_dict() (GPU-seconds, utilisation, energy).",
+    )
 
     def event_payload(self) -> dict[str, Any]:
         """The ``gpuflow.model.evaluated`` payload: what rollout and automations need, JSON-ready."""

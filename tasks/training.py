@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
@@ -22,7 +23,7 @@ from blocks.mlflow_tracking import MLflowTracking
 from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, WorkloadFailed
 from tasks.tracking import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
-from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_TRAINING_ID
+from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TRAINING_ID
 
 TRAINER_MODULE = "workloads.trainer"
 FINAL_METRICS = ("val_accuracy", "val_loss", "train_loss")
@@ -40,10 +41,18 @@ class TrainedModel(BaseModel):
     training_id: str = Field(description="Checkpoint folder name; the same id resumes the same training.")
     dataset_uri: str
     dataset_version: str
-    epochs: int
+    epochs: int = Field(description="Epochs asked for.")
+    epochs_run: int = Field(default=0, description="Epochs trained (fewer than epochs after an early stop).")
     device: str = Field(description="Where the trainer ran: cpu or cuda:N.")
     metrics: dict[str, float] = Field(description="Final-epoch val_accuracy, val_loss and train_loss.")
     seconds: float = Field(description="The trainer's own wall time (process start to model logged).")
+    stop_reason: str = Field(
+        default="", description="Why training ended: 'completed: ...', 'plateau: ...' or 'divergence: ...'."
+    )
+    telemetry: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The trainer's GPU telemetry, TelemetrySummary.as_dict() (GPU-seconds, utilisation, energy).",
+    )
 
 
 def default_training_id() -> str:
@@ -77,8 +86,14 @@ def trainer_spec(
     tracking: MLflowTracking,
     store: DataStore,
     model_name: str,
+    early_stop: str = "off",
+    patience: int = 5,
+    telemetry_interval: float | None = None,
 ) -> WorkloadSpec:
-    """The trainer's command line and environment; store credentials go into ``secret_env`` only."""
+    """The trainer's command line and environment; store credentials go into ``secret_env`` only.
+
+    ``telemetry_interval`` None leaves the trainer's default (``GPUFLOW_TELEMETRY_INTERVAL``, else 1 s).
+    """
     store_env = store.workload_env()
     plain = {"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_RUN_ID": run_id, "GPUFLOW_STORE_URI": store.root}
     secret = {k: v for k, v in store_env.items() if k not in plain}
@@ -91,7 +106,11 @@ def trainer_spec(
         "--hidden-size": str(hidden_size),
         "--seed": str(seed),
         "--device": device,
+        "--early-stop": early_stop,
+        "--patience": str(patience),
     }
+    if telemetry_interval is not None:
+        options["--telemetry-interval"] = repr(float(telemetry_interval))
     return WorkloadSpec(
         name="trainer",
         module=TRAINER_MODULE,
@@ -160,8 +179,9 @@ def read_trained_model(
     dataset_version: str,
     epochs: int,
     result: WorkloadResult,
+    telemetry: dict[str, Any] | None = None,
 ) -> TrainedModel:
-    """What the trainer wrote into its run: the model URI, labels and final metrics."""
+    """What the trainer wrote into its run: the model URI, labels, final metrics and why it stopped."""
     try:
         run = client_for(tracking).get_run(run_id)
     except MlflowException as exc:
@@ -182,7 +202,10 @@ def read_trained_model(
         dataset_uri=dataset_uri,
         dataset_version=dataset_version,
         epochs=epochs,
+        epochs_run=int(params.get("epochs_run", epochs)),
         device=params.get("device", ""),
         metrics={k: float(metrics[k]) for k in FINAL_METRICS},
         seconds=float(metrics.get("workload_seconds", result.seconds)),
+        stop_reason=tags.get(TAG_STOP_REASON, ""),
+        telemetry=dict(telemetry or {}),
     )

@@ -1,21 +1,27 @@
 """What GPUs this process can see, through NVML (pynvml), without ever failing on a machine without one.
 
-Used by the stages to record "which GPU ran this" until full telemetry lands, and by workloads in pods.
+The stages tag their MLflow runs with it (``gpuflow.gpu.*``). It asks the telemetry's NVML reader, so the GPUs it
+names are exactly the ones the sampler measures and cost prices: ``NVIDIA_VISIBLE_DEVICES`` and
+``CUDA_VISIBLE_DEVICES`` with CUDA's rules (indices, ``GPU-``/``MIG-`` UUIDs), MIG instances as units of their own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from workloads.telemetry.nvml import NvmlReader
 
 
 @dataclass(frozen=True)
 class GpuInventory:
-    """GPUs visible to this process; ``note`` says why the list is empty when it is."""
+    """GPUs (or MIG instances) visible to this process; ``note`` says why the list is empty when it is."""
 
     names: list[str] = field(default_factory=list)
     driver_version: str = ""
     note: str = ""
+    uuids: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -34,47 +40,19 @@ class GpuInventory:
         }
 
 
-def _visible_indices(total: int) -> list[int]:
-    """Indices allowed by CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES (integers only; UUIDs keep all)."""
-    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        value = os.environ.get(var)
-        if value is None:
-            continue
-        value = value.strip()
-        if value in ("", "none", "void"):
-            return []
-        if value == "all":
-            return list(range(total))
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if all(p.isdigit() for p in parts):
-            return [int(p) for p in parts if int(p) < total]
-        return list(range(total))
-    return list(range(total))
-
-
-def inventory() -> GpuInventory:
+def inventory(environ: Mapping[str, str] | None = None) -> GpuInventory:
     """Ask NVML for the visible GPUs; any NVML failure becomes an empty inventory with a note."""
+    reader = NvmlReader(os.environ if environ is None else environ, lambda pids: ())
     try:
-        import pynvml
-    except ImportError:
-        return GpuInventory(note="pynvml is not installed")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return GpuInventory(note=f"NVML unavailable: {exc}")
-    try:
-        total = pynvml.nvmlDeviceGetCount()
-        names = []
-        for index in _visible_indices(total):
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
-            names.append(name.decode() if isinstance(name, bytes) else str(name))
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        driver_text = driver.decode() if isinstance(driver, bytes) else str(driver)
-        return GpuInventory(names=names, driver_version=driver_text, note="" if names else "none visible")
-    except pynvml.NVMLError as exc:
+        reader.open()
+        units = reader.units
+        return GpuInventory(
+            names=[u.name for u in units],
+            driver_version=reader.driver_version,
+            note="" if units else (reader.no_gpu_reason or "none visible"),
+            uuids=[u.uuid for u in units],
+        )
+    except Exception as exc:  # the reader notes NVML trouble itself; anything else must not fail a stage either
         return GpuInventory(note=f"NVML error: {exc}")
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
+        reader.close()

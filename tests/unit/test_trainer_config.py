@@ -62,3 +62,40 @@ def test_checkpoints_default_under_the_store_and_follow_checkpoint_root() -> Non
 def test_training_id_must_be_usable_as_a_folder_name() -> None:
     with pytest.raises(ConfigError, match="--training-id"):
         parse_config(["--dataset-uri", "x", "--training-id", "../escape"], ENV)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["--early-stop", "sometimes"],
+            {},
+            "--early-stop must be one of off, plateau, divergence, both, got 'sometimes'",
+        ),
+        (["--patience", "0"], {}, "--patience must be at least 1, got 0"),
+        (["--telemetry-interval", "0.01"], {}, "--telemetry-interval must be at least 0.05 seconds, got 0.01"),
+        (
+            [],
+            {"GPUFLOW_TELEMETRY_INTERVAL": "often"},
+            "GPUFLOW_TELEMETRY_INTERVAL must be a number of seconds, got 'often'",
+        ),
+    ],
+)
+def test_bad_early_stop_and_telemetry_settings_are_named(args: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config([*BASE, *args], {**ENV, **env})
+    assert str(raised.value) == message
+
+
+def test_telemetry_interval_comes_from_the_argument_then_the_environment_then_one_second() -> None:
+    every_quarter = {**ENV, "GPUFLOW_TELEMETRY_INTERVAL": "0.25"}
+    assert parse_config(BASE, ENV).telemetry_interval == 1.0
+    assert parse_config(BASE, every_quarter).telemetry_interval == 0.25
+    assert parse_config([*BASE, "--telemetry-interval", "2"], every_quarter).telemetry_interval == 2.0
+
+
+def test_early_stopping_is_off_unless_asked_and_is_logged_with_the_params() -> None:
+    assert parse_config(BASE, ENV).early_stop == "off"
+    config = parse_config([*BASE, "--early-stop", "both", "--patience", "3"], ENV)
+    assert (config.early_stop, config.patience) == ("both", 3)
+    assert config.params()["early_stop"] == "both" and config.params()["patience"] == 3

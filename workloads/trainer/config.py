@@ -7,6 +7,7 @@ Every problem found here is permanent (retrying the same pod cannot fix it), so 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ EXIT_CONFIG = 2  # bad arguments or environment: permanent
 EXIT_DATA = 3  # dataset missing or not usable: permanent
 
 DEVICES = ("auto", "cpu", "cuda")
+EARLY_STOP = ("off", "plateau", "divergence", "both")
+MIN_TELEMETRY_INTERVAL = 0.05  # GpuSampler's finest interval
 _TRAINING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -67,9 +70,18 @@ class TrainerConfig:
     run_id: str
     keep_checkpoints: int
     threads: int | None
+    early_stop: str = "off"  # one of EARLY_STOP
+    patience: int = 5  # epochs without improvement before a plateau stops training
+    telemetry_interval: float = 1.0  # seconds between GPU samples
 
     def params(self) -> dict[str, Any]:
-        return {**asdict(self.hyper), "dataset_uri": self.dataset_uri, "training_id": self.training_id}
+        return {
+            **asdict(self.hyper),
+            "dataset_uri": self.dataset_uri,
+            "training_id": self.training_id,
+            "early_stop": self.early_stop,
+            "patience": self.patience,
+        }
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--checkpoint-root", default=None, help="default: $GPUFLOW_STORE_URI/checkpoints")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept")
+    parser.add_argument(
+        "--early-stop", default="off", help="off, plateau (val_accuracy stalls), divergence (NaN or rising loss), both"
+    )
+    parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before a plateau stops")
+    parser.add_argument(
+        "--telemetry-interval", type=float, default=None, help="seconds between GPU samples (default 1)"
+    )
     return parser
 
 
@@ -111,6 +130,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
     _check(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
     _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     _check(args.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
+    _check(
+        args.early_stop in EARLY_STOP, f"--early-stop must be one of {', '.join(EARLY_STOP)}, got {args.early_stop!r}"
+    )
+    _check(args.patience >= 1, f"--patience must be at least 1, got {args.patience}")
     _check(bool(args.dataset_uri.strip()), "--dataset-uri must not be empty")
     _check(
         bool(_TRAINING_ID.match(args.training_id)),
@@ -136,6 +159,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         f"GPUFLOW_TORCH_THREADS must be a positive integer, got {threads_text!r}",
     )
 
+    interval = _telemetry_interval(args.telemetry_interval, environ)
+
     return TrainerConfig(
         dataset_uri=args.dataset_uri.rstrip("/"),
         training_id=args.training_id,
@@ -153,4 +178,27 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         run_id=run_id,
         keep_checkpoints=args.keep_checkpoints,
         threads=int(threads_text) if threads_text else None,
+        early_stop=args.early_stop,
+        patience=args.patience,
+        telemetry_interval=interval,
     )
+
+
+def _telemetry_interval(given: float | None, environ: Mapping[str, str]) -> float:
+    """``--telemetry-interval``, else ``GPUFLOW_TELEMETRY_INTERVAL``, else 1 s; finer than 0.05 s is refused."""
+    if given is not None:
+        name, value = "--telemetry-interval", given
+    else:
+        text = environ.get("GPUFLOW_TELEMETRY_INTERVAL", "").strip()
+        if not text:
+            return 1.0
+        name = "GPUFLOW_TELEMETRY_INTERVAL"
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
+    _check(
+        math.isfinite(value) and value >= MIN_TELEMETRY_INTERVAL,
+        f"{name} must be at least {MIN_TELEMETRY_INTERVAL} seconds, got {value}",
+    )
+    return value

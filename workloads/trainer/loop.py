@@ -7,6 +7,7 @@ so a resumed run sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -56,8 +57,17 @@ def pick_device(requested: str) -> torch.device:
 class Trainer:
     """Model, optimizer and data on one device, advanced one epoch at a time."""
 
-    def __init__(self, data: TrainingData, hyper: Hyperparameters, device: torch.device) -> None:
+    def __init__(
+        self,
+        data: TrainingData,
+        hyper: Hyperparameters,
+        device: torch.device,
+        *,
+        on_first_step: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_first_step`` is called once, when this process's first optimizer step has finished."""
         self.hyper = hyper
+        self.on_first_step = on_first_step
         self.device = device
         torch.manual_seed(hyper.seed)
         model = MLPClassifier(len(data.features), len(data.labels), hyper.hidden_size, hyper.dropout)
@@ -84,6 +94,10 @@ class Trainer:
             loss = self.loss(self.model(self.train_x[idx]), self.train_y[idx])
             loss.backward()
             self.optimizer.step()
+            if self.on_first_step is not None:
+                self._sync()  # once: the step has really happened, not just been queued
+                self.on_first_step()
+                self.on_first_step = None
             total += loss.detach() * idx.shape[0]
         train_loss = float(total.item()) / n
         self._sync()

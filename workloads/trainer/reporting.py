@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 TAG_MODEL_URI = "gpuflow.model_uri"
 TAG_LABELS = "gpuflow.labels"
 TAG_TRAINING_ID = "gpuflow.training_id"
 TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
+TAG_STOP_REASON = "gpuflow.stop_reason"
 METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
 
 
@@ -83,6 +87,30 @@ class RunReporter:
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         self.client.log_metric(self.run_id, key, value, step=step)
+
+    def epoch_history(self, keys: Iterable[str], upto: int) -> list[dict[str, float]]:
+        """Logged per-epoch metrics of steps 1..``upto`` as one dict per epoch (with ``epoch``), oldest first.
+
+        A restarted trainer replays them into its early stopper, so a resumed run stops where an
+        uninterrupted one would have.
+        """
+        by_step: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in self.client.get_metric_history(self.run_id, key):
+                if 1 <= m.step <= upto:
+                    by_step.setdefault(int(m.step), {"epoch": float(m.step)})[key] = float(m.value)
+        return [by_step[step] for step in sorted(by_step)]
+
+    def log_json(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Upload ``data`` as ``artifact_file`` (folder/name) of the run."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="gpuflow-artifact-") as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder or None)
 
     def model_uri(self) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(TAG_MODEL_URI)

@@ -1,8 +1,10 @@
-"""One trainer run: resume or start, train epoch by epoch, log the model.
+"""One trainer run: resume or start, train epoch by epoch (stopping early when asked), log the model.
 
 Order per epoch: checkpoint first, then metrics. A kill between the two leaves a checkpoint whose
 metrics are missing from MLflow; the restarted trainer logs them before it continues. An epoch redone
 because its newest checkpoint was broken is not logged again. So every epoch step is logged exactly once.
+Each epoch's GPU telemetry travels in the same batch as its loss and accuracy (and in the checkpoint),
+and a restarted trainer replays the logged epochs into its early stopper before it goes on.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import time
 
 import torch
 
+from workloads.convergence import EarlyStopper, Mode, StopDecision
 from workloads.store import store_from_env
 from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
 from workloads.trainer.config import ConfigError, TrainerConfig
 from workloads.trainer.data import TrainingData, load_training_data
 from workloads.trainer.loop import Trainer, pick_device
-from workloads.trainer.reporting import TAG_RESUMED_FROM, TAG_TRAINING_ID, RunReporter
+from workloads.trainer.reporting import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID, RunReporter
+from workloads.trainer.telemetry import SERIES_ARTIFACT, SUMMARY_ARTIFACT, TrainingTelemetry
 
 # Settings a checkpoint must share with the current run to be resumed: otherwise two trainings mix.
 MUST_MATCH = ("batch_size", "learning_rate", "hidden_size", "dropout", "seed")
+STOP_METRIC, LOSS_KEY = "val_accuracy", "train_loss"
+STOP_MODE: Mode = "max"
+RISING_EPOCHS = 3  # divergence: train_loss rose this many epochs in a row
 
 
 def say(line: str) -> None:
@@ -32,8 +39,28 @@ def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def train(config: TrainerConfig, started: float) -> None:
-    """Train to ``config.hyper.epochs`` and log the model; raises ``TrainerError`` for known failures."""
+def early_stopper(config: TrainerConfig) -> EarlyStopper | None:
+    """The stopper ``--early-stop`` asks for: plateau on val_accuracy, divergence on train_loss, or both."""
+    if config.early_stop == "off":
+        return None
+    plateau = config.early_stop in ("plateau", "both")
+    divergence = config.early_stop in ("divergence", "both")
+    return EarlyStopper(
+        STOP_METRIC,
+        STOP_MODE,
+        patience=config.patience if plateau else None,
+        loss_key=LOSS_KEY,
+        rising_epochs=RISING_EPOCHS if divergence else None,
+        stop_on_nonfinite=divergence,
+    )
+
+
+def train(config: TrainerConfig, started: float, telemetry: TrainingTelemetry) -> None:
+    """Train to ``config.hyper.epochs`` (or an early stop) and log the model; raises ``TrainerError`` when it fails.
+
+    ``telemetry`` was started by the caller when the process started (its milestones too), so GPU time and time
+    to first step include imports and start-up; the caller stops it.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
@@ -47,33 +74,95 @@ def train(config: TrainerConfig, started: float) -> None:
     except LookupError as exc:
         raise ConfigError(f"{exc}; MLFLOW_RUN_ID must name a run the flow created") from exc
 
+    _train(config, started, device, reporter, existing_params, telemetry)
+
+
+def _train(
+    config: TrainerConfig,
+    started: float,
+    device: torch.device,
+    reporter: RunReporter,
+    existing_params: dict[str, str],
+    telemetry: TrainingTelemetry,
+) -> None:
     store = store_from_env()
+    loading = time.perf_counter()
     data = load_training_data(config.dataset_uri, store)
-    trainer = Trainer(data, config.hyper, device)
+    telemetry.data_loaded(time.perf_counter() - loading)
+    trainer = Trainer(data, config.hyper, device, on_first_step=telemetry.first_step)
     checkpoints = CheckpointStore(config.checkpoint_uri, store, keep=config.keep_checkpoints, warn=warn)
     logged = reporter.logged_steps()
     resumed = resume(config, trainer, checkpoints, reporter, logged)
+    if resumed is not None:
+        telemetry.resumed(resumed.epoch, resumed.metrics)
     record_run(config, reporter, data, device, existing_params, resumed)
+    stopper = early_stopper(config)
+    decision = replay(stopper, reporter, resumed.epoch) if stopper is not None and resumed is not None else None
 
     where = f"resuming after epoch {resumed.epoch}" if resumed else "starting"
     say(
         f"training {config.training_id} on {device}: {len(data.train)} train / {len(data.val)} val rows, "
         f"{len(data.features)} features, {len(data.labels)} classes; {where}"
     )
-    while trainer.epoch < config.hyper.epochs:
+    while trainer.epoch < config.hyper.epochs and not (decision is not None and decision.stop):
+        telemetry.begin_epoch(trainer.epoch + 1)
         result = trainer.run_epoch()
-        checkpoints.save(trainer.checkpoint(result.metrics(), config.dataset_uri))
+        metrics = {**result.metrics(), **telemetry.end_epoch(result.epoch)}
+        checkpoints.save(trainer.checkpoint(metrics, config.dataset_uri))
         if result.epoch not in logged:  # redone after a broken checkpoint: already in the run
-            reporter.log_epoch(result.epoch, result.metrics())
+            reporter.log_epoch(result.epoch, metrics)
         say(result.progress_line(config.hyper.epochs))
+        if stopper is not None:
+            decision = stopper.update({"epoch": result.epoch, **result.metrics()})
 
-    if resumed is not None and resumed.epoch >= config.hyper.epochs and reporter.model_uri():
+    # Restarted after the last epoch (or after the stop) with the model already logged: nothing left to do.
+    if resumed is not None and trainer.epoch == resumed.epoch and reporter.model_uri():
         say(f"training {config.training_id} was already complete; model {reporter.model_uri()}")
         return
+    stop_reason = describe_stop(decision, trainer.epoch, config.hyper.epochs)
+    if decision is not None and decision.stop:
+        say(f"stopped early after epoch {trainer.epoch}: {stop_reason}")
+    reporter.set_tags({TAG_STOP_REASON: stop_reason})
+    reporter.log_params({"stop_reason": stop_reason, "epochs_run": trainer.epoch}, existing_params)
+    telemetry.finishing()
     reporter.log_metric("training_seconds", trainer.training_seconds, step=trainer.epoch)
     model_uri = reporter.log_model(trainer.model, data.val.x[:5], data.labels, step=trainer.epoch)
+    log_telemetry(reporter, telemetry, trainer.epoch)
     reporter.log_metric("workload_seconds", time.perf_counter() - started, step=trainer.epoch)
     say(f"logged model {model_uri}")
+
+
+def describe_stop(decision: StopDecision | None, epoch: int, epochs: int) -> str:
+    """Why training ended, in words; the ``gpuflow.stop_reason`` tag and ``stop_reason`` param."""
+    if decision is not None and decision.stop:
+        return f"{decision.kind}: {decision.reason}"
+    return f"completed: ran all {epochs} epochs" if epoch >= epochs else f"stopped after epoch {epoch} of {epochs}"
+
+
+def replay(stopper: EarlyStopper, reporter: RunReporter, upto: int) -> StopDecision | None:
+    """Feed the epochs logged before a restart to the stopper; its last decision (None: nothing logged)."""
+    decision = None
+    for epoch in reporter.epoch_history((STOP_METRIC, LOSS_KEY, "val_loss"), upto):
+        decision = stopper.update(epoch)
+        if decision.stop:
+            break
+    return decision
+
+
+def log_telemetry(reporter: RunReporter, telemetry: TrainingTelemetry, step: int) -> None:
+    """The training's GPU figures, time to useful work, summary.json and the raw series; never fails the run.
+
+    Sampling stops first, so the metrics, the summary and the series describe the same span.
+    """
+    telemetry.stop()
+    summary = telemetry.summary()
+    say(f"telemetry: {summary.describe()}")
+    try:
+        reporter.log_epoch(step, telemetry.final_metrics())
+        reporter.log_json(telemetry.document(), SUMMARY_ARTIFACT)
+        reporter.log_bytes(telemetry.series(), SERIES_ARTIFACT)
+    except Exception as exc:  # the model is logged: telemetry trouble must not turn it into a failure
+        warn(f"warning: could not log telemetry: {type(exc).__name__}: {exc}")
 
 
 def resume(
