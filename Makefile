@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_prepare
+	$(PY) -m bench.bench_telemetry
+	$(PY) -m bench.bench_canary
+	$(PY) -m bench.bench_serve
 	$(PY) -m bench.bench_run
 
 clean:

@@ -12,7 +12,12 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from flows.lineage import add_lineage_parser
+from flows.report_command import add_report_parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_ROLLED_BACK = 0, 1, 2, 3, 4
 
@@ -81,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="analysis window per canary step (default: the policy's, 60 s)",
     )
+    run.add_argument(
+        "--early-stop",
+        choices=["off", "plateau", "divergence", "both"],
+        default="off",
+        help="stop training early on a validation plateau, a diverging loss, or both",
+    )
+    run.add_argument("--patience", type=_positive_int, default=5, help="epochs without improvement that make a plateau")
+    run.add_argument("--pricing", metavar="BLOCK", help="saved GpuPricing block name")
     run.add_argument("--json", action="store_true", help="end stdout with one JSON object describing the run")
     serve = commands.add_parser(
         "serve",
@@ -92,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="further server options, e.g. --max-wait-us 200")
+    add_report_parser(commands)
+    add_lineage_parser(commands)
     return parser
 
 
@@ -137,6 +152,9 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "gate": args.gate,
         "policy": args.policy,
         "canary_analysis_seconds": args.canary_seconds,
+        "early_stop": args.early_stop,
+        "patience": args.patience,
+        "pricing": args.pricing,
     }
     if args.dataset_name:
         params["dataset_name"] = args.dataset_name
@@ -163,6 +181,9 @@ def _summary(result: Any) -> str:
         ("quality gate", verdict),
         ("canary", _canary_text(result.canary)),
         ("champion", f"version {result.champion_version}" if result.champion_version else "none"),
+        ("training stopped", result.stop_reason or "n/a"),
+        ("GPU", _gpu_text(result.gpu)),
+        ("cost", _cost_text(result.cost)),
         ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items())),
         ("pipeline run", result.pipeline_run_id),
     ]
@@ -188,6 +209,22 @@ def _canary_text(canary: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _gpu_text(gpu: dict[str, Any]) -> str:
+    run = gpu.get("run") or {}
+    if not run.get("gpu_count"):
+        reasons = sorted({str(m).split(": ", 1)[-1] for m in run.get("missing") or []}) or ["NVML saw no device"]
+        return "none used (" + "; ".join(reasons) + "); costs in node-hours"
+    names = ", ".join(run.get("gpu_names") or [])
+    return f"{run['gpu_count']} x {names}: {run.get('gpu_seconds', 0):.1f} GPU-seconds"
+
+
+def _cost_text(cost: dict[str, Any]) -> str:
+    if not cost:
+        return "n/a"
+    per_stage = ", ".join(f"{stage} {figures['total']:.5f}" for stage, figures in cost.get("stages", {}).items())
+    return f"{cost['run']['total']:.5f} {cost['currency']} ({cost['basis']}; {per_stage})"
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -200,47 +237,54 @@ def _print_result(result: Any, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def _start_prefect_api_early() -> threading.Thread | None:
-    """Boot Prefect's temporary server while the heavy imports (torch, MLflow) happen.
+@contextmanager
+def _prefect_api(load: Callable[[], None]) -> Iterator[None]:
+    """Run the body against ``PREFECT_API_URL``, or a temporary Prefect server tuned for one command.
 
-    Without ``PREFECT_API_URL`` Prefect starts a temporary server on first use, which takes seconds;
-    starting it on another core in parallel with the imports takes that off the wall time.
+    The temporary server boots on another core while ``load`` does the heavy imports (torch, MLflow), which
+    takes seconds off the wall time. Flow heartbeats are off: they let a long-lived server spot crashed runs,
+    and each flow run waits up to a second for its heartbeat thread. At the end the run's events and logs are
+    delivered and the server stops, so its goodbye line is not the command's last word.
     """
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     if PREFECT_API_URL.value():
-        return None
+        load()
+        yield
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-api-start", daemon=True)
-    thread.start()
-    return thread
+    server = SubprocessASGIServer()
+    booting = threading.Thread(target=server.start, name="prefect-api-start", daemon=True)
+    booting.start()
+    load()
+    booting.join()
+    try:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
+        server.stop()
+
+
+def _import_pipeline() -> None:
+    import flows.pipeline  # noqa: F401 - torch, MLflow and the stages: the slow part of start-up
+
+
+def _import_report() -> None:
+    import flows.report  # noqa: F401 - MLflow and matplotlib
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    warming = _start_prefect_api_early()
-    from flows.pipeline import ml_pipeline
+    with _prefect_api(_import_pipeline):
+        from flows.pipeline import ml_pipeline
+
+        state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
     from tasks.errors import GateFailed, GpuflowError, ModelRejected
 
-    if warming is not None:
-        warming.join()
-
-    if warming is None:
-        state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
-    else:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-        from prefect.server.api.server import SubprocessASGIServer
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-        # Heartbeats let a long-lived server spot crashed runs; the temporary server dies with this process,
-        # and each flow run waits up to a second on exit for its heartbeat thread.
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
-        # Deliver the run's events and logs, then stop the server so its goodbye is not our last word.
-        EventsWorker.drain_all(timeout=10)
-        APILogWorker.drain_all(timeout=10)
-        SubprocessASGIServer().stop()
     if state.is_completed():
         _print_result(state.result(), args.json)
         return EXIT_OK
@@ -270,6 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "report":
+            from flows.report_command import report_command
+
+            with _prefect_api(_import_report):
+                return report_command(args)
+        if args.command == "lineage":
+            from flows.lineage import lineage_command
+
+            return lineage_command(args)
     except KeyboardInterrupt:
         print("gpuflow: interrupted; every process it started was stopped", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.mlflow_tracking import resolve_tracking
+from blocks.pricing import resolve_pricing
 from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.rollout import rollout
@@ -23,6 +24,7 @@ from flows.train import train
 from tasks import settings
 from tasks import tracking as runs
 from tasks.errors import GateFailed, ModelRejected, RolledBack
+from tasks.telemetry import pipeline_gpu_and_cost
 
 
 class PipelineResult(BaseModel):
@@ -48,6 +50,9 @@ class PipelineResult(BaseModel):
     canary: dict[str, Any] | None = Field(
         description="Rollout decision, reason and each step's figures; empty when the gate failed or rollout was off."
     )
+    stop_reason: str = Field(default="", description="Why training ended: completed, plateau or divergence.")
+    gpu: dict[str, Any] = Field(default_factory=dict, description="GPU figures per stage and for the run.")
+    cost: dict[str, Any] = Field(default_factory=dict, description="Cost per stage and for the run.")
     stage_seconds: dict[str, float] = Field(description="Wall time of each stage as the pipeline saw it.")
     stage_work_seconds: dict[str, float] = Field(description="Time each stage spent on its own work.")
     total_seconds: float
@@ -74,6 +79,9 @@ def ml_pipeline(
     gate: str | None = None,
     policy: str | None = None,
     canary_analysis_seconds: float | None = None,
+    early_stop: Literal["off", "plateau", "divergence", "both"] = "off",
+    patience: int = 5,
+    pricing: str | None = None,
 ) -> PipelineResult | State:
     """Run prepare -> train -> evaluate -> rollout on one dataset: a new model earns its traffic or is rolled back.
 
@@ -97,10 +105,14 @@ def ml_pipeline(
         gate: Saved QualityGate block name; empty uses the default thresholds.
         policy: Saved CanaryPolicy block name; empty uses the default steps and thresholds.
         canary_analysis_seconds: Override the canary policy's analysis window per step (seconds).
+        early_stop: Stop training early on a plateau of the validation metric, on divergence, or both.
+        patience: Epochs without improvement that make a plateau.
+        pricing: Saved GpuPricing block name; empty uses the default prices.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     tracking_cfg = resolve_tracking(tracking)
+    prices = resolve_pricing(pricing)  # a bad block name fails before any work
     parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
     client = runs.client_for(tracking_cfg)
     logger.info("pipeline %s, MLflow run %s", runs.pipeline_version(), parent)
@@ -140,6 +152,8 @@ def ml_pipeline(
                 hidden_size=hidden_size,
                 seed=seed,
                 device=device,
+                early_stop=early_stop,
+                patience=patience,
                 compute=compute,
                 data_store=data_store,
                 tracking=tracking,
@@ -181,6 +195,10 @@ def ml_pipeline(
     work = {"prepare": prepared.seconds, "train": trained.seconds, "evaluate": evaluation.seconds}
     if rolled is not None:
         work["rollout"] = rolled.seconds
+    telemetry = {"prepare": prepared.telemetry, "train": trained.telemetry, "evaluate": evaluation.telemetry}
+    if rolled is not None:
+        telemetry["rollout"] = rolled.telemetry
+    gpu, cost = pipeline_gpu_and_cost(telemetry, prices)
     result = PipelineResult(
         pipeline_run_id=parent,
         pipeline_version=runs.pipeline_version(),
@@ -198,6 +216,9 @@ def ml_pipeline(
         previous_champion_version=evaluation.previous_champion_version,
         promoted=rolled is not None and rolled.decision != "rolled_back",
         canary=rolled.model_dump(mode="json") if rolled else None,
+        stop_reason=trained.stop_reason,
+        gpu=gpu,
+        cost=cost,
         stage_seconds=walls,
         stage_work_seconds={k: round(float(v), 3) for k, v in work.items()},
         total_seconds=round(time.perf_counter() - started, 3),
@@ -206,6 +227,8 @@ def ml_pipeline(
     client.log_batch(
         parent,
         metrics=[Metric(f"stage_seconds_{k}", v, now, 0) for k, v in walls.items()]
+        + [Metric("gpu_seconds", float(gpu["run"]["gpu_seconds"]), now, 0)]
+        + [Metric("cost_total", float(cost["run"]["total"]), now, 0)]
         + [Metric(f"test_{k}", float(v), now, 0) for k, v in result.metrics.items()],
     )
     client.set_tag(parent, "gpuflow.model_version", result.model_version)

@@ -18,6 +18,7 @@ from tasks import tracking as runs
 from tasks.data import PreparedDataset, emit_prepared, log_prepared, prepare_dataset_task, resolve_raw_data
 from tasks.demo_data import digits_schema
 from tasks.schema import DatasetSchema, PrepareParams
+from tasks.telemetry import stage_telemetry
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
@@ -59,7 +60,10 @@ def prepare(
     params = PrepareParams(
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, drop_duplicates=drop_duplicates
     )
-    with runs.stage_run(tracking_cfg, "prepare", parent_run_id=parent_run_id) as run_id:
+    with (
+        runs.stage_run(tracking_cfg, "prepare", parent_run_id=parent_run_id) as run_id,
+        stage_telemetry(tracking_cfg, run_id, "prepare") as telemetry,
+    ):
         logger.info("prepare: MLflow run %s; GPUs: %s", run_id, runs.record_gpu_inventory(tracking_cfg, run_id))
         started = time.perf_counter()
         source_uri = resolve_raw_data(data_uri, store)
@@ -80,6 +84,7 @@ def prepare(
         seconds=seconds,
         duplicates_found=int(manifest.duplicates.get("found", 0)),
         duplicates_dropped=int(manifest.duplicates.get("dropped", 0)),
+        telemetry=telemetry.as_dict(),
     )
     emit_prepared(prepared)
     logger.info(

@@ -44,6 +44,7 @@ from tasks.evaluation import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, l
 from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK, emit, model_resource
 from tasks.registry import CHALLENGER, CHAMPION, ChampionMoved, RegisteredVersion, alias_version, read_version
 from tasks.serving import LocalServers, ServerNotReady, ServerProcess, ServerUnreachable
+from tasks.telemetry import stage_telemetry
 from tasks.tracking import TAG_DATASET_VERSION, client_for, stage_run
 from tasks.traffic import TrafficDriver
 from workloads.server.config import EXIT_UNAVAILABLE
@@ -450,7 +451,10 @@ def rollout(
         target = resolve_target(tracking_cfg, model_name, candidate_version)
         split = load_test_split(store, dataset_uri or _dataset_uri(store, target))
         previous = target.champion.version if target.champion else None
-        with stage_run(tracking_cfg, "rollout", parent_run_id=parent_run_id, dataset_version=split.version) as run_id:
+        with (
+            stage_run(tracking_cfg, "rollout", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,
+            stage_telemetry(tracking_cfg, run_id, "rollout") as telemetry,
+        ):
             champion_after: str | None
             if target.champion is None:
                 champion_after = promote(tracking_cfg, target)
@@ -485,6 +489,7 @@ def rollout(
                 dataset_version=split.version,
             )
             report(tracking_cfg, run_id, result, policy_cfg)
+        result = result.model_copy(update={"telemetry": telemetry.as_dict()})
 
     event = MODEL_ROLLED_BACK if result.decision == "rolled_back" else MODEL_PROMOTED
     emit(event, model_resource(model_name), result.event_payload())

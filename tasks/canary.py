@@ -415,6 +415,9 @@ class RolloutResult(BaseModel):
     )
     rollout_run_id: str = Field(description="MLflow run of this stage.")
     dataset_version: str | None = None
+    telemetry: dict[str, Any] = Field(
+        default_factory=dict, description="GPU telemetry of the stage's work, TelemetrySummary.as_dict()."
+    )
 
     def failing_check(self) -> CheckResult | None:
         for step in self.steps:

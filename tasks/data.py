@@ -49,6 +49,9 @@ class PreparedDataset(BaseModel):
     seconds: float = Field(description="Wall time of the stage's own work.")
     duplicates_found: int = Field(default=0, description="Rows repeating an earlier row in the raw data.")
     duplicates_dropped: int = Field(default=0, description="Duplicate rows dropped (drop_duplicates=True).")
+    telemetry: dict[str, Any] = Field(
+        default_factory=dict, description="GPU telemetry of the stage's work, TelemetrySummary.as_dict()."
+    )
 
     def event_payload(self) -> dict[str, Any]:
         """What ``gpuflow.dataset.prepared`` carries: everything the train stage needs, no secrets."""

@@ -66,6 +66,9 @@ def test_first_run_registers_version_1_as_champion(first_run: subprocess.Complet
         assert result[key], key
     assert set(result["stage_seconds"]) == {"prepare", "train", "evaluate", "rollout"}
     assert result["canary"]["decision"] == "promoted_without_canary"
+    assert set(result["gpu"]["stages"]) == set(result["cost"]["stages"]) == {"prepare", "train", "evaluate", "rollout"}
+    assert result["cost"]["run"]["total"] > 0  # no GPU here: priced in node-hours
+    assert result["gpu"]["run"]["gpu_count"] == 0
     assert "quality gate" in first_run.stdout  # the human summary precedes the JSON line
     assert "promoted without canary" in first_run.stdout
 
