@@ -62,7 +62,7 @@ def main() -> None:
     print(f"{'measure':<44}{'seconds':>10}{'share of wall':>16}")
     rows = [
         ("wall time of the gpuflow process", wall),
-        ("stages' own work (prepare + train + evaluate)", work),
+        ("stages' own work (sum of every stage)", work),
         ("orchestration overhead (wall - work)", wall - work),
         ("  of which process start + Prefect server", wall - in_flow),
         ("  of which inside the pipeline flow", in_flow - work),

@@ -38,6 +38,7 @@ from tasks.canary import (
     artifact_key,
     parse_server_metrics,
     render_markdown,
+    startup_seconds,
 )
 from tasks.errors import ConfigurationError, GateFailed, RetryableError, WorkloadFailed
 from tasks.evaluation import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, load_test_split
@@ -177,6 +178,7 @@ class CanaryOutcome:
     failed_check: CheckName | None = None
     steps: list[StepFigures] = field(default_factory=list)
     time_to_decision_seconds: float | None = None
+    server_startup: dict[str, float] = field(default_factory=dict)
 
 
 def _scrape_stable(server: ServerProcess) -> ServerSample:
@@ -290,6 +292,11 @@ def run_canary(
         servers.stop("canary", wait=False)
         return CanaryOutcome("rolled_back", f"the canary never became ready: {exc}", failed_check="canary_ready")
     log.info("stable %s and canary %s are ready", servers["stable"].url, servers["canary"].url)
+    startup = {
+        f"{role}_{name}": value
+        for role in ("stable", "canary")
+        for name, value in startup_seconds(servers[role].scrape()).items()
+    }
 
     driver = TrafficDriver(
         servers["stable"].url,
@@ -316,9 +323,9 @@ def run_canary(
     failure = last.failure
     if failure is not None:
         reason = f"rolled back at step {last.step} ({last.weight}% canary): {failure.detail}"
-        return CanaryOutcome("rolled_back", reason, failure.name, steps, to_decision)
+        return CanaryOutcome("rolled_back", reason, failure.name, steps, to_decision, startup)
     reason = f"every check passed at each of {len(steps)} steps ({', '.join(f'{w}%' for w in policy.step_weights)})"
-    return CanaryOutcome("promoted", reason, None, steps, to_decision)
+    return CanaryOutcome("promoted", reason, None, steps, to_decision, startup)
 
 
 # -- acting on the decision ------------------------------------------------------------------------
@@ -381,6 +388,7 @@ def report(tracking: MLflowTracking, run_id: str, result: RolloutResult, policy:
         if (value := read(step)) is not None
     ]
     metrics.append(Metric("stage_seconds", result.seconds, now, 0))
+    metrics.extend(Metric(name, value, now, 0) for name, value in result.server_startup.items())
     if result.time_to_decision_seconds is not None:
         metrics.append(Metric("time_to_decision_seconds", result.time_to_decision_seconds, now, 0))
     tags = {
@@ -485,6 +493,7 @@ def rollout(
                 steps=outcome.steps,
                 seconds=round(time.perf_counter() - started, 3),
                 time_to_decision_seconds=outcome.time_to_decision_seconds,
+                server_startup=outcome.server_startup,
                 rollout_run_id=run_id,
                 dataset_version=split.version,
             )

@@ -36,6 +36,8 @@ class ServerMetricNames:
     requests: str = "gpuflow_server_requests"  # counter, sample name <requests>_total{model,version,route,code}
     latency: str = "gpuflow_server_request_duration_seconds"  # histogram {model,version,route,le}
     route: str = PREDICT_PATH  # the route the traffic driver posts to
+    load_seconds: str = "gpuflow_server_model_load_seconds"  # gauge {model,version}
+    warmup_seconds: str = "gpuflow_server_model_warmup_seconds"  # gauge {model,version}
 
 
 METRICS = ServerMetricNames()
@@ -100,6 +102,17 @@ def parse_server_metrics(text: str, names: ServerMetricNames = METRICS) -> Serve
                 bound = float(labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + float(sample.value)
     return ServerSample(requests, tuple(sorted(buckets.items())), model, version)
+
+
+def startup_seconds(text: str, names: ServerMetricNames = METRICS) -> dict[str, float]:
+    """Time to useful work of one server from its /metrics: model load and warm-up seconds."""
+    wanted = {names.load_seconds: "model_load_seconds", names.warmup_seconds: "model_warmup_seconds"}
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                found[wanted[sample.name]] = float(sample.value)
+    return found
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -417,6 +430,10 @@ class RolloutResult(BaseModel):
     dataset_version: str | None = None
     telemetry: dict[str, Any] = Field(
         default_factory=dict, description="GPU telemetry of the stage's work, TelemetrySummary.as_dict()."
+    )
+    server_startup: dict[str, float] = Field(
+        default_factory=dict,
+        description="Time to useful work of each server, from its /metrics: e.g. canary_model_load_seconds.",
     )
 
     def failing_check(self) -> CheckResult | None:

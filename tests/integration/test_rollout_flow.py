@@ -187,6 +187,10 @@ def test_a_good_challenger_from_evaluate_is_promoted_step_by_step(home: Home, mo
         assert step.agreement == 1.0  # the same weights as the champion: it answers every row alike
         assert step.unanswered == 0 and step.stable.errors == 0
     assert result.steps[-1].stable_p95_scope == "rollout"  # stable gets no traffic at 100%
+    assert set(result.server_startup) == {
+        f"{role}_model_{what}_seconds" for role in ("stable", "canary") for what in ("load", "warmup")
+    }
+    assert all(seconds > 0 for seconds in result.server_startup.values())
 
     event = wait_for_event(MODEL_PROMOTED, resource_id=f"gpuflow.model.{model_name}", since=since)
     payload = event["payload"]

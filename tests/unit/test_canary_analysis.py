@@ -251,3 +251,15 @@ def test_the_report_shows_both_versions_per_step_and_marks_the_failure() -> None
 
 def test_artifact_keys_are_slugs() -> None:
     assert artifact_key("Digits Model_v2") == "canary-digits-model-v2"
+
+
+def test_server_startup_seconds_are_read_from_its_metrics() -> None:
+    from tasks.canary import startup_seconds
+
+    text = (
+        "# TYPE gpuflow_server_model_load_seconds gauge\n"
+        'gpuflow_server_model_load_seconds{model="m",version="2"} 1.25\n'
+        "# TYPE gpuflow_server_model_warmup_seconds gauge\n"
+        'gpuflow_server_model_warmup_seconds{model="m",version="2"} 0.5\n'
+    )
+    assert startup_seconds(text) == {"model_load_seconds": 1.25, "model_warmup_seconds": 0.5}
