@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_telemetry
 	$(PY) -m bench.bench_canary
 	$(PY) -m bench.bench_serve
+	$(PY) -m bench.bench_trigger
 	$(PY) -m bench.bench_run
 
 clean:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from deployments.cli import add_bootstrap_parser, add_emit_parser
 from flows.lineage import add_lineage_parser
 from flows.report_command import add_report_parser
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="further server options, e.g. --max-wait-us 200")
     add_report_parser(commands)
     add_lineage_parser(commands)
+    add_bootstrap_parser(commands)
+    add_emit_parser(commands)
     return parser
 
 
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command in ("bootstrap", "emit"):
+        return int(args.handler(args))
     import prefect.logging.configuration
 
     prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
