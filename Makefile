@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole pipeline (prepare -> train -> evaluate) on the bundled digits data and the embedded defaults.
+# The whole pipeline (prepare -> train -> evaluate -> rollout) on the bundled digits data and the embedded
+# defaults. Canary steps of 10 s (the policy's default is 60 s) keep a repeated `make run` short.
 run: $(STAMP)
-	$(VENV)/bin/gpuflow run
+	$(VENV)/bin/gpuflow run --canary-seconds 10
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
