@@ -254,11 +254,12 @@ class LocalServers:
 
     def stop_all(self) -> None:
         """Stop every server this object started: all are signalled first, then each is waited for (or killed)."""
-        servers = [*self._stopping, *self._servers.values()]
+        running = list(self._servers.values())
+        servers = [*self._stopping, *running]
         self._servers.clear()
         self._stopping.clear()
         errors: list[BaseException] = []
-        for server in servers:
+        for server in running:  # those in _stopping were signalled already: a second SIGTERM means "hurry"
             try:
                 server.terminate()
             except BaseException as exc:  # keep stopping the others; re-raised below
