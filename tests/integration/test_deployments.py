@@ -1,7 +1,8 @@
 """gpuflow on a real Prefect server with a real process worker: bootstrap, typed UI runs, the event chain.
 
 One server and one worker for the module (starting them takes seconds); the tests run in file order and the
-chain test relies on the earlier ones only for the bootstrapped server.
+chain test relies on the earlier ones only for the bootstrapped server. The chain itself is a module fixture:
+the chain test and the chain-versus-ml_pipeline test share one run of it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from deployments.bootstrap import BootstrapReport, bootstrap, declared_deploymen
 from tasks import events, settings
 from tasks.demo_data import digits_csv_bytes
 from tasks.evaluation import TAG_GATE_PASSED
+from tasks.tracking import TAG_DATASET_VERSION, TAG_FLOW_RUN, TAG_PARENT
 from tests.fixtures.prefect_events import read_events
 from tests.fixtures.prefect_server import FAST_WORKER_ENV, PrefectServer, prefect_server, process_worker
 
@@ -222,16 +224,26 @@ def test_a_malformed_event_fails_the_triggered_flow_with_a_clear_message(stack: 
         assert "no prepared dataset" in message and "dataset_uri" in message, message
 
 
-def test_a_new_file_runs_the_whole_chain_to_a_champion_and_the_same_file_again_starts_nothing(
-    stack: Stack, tmp_path: Path
-) -> None:
-    watched = tmp_path / "incoming"
+@dataclass(frozen=True)
+class Chain:
+    """One file taken by the event chain, sensor -> prepare -> train -> evaluate -> rollout, to its end."""
+
+    raw: Path
+    sensor_params: dict[str, Any]
+    mtime: float
+    rollout: FlowRun
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def chain(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    watched = tmp_path_factory.mktemp("chain") / "incoming"
     watched.mkdir()
     raw = watched / "digits-2026-11-27.csv"
     raw.write_bytes(digits_csv_bytes())
     old = time.time() - 120
     os.utime(raw, (old, old))
-    sensor_params = {"prefix_uri": str(watched), "sensor_name": "chain-test", "settle_seconds": 5}
+    sensor_params: dict[str, Any] = {"prefix_uri": str(watched), "sensor_name": "chain-test", "settle_seconds": 5}
     started = time.monotonic()
     with get_client(sync_client=True) as client:
         known = {name: {r.id for r in runs_of(client, name)} for name in ("prepare/prepare", "rollout/rollout")}
@@ -243,8 +255,15 @@ def test_a_new_file_runs_the_whole_chain_to_a_champion_and_the_same_file_again_s
         assert prepare_run.parameters["data_uri"] == str(raw)
         rollout_run = wait_new_run(client, "rollout/rollout", known["rollout/rollout"], timeout=CHAIN_TIMEOUT)
         rollout_done = wait_final(client, rollout_run.id, timeout=CHAIN_TIMEOUT)
+    return Chain(raw, sensor_params, old, rollout_done, time.monotonic() - started)
+
+
+def test_a_new_file_runs_the_whole_chain_to_a_champion_and_the_same_file_again_starts_nothing(
+    stack: Stack, chain: Chain
+) -> None:
+    raw, sensor_params, old, rollout_done = chain.raw, chain.sensor_params, chain.mtime, chain.rollout
+    with get_client(sync_client=True) as client:
         assert rollout_done.state is not None and rollout_done.state.is_completed(), final_message(client, rollout_done)
-        chain_seconds = time.monotonic() - started
 
         mlflow = MlflowClient(tracking_uri=f"sqlite:///{stack.gpuflow_home / 'mlflow.db'}")
         champion = mlflow.get_model_version_by_alias(settings.DEFAULT_MODEL_NAME, "champion")
@@ -252,6 +271,7 @@ def test_a_new_file_runs_the_whole_chain_to_a_champion_and_the_same_file_again_s
         assert champion.tags.get(TAG_GATE_PASSED) == "true"
 
         # The same bytes dropped again (new mtime): the sensor remembers them, no prepare run starts.
+        sensor_dep = deployment_id(client, "storage_sensor/storage-sensor")
         arrived_before = len(read_events(events.DATA_ARRIVED))
         prepare_before = {r.id for r in runs_of(client, "prepare/prepare")}
         raw.unlink()
@@ -262,7 +282,71 @@ def test_a_new_file_runs_the_whole_chain_to_a_champion_and_the_same_file_again_s
         time.sleep(5)
         assert {r.id for r in runs_of(client, "prepare/prepare")} == prepare_before
         assert len(read_events(events.DATA_ARRIVED)) == arrived_before
-    print(f"sensor -> rollout chain completed in {chain_seconds:.1f}s")
+    print(f"sensor -> rollout chain completed in {chain.seconds:.1f}s")
+
+
+PIPELINE_MODEL = "gpuflow-digits-pipeline"
+SAME_TRAINING = ("epochs", "batch_size", "learning_rate", "hidden_size", "seed")
+SAME_METRICS = ("test_accuracy", "test_macro_f1", "test_log_loss")
+
+
+def test_the_chained_stages_and_ml_pipeline_give_the_same_result_on_the_same_file(stack: Stack, chain: Chain) -> None:
+    """ml-pipeline on the chain's raw file, with the chain's training parameters, reaches the same model and verdict.
+
+    Its own model name so it too starts with no champion (no canary against the chain's); its own dataset name so
+    prepare really runs (no cache hit) and the dataset version is recomputed, not found.
+    """
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{stack.gpuflow_home / 'mlflow.db'}")
+    chained = mlflow.get_model_version_by_alias(settings.DEFAULT_MODEL_NAME, "champion")
+    chained_train = mlflow.get_run(chained.tags["gpuflow.train_run_id"]).data.params
+    training = {key: chained_train[key] for key in SAME_TRAINING}
+    parameters: dict[str, Any] = {
+        "data_uri": str(chain.raw),
+        "dataset_name": "digits-pipeline",
+        "model_name": PIPELINE_MODEL,
+        "epochs": int(training["epochs"]),
+        "batch_size": int(training["batch_size"]),
+        "learning_rate": float(training["learning_rate"]),
+        "hidden_size": int(training["hidden_size"]),
+        "seed": int(training["seed"]),
+    }
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        # ml_pipeline's stages emit the chain's events too: with the automations on, they would start a second,
+        # chained train -> evaluate -> rollout on this dataset (and a canary against the chain's champion).
+        for automation in AUTOMATIONS.values():
+            set_automation(client, automation, enabled=False)
+        try:
+            dep = deployment_id(client, "ml_pipeline/ml-pipeline")
+            run = client.create_flow_run_from_deployment(dep, parameters=parameters)
+            done = wait_final(client, run.id, timeout=CHAIN_TIMEOUT)
+        finally:
+            for automation in AUTOMATIONS.values():
+                set_automation(client, automation, enabled=True)
+        assert done.state is not None and done.state.is_completed(), final_message(client, done)
+    seconds = time.monotonic() - started
+
+    piped = mlflow.get_model_version_by_alias(PIPELINE_MODEL, "champion")
+    assert {key: mlflow.get_run(piped.tags["gpuflow.train_run_id"]).data.params[key] for key in SAME_TRAINING} == (
+        training
+    )
+    assert piped.tags[TAG_DATASET_VERSION] == chained.tags[TAG_DATASET_VERSION]
+    assert (stack.gpuflow_home / "store" / "datasets" / "digits-pipeline" / piped.tags[TAG_DATASET_VERSION]).is_dir()
+    chained_eval = mlflow.get_run(chained.tags["gpuflow.evaluate_run_id"]).data
+    piped_eval = mlflow.get_run(piped.tags["gpuflow.evaluate_run_id"]).data
+    # Seeded training on CPU in a fresh process each time: bit-identical, so exact equality.
+    assert {k: piped_eval.metrics[k] for k in SAME_METRICS} == {k: chained_eval.metrics[k] for k in SAME_METRICS}
+    for version, evaluated in ((chained, chained_eval), (piped, piped_eval)):
+        assert version.tags[TAG_GATE_PASSED] == "true", version.tags
+        assert evaluated.tags["gpuflow.previous_champion_version"] == "", "both start with no champion"
+        assert evaluated.tags["gpuflow.model_version"] == str(version.version)
+    pipeline_run = mlflow.get_run(piped_eval.tags[TAG_PARENT]).data
+    assert pipeline_run.tags[TAG_FLOW_RUN] == str(done.id)
+    assert pipeline_run.tags["gpuflow.model_version"] == str(piped.version)
+    assert pipeline_run.tags["gpuflow.gate.passed"] == "true"
+    assert pipeline_run.metrics["test_accuracy"] == chained_eval.metrics["test_accuracy"]
+    assert str(chained.version) == chain.rollout.parameters["candidate_version"]
+    print(f"ml-pipeline on the chain's file: same dataset, metrics and verdict in {seconds:.1f}s")
 
 
 def _write_copy(raw: Path) -> Path:
