@@ -85,3 +85,14 @@ def test_every_deployment_is_versioned_tagged_and_on_the_process_pool() -> None:
         assert item["version"] == "{{ $GPUFLOW_VERSION }}", name
         assert "gpuflow" in item["tags"], name
         assert item["work_pool"]["name"] == "gpuflow-process", name
+
+
+def test_every_trigger_ignores_events_from_stages_inside_ml_pipeline() -> None:
+    import yaml
+
+    from tasks.events import ORIGIN_LABEL
+
+    document = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    triggers = [t for d in document["deployments"] for t in d.get("triggers") or []]
+    assert len(triggers) == 4
+    assert all(trigger["match"][ORIGIN_LABEL] == "stage" for trigger in triggers)
