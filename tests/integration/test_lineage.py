@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from flows.lineage import add_lineage_parser, lineage_command
 from tasks import settings
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
-from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, run_stages
+from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, module_home, run_stages
 
 pytest_plugins = ("tests.fixtures.fake_nvml.plugin",)
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -44,15 +43,7 @@ def registered(
     mlflow_db_template: Path,  # noqa: F811
     fake_nvml_lib: Path,
 ) -> Iterator[Registered]:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    home = tmp_path_factory.mktemp("lineage-home")
-    shutil.copy(mlflow_db_template, home / "mlflow.db")
-    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        mp.setenv("GPUFLOW_HOME", str(home))
-        mp.setenv("GPUFLOW_TORCH_THREADS", "1")
-        for var in ("MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "MLFLOW_RUN_ID"):
-            mp.delenv(var, raising=False)
+    with module_home(tmp_path_factory, mlflow_db_template, "lineage-home") as home:
         dataset = write_digits_dataset(settings.store_uri())
         name = f"lineage-{uuid.uuid4().hex[:6]}"
         v1 = run_stages(dataset, name, compute=fake_gpu_compute(fake_nvml_lib, home), early_stop="plateau")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tasks.report import load_run_data, report_root
 from tasks.report_plots import convergence_figure, cost_figure
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
-from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, run_stages
+from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, module_home, run_stages
 
 pytest_plugins = ("tests.fixtures.fake_nvml.plugin",)
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -57,15 +56,7 @@ def runs(
     mlflow_db_template: Path,  # noqa: F811
     fake_nvml_lib: Path,
 ) -> Iterator[Runs]:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    home = tmp_path_factory.mktemp("report-home")
-    shutil.copy(mlflow_db_template, home / "mlflow.db")
-    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        mp.setenv("GPUFLOW_HOME", str(home))
-        mp.setenv("GPUFLOW_TORCH_THREADS", "1")
-        for var in ("MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "MLFLOW_RUN_ID"):
-            mp.delenv(var, raising=False)
+    with module_home(tmp_path_factory, mlflow_db_template, "report-home") as home:
         dataset = write_digits_dataset(settings.store_uri())
         name = f"report-{uuid.uuid4().hex[:6]}"
         cpu = run_stages(dataset, name, epochs=4)
