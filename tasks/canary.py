@@ -294,30 +294,24 @@ def _judge(
         else:
             detail, passed = f"{measured} is above the maximum {limit:.2f}", False
         checks.append(CheckResult(name="p95_latency_ratio", passed=passed, value=ratio, threshold=limit, detail=detail))
-    accuracy = canary.accuracy
     checks.append(
-        CheckResult(
-            name="accuracy",
-            passed=accuracy is None or accuracy >= policy.min_accuracy,
-            value=accuracy,
-            threshold=policy.min_accuracy,
-            detail=f"canary accuracy {_fmt(accuracy)} on {canary.answered} labelled answers "
-            f"{'≥' if accuracy is None or accuracy >= policy.min_accuracy else 'is below the minimum'} "
-            f"{policy.min_accuracy:.3f}",
-        )
+        _at_least("accuracy", canary.accuracy, policy.min_accuracy, f"{canary.answered} labelled answers", "accuracy")
     )
-    checks.append(
-        CheckResult(
-            name="agreement",
-            passed=agreement is None or agreement >= policy.min_agreement,
-            value=agreement,
-            threshold=policy.min_agreement,
-            detail=f"canary agreement with stable {_fmt(agreement)} on {compared} rows "
-            f"{'≥' if agreement is None or agreement >= policy.min_agreement else 'is below the minimum'} "
-            f"{policy.min_agreement:.3f}",
-        )
-    )
+    checks.append(_at_least("agreement", agreement, policy.min_agreement, f"{compared} rows", "agreement with stable"))
     return checks
+
+
+def _at_least(name: CheckName, value: float | None, minimum: float, basis: str, what: str) -> CheckResult:
+    """A floor check; no figure (nothing answered yet) passes here and is caught by min_requests."""
+    passed = value is None or value >= minimum
+    verdict = "≥" if passed else "is below the minimum"
+    return CheckResult(
+        name=name,
+        passed=passed,
+        value=value,
+        threshold=minimum,
+        detail=f"canary {what} {_fmt(value)} on {basis} {verdict} {minimum:.3f}",
+    )
 
 
 def analyse_step(
