@@ -4,7 +4,8 @@ Layout: ``<checkpoint uri>/epoch-0003.pt`` (``torch.save`` of plain tensors and 
 ``weights_only=True``). Each holds model and optimizer state, the epoch, the RNG states (so a resumed run
 continues the same random sequence) and the epoch's metrics. Writes are atomic; a newest file that
 still fails to load (truncated, corrupt) is skipped with a warning and the one before it is used.
-Only the newest ``keep`` checkpoints are kept.
+Only the newest ``keep`` checkpoints are kept. A distributed training writes the same format (rank 0 writes;
+``rng["ranks"]`` and ``extra["world_size"]`` are added), so either kind of run resumes from the other's files.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ class CheckpointStore:
         for old in self.epochs()[: -self.keep]:
             self._delete(join(self.uri, checkpoint_name(old)))
         return uri
+
+    def load(self, epoch: int) -> Checkpoint:
+        """The checkpoint of ``epoch``; raises ``ValueError`` or ``StoreError`` when it is missing or broken.
+
+        Distributed ranks load the epoch rank 0 chose with :meth:`latest`, so all restore the same state.
+        """
+        uri = join(self.uri, checkpoint_name(epoch))
+        checkpoint = Checkpoint.from_bytes(self.store.read_bytes(uri))
+        if checkpoint.epoch != epoch:
+            raise ValueError(f"{uri} holds epoch {checkpoint.epoch}")
+        return checkpoint
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads; broken newer ones are reported and skipped."""

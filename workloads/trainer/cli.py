@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from workloads.telemetry.milestones import Milestones
 from workloads.trainer.config import EXIT_FAILED, EXIT_OK, TrainerError, parse_config
 from workloads.trainer.reporting import quiet_mlflow
-from workloads.trainer.telemetry import TrainingTelemetry
+from workloads.trainer.telemetry import TrainingTelemetry, own_device_environ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,10 +23,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     milestones = Milestones()  # time to useful work counts from here: start-up and imports included
     telemetry: TrainingTelemetry | None = None
+    prefix = ""
     try:
         config = parse_config(sys.argv[1:] if argv is None else argv)
+        ranks = config.ranks
+        prefix = f"[rank {ranks.rank}] " if ranks.distributed else ""  # torchrun merges the ranks' output
         # The GPU is ours from now on, imports included: sample before torch and MLflow load.
-        telemetry = TrainingTelemetry(config.telemetry_interval, milestones).start()
+        # Under torchrun each rank samples only its own device.
+        environ = own_device_environ(os.environ, ranks.local_rank) if ranks.distributed else None
+        telemetry = TrainingTelemetry(config.telemetry_interval, milestones, environ).start()
         # Before torch and MLflow are imported: deterministic cuBLAS needs this before CUDA starts,
         # and MLflow reads its logging switches at import.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -35,14 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         train(config, started, telemetry)
     except TrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {prefix}{exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
+        print(f"error: {prefix}interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # unexpected: worth a retry (it resumes); keep the traceback for the logs
         traceback.print_exc()
-        print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {prefix}training failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     finally:
         if telemetry is not None:

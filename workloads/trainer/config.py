@@ -24,6 +24,8 @@ EXIT_DATA = 3  # dataset missing or not usable: permanent
 DEVICES = ("auto", "cpu", "cuda")
 EARLY_STOP = ("off", "plateau", "divergence", "both")
 MIN_TELEMETRY_INTERVAL = 0.05  # GpuSampler's finest interval
+DIST_TIMEOUT_ENV = "GPUFLOW_DIST_TIMEOUT_SECONDS"
+DEFAULT_DIST_TIMEOUT = 600.0  # seconds a rank waits for the others (rendezvous, collectives, rank 0's logging)
 _TRAINING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -45,6 +47,14 @@ class DatasetError(TrainerError):
     exit_code = EXIT_DATA
 
 
+class GroupError(TrainerError):
+    """Distributed training: another rank failed (ending with its exit code), or the group could not be reached."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     """What decides the trained model; stored in every checkpoint and logged as MLflow params."""
@@ -55,6 +65,24 @@ class Hyperparameters:
     hidden_size: int
     dropout: float
     seed: int
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits in a torchrun group; the defaults are a single process (no torchrun)."""
+
+    rank: int = 0  # global rank; rank 0 alone talks to MLflow and writes checkpoints
+    local_rank: int = 0  # rank on this node = index of its CUDA device
+    world_size: int = 1
+    timeout_s: float = DEFAULT_DIST_TIMEOUT
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,7 @@ class TrainerConfig:
     early_stop: str = "off"  # one of EARLY_STOP
     patience: int = 5  # epochs without improvement before a plateau stops training
     telemetry_interval: float = 1.0  # seconds between GPU samples
+    ranks: Ranks = Ranks()  # torchrun's view of this process; a single process by default
 
     def params(self) -> dict[str, Any]:
         return {
@@ -181,7 +210,46 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         early_stop=args.early_stop,
         patience=args.patience,
         telemetry_interval=interval,
+        ranks=parse_ranks(environ),
     )
+
+
+def parse_ranks(environ: Mapping[str, str]) -> Ranks:
+    """torchrun's RANK, LOCAL_RANK, WORLD_SIZE (+ MASTER_ADDR/PORT) and ``GPUFLOW_DIST_TIMEOUT_SECONDS``.
+
+    No WORLD_SIZE, or WORLD_SIZE 1, is a single process: the rest is not read, so a lone trainer started by
+    torchrun computes exactly what a plain one does.
+    """
+    world_text = environ.get("WORLD_SIZE", "").strip()
+    if not world_text or world_text == "1":
+        return Ranks()
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+    values: dict[str, int] = {}
+    for name in names:
+        text = environ.get(name, "").strip()
+        _check(
+            text.isdigit(),
+            f"{name} must be a non-negative integer under torchrun (WORLD_SIZE={world_text!r}), got {text!r}",
+        )
+        values[name] = int(text)
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    _check(world >= 1, "WORLD_SIZE must be at least 1, got 0")
+    _check(rank < world, f"RANK must be below WORLD_SIZE={world}, got {rank}")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        _check(bool(environ.get(name, "").strip()), f"{name} is not set: a distributed trainer needs torchrun's env")
+    return Ranks(rank=rank, local_rank=values["LOCAL_RANK"], world_size=world, timeout_s=_dist_timeout(environ))
+
+
+def _dist_timeout(environ: Mapping[str, str]) -> float:
+    text = environ.get(DIST_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_DIST_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{DIST_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    _check(math.isfinite(value) and value > 0, f"{DIST_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _telemetry_interval(given: float | None, environ: Mapping[str, str]) -> float:

@@ -2,6 +2,13 @@
 
 Batches come from ``torch.randperm`` with a dedicated generator, whose state goes into every checkpoint,
 so a resumed run sees exactly the batches an uninterrupted run would have seen.
+
+Under torchrun (``comm.distributed``) the model trains inside DistributedDataParallel: every rank draws the
+same permutation from the same generator and takes its own :func:`~workloads.trainer.distributed.shard` of it
+(the generator advancing each epoch is what ``DistributedSampler.set_epoch`` does), so ``--batch-size`` is per
+rank. Validation is split in contiguous slices and the sums are all-reduced: every rank gets the same metrics,
+and the validation work is divided instead of repeated. ``self.model`` stays the plain module (checkpoints and
+the logged model look the same as a single process's).
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from workloads.trainer.checkpoint import Checkpoint
-from workloads.trainer.config import Hyperparameters
+from workloads.trainer.config import Hyperparameters, Ranks
 from workloads.trainer.data import TrainingData
+from workloads.trainer.distributed import Comm, shard
 from workloads.trainer.model import MLPClassifier
 
 EVAL_BATCH = 4096
@@ -45,13 +54,23 @@ class EpochResult:
         )
 
 
-def pick_device(requested: str) -> torch.device:
-    """``auto`` means CUDA when present; asking for ``cuda`` without one raises ``ValueError``."""
+def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` means CUDA when present; asking for ``cuda`` without one raises ``ValueError``.
+
+    Under torchrun (``local_rank`` given) a CUDA device is ``cuda:<local rank>``, which must exist.
+    """
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if local_rank is None or kind != "cuda":
+        return torch.device(kind)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} has no CUDA device: {count} visible; start at most {count} processes per "
+            "node (--nproc-per-node)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 class Trainer:
@@ -64,15 +83,29 @@ class Trainer:
         device: torch.device,
         *,
         on_first_step: Callable[[], None] | None = None,
+        comm: Comm | None = None,
     ) -> None:
-        """``on_first_step`` is called once, when this process's first optimizer step has finished."""
+        """``on_first_step`` is called once, when this process's first optimizer step has finished.
+
+        With a distributed ``comm`` this is a collective (DDP syncs the start weights): every rank must build one.
+        """
         self.hyper = hyper
         self.on_first_step = on_first_step
         self.device = device
+        self.comm = comm or Comm(Ranks(), device)
         torch.manual_seed(hyper.seed)
         model = MLPClassifier(len(data.features), len(data.labels), hyper.hidden_size, hyper.dropout)
         model.set_normalisation(data.train.x)
         self.model = model.to(device)
+        self.net: nn.Module = self.model  # what trains: the model, or DDP around it
+        if self.comm.distributed:
+            # Same start weights everywhere (DDP checks them), then a dropout stream of each rank's own.
+            # Buffers (the normalisation) come from the full train split on every rank: no need to broadcast.
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+            )
+            torch.manual_seed(hyper.seed + self.comm.rank)
+        self.shard_size = data.train.x.shape[0]  # training rows this rank saw in the last epoch
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hyper.learning_rate)
         self.shuffle = torch.Generator().manual_seed(hyper.seed)
         self.loss = nn.CrossEntropyLoss()
@@ -84,14 +117,18 @@ class Trainer:
     def run_epoch(self) -> EpochResult:
         """Train one epoch, then validate; returns the epoch's metrics."""
         started = time.perf_counter()
-        self.model.train()
+        self.net.train()
         n = self.train_x.shape[0]
-        order = torch.randperm(n, generator=self.shuffle).to(self.device)
+        order = torch.randperm(n, generator=self.shuffle)
+        if self.comm.distributed:
+            order = shard(order, self.comm.rank, self.comm.world_size)
+        order = order.to(self.device)
+        self.shard_size = m = int(order.shape[0])
         total = torch.zeros((), device=self.device)
-        for start in range(0, n, self.hyper.batch_size):
+        for start in range(0, m, self.hyper.batch_size):
             idx = order[start : start + self.hyper.batch_size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(self.model(self.train_x[idx]), self.train_y[idx])
+            loss = self.loss(self.net(self.train_x[idx]), self.train_y[idx])
             loss.backward()
             self.optimizer.step()
             if self.on_first_step is not None:
@@ -99,7 +136,11 @@ class Trainer:
                 self.on_first_step()
                 self.on_first_step = None
             total += loss.detach() * idx.shape[0]
-        train_loss = float(total.item()) / n
+        if self.comm.distributed:  # the mean over every rank's samples (padding included, as trained)
+            loss_sum, count = self.comm.sum([float(total.item()), float(m)])
+            train_loss = loss_sum / count
+        else:
+            train_loss = float(total.item()) / n
         self._sync()
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = self.evaluate()
@@ -117,22 +158,38 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy on the validation split."""
+        """Mean cross-entropy and accuracy on the validation split (each rank a slice; the sums all-reduced)."""
         self.model.eval()
         loss_sum, correct = 0.0, 0
         n = self.val_x.shape[0]
-        for start in range(0, n, EVAL_BATCH):
-            x, y = self.val_x[start : start + EVAL_BATCH], self.val_y[start : start + EVAL_BATCH]
+        first, end = 0, n
+        if self.comm.distributed:
+            rank, world = self.comm.rank, self.comm.world_size
+            first, end = rank * n // world, (rank + 1) * n // world
+        for start in range(first, end, EVAL_BATCH):
+            stop = min(start + EVAL_BATCH, end)
+            x, y = self.val_x[start:stop], self.val_y[start:stop]
             logits = self.model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum").item())
             correct += int((logits.argmax(dim=1) == y).sum().item())
+        if self.comm.distributed:
+            loss_sum, right = self.comm.sum([loss_sum, float(correct)])  # the slices cover the split once
+            return loss_sum / n, right / n
         return loss_sum / n, correct / n
 
     def checkpoint(self, metrics: dict[str, float], dataset_uri: str) -> Checkpoint:
-        """The state after the current epoch, ready to be saved."""
+        """The state after the current epoch, ready to be saved (by rank 0).
+
+        Distributed, this is a collective: each rank's dropout RNG goes into ``rng["ranks"]`` (the top-level
+        entries are rank 0's, as a single process writes them) and the world size into ``extra``.
+        """
         rng: dict[str, object] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        extra: dict[str, object] = {}
+        if self.comm.distributed:
+            rng["ranks"] = self.comm.gather(self._own_rng())
+            extra["world_size"] = self.comm.world_size
         return Checkpoint(
             epoch=self.epoch,
             model_state=self.model.state_dict(),
@@ -142,18 +199,39 @@ class Trainer:
             hyper=asdict(self.hyper),
             dataset_uri=dataset_uri,
             training_seconds=self.training_seconds,
+            extra=extra,
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: weights, optimizer moments, RNG streams and epoch counter."""
         self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
-        torch.set_rng_state(checkpoint.rng["torch"])
         self.shuffle.set_state(checkpoint.rng["shuffle"])
-        if self.device.type == "cuda" and "cuda" in checkpoint.rng:
-            torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
         self.epoch = checkpoint.epoch
         self.training_seconds = checkpoint.training_seconds
+        if self.comm.distributed:
+            self._restore_own_rng(checkpoint)
+            return
+        torch.set_rng_state(checkpoint.rng["torch"])
+        if self.device.type == "cuda" and "cuda" in checkpoint.rng:
+            torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+
+    def _own_rng(self) -> dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _restore_own_rng(self, checkpoint: Checkpoint) -> None:
+        """This rank's dropout stream from a checkpoint of the same world size; else a fresh one per rank."""
+        ranks = checkpoint.rng.get("ranks")
+        if isinstance(ranks, list) and len(ranks) == self.comm.world_size:
+            own = ranks[self.comm.rank]
+            torch.set_rng_state(own["torch"])
+            if self.device.type == "cuda" and "cuda" in own:
+                torch.cuda.set_rng_state(own["cuda"], self.device)
+        else:  # made by a single process or another world size: the shards differ anyway
+            torch.manual_seed(self.hyper.seed + self.comm.rank + 1000 * checkpoint.epoch)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

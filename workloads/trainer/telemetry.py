@@ -6,10 +6,16 @@ trainer logs the epoch's figures in the same MLflow batch as its loss and accura
 against GPU time; at the end it logs the whole training's figures and writes ``telemetry/summary.json``
 (read back by the train flow with ``TelemetrySummary.from_dict``) and the raw series. Nothing here may fail
 a training: the sampler never raises for GPU trouble, and ``summary.missing`` says what was not measured.
+
+Distributed (torchrun), each rank samples only its own device (:func:`own_device_environ`); what is logged is
+rank 0's: the ``gpu.*`` and ``epoch_gpu.*`` figures and summary.json describe rank 0's GPU. The other ranks'
+GPU-seconds are gathered once after the last epoch: ``all_ranks_gpu_seconds`` (their sum, this attempt only)
+and ``ranks`` in summary.json.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from workloads.telemetry import DATA_LOADED, FIRST_STEP, GpuSampler, Milestones, TelemetrySummary
@@ -23,6 +29,24 @@ GPU_SECONDS = "gpu_seconds"  # GPU-seconds of the epoch, beside train_loss & co.
 CUMULATIVE_GPU_SECONDS = "cumulative_gpu_seconds"  # GPU-seconds of the training up to the end of the epoch
 SETUP, FINISH = "setup", "finish"
 DATA_LOADING_SECONDS = "data_loading_seconds"
+ALL_RANKS_GPU_SECONDS = "all_ranks_gpu_seconds"  # distributed: every rank's GPU-seconds up to the last epoch
+
+
+def own_device_environ(environ: Mapping[str, str], local_rank: int) -> dict[str, str]:
+    """``environ`` with CUDA_VISIBLE_DEVICES narrowed to the one device of torchrun's ``local_rank``.
+
+    Each rank then samples the GPU it trains on (``cuda:<local rank>`` is the local_rank-th visible device), not
+    its neighbours' too, so no device is counted twice. An index past the list leaves it as it is.
+    """
+    narrowed = dict(environ)
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        narrowed["CUDA_VISIBLE_DEVICES"] = str(local_rank)
+    else:
+        tokens = [t.strip() for t in visible.split(",")]
+        if local_rank < len(tokens) and tokens[local_rank]:
+            narrowed["CUDA_VISIBLE_DEVICES"] = tokens[local_rank]
+    return narrowed
 
 
 def epoch_label(epoch: int) -> str:
@@ -51,12 +75,16 @@ def summary_document(
 class TrainingTelemetry:
     """GpuSampler + Milestones for one trainer process; see the module docstring for what is logged."""
 
-    def __init__(self, interval: float, milestones: Milestones | None = None) -> None:
+    def __init__(
+        self, interval: float, milestones: Milestones | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
+        """``environ``: where the sampler reads the visible devices (default os.environ; see own_device_environ)."""
         self.milestones = milestones or Milestones()
-        self.sampler = GpuSampler(interval, label=SETUP)
+        self.sampler = GpuSampler(interval, label=SETUP, environ=environ)
         self.gpu_seconds_before = 0.0  # GPU-seconds of earlier attempts (a resumed training)
         self.resumed_from_epoch: int | None = None
         self.data_loading_seconds: float | None = None
+        self.ranks_gpu_seconds: list[float] | None = None  # distributed: each rank's, gathered after the loop
 
     def start(self) -> TrainingTelemetry:
         self.sampler.start()
@@ -102,19 +130,24 @@ class TrainingTelemetry:
         metrics = {**self.summary().as_metrics(RUN_PREFIX), **self.milestones.as_metrics()}
         if self.data_loading_seconds is not None:
             metrics[DATA_LOADING_SECONDS] = self.data_loading_seconds
+        if self.ranks_gpu_seconds is not None:
+            metrics[ALL_RANKS_GPU_SECONDS] = sum(self.ranks_gpu_seconds)
         return metrics
 
     def document(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "gpu_seconds_before": self.gpu_seconds_before,
+            DATA_LOADING_SECONDS: self.data_loading_seconds,
+        }
+        if self.ranks_gpu_seconds is not None:
+            extra["ranks"] = {"world_size": len(self.ranks_gpu_seconds), "gpu_seconds": self.ranks_gpu_seconds}
         return summary_document(
             self.summary(),
             self.sampler.summaries(),
             stage="train",
             milestones=self.milestones.durations(),
-            extra={
-                "resumed_from_epoch": self.resumed_from_epoch,
-                "gpu_seconds_before": self.gpu_seconds_before,
-                DATA_LOADING_SECONDS: self.data_loading_seconds,
-            },
+            extra=extra,
         )
 
     def series(self) -> bytes:

@@ -1,0 +1,165 @@
+"""Training under torchrun: the process group and the few collectives the trainer needs, in one place.
+
+torchrun starts one trainer per device on each node and sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT (:func:`workloads.trainer.config.parse_ranks` reads them). :class:`Comm` is the trainer's only door
+to ``torch.distributed``; for a single process every method is the identity and nothing is initialised, so a
+run without torchrun computes exactly what it did before distributed training existed.
+
+No rank may wait forever for another:
+
+- a phase wrapped in :meth:`Comm.together` ends with every rank agreeing on an exit code, so when one rank
+  fails there (bad checkpoint, MLflow down on rank 0, missing dataset), the others end with the same code;
+- a rank that dies outright breaks the others' next collective (gloo at once; NCCL through its watchdog);
+- and joining the group, like every collective, gives up after ``GPUFLOW_DIST_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from workloads.trainer.config import DIST_TIMEOUT_ENV, EXIT_FAILED, GroupError, Ranks, TrainerError
+
+INTERRUPTED = 130
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code the program will end with for ``exc`` (see ``cli.main``)."""
+    if isinstance(exc, TrainerError):
+        return exc.exit_code
+    return INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of a permutation, as ``DistributedSampler`` cuts it: every rank gets the same count.
+
+    The permutation is padded by repeating it from the start up to a multiple of ``world_size``, then rank r
+    takes every ``world_size``-th index from position r. Equal counts mean equal numbers of batches, which DDP
+    needs (a rank with one batch more would wait for a gradient all-reduce nobody joins).
+    """
+    n = int(order.shape[0])
+    total = -(-n // world_size) * world_size
+    if total > n:
+        order = order.repeat(-(-total // n))[:total]
+    return order[rank:total:world_size]
+
+
+class Comm:
+    """The process group of one trainer run; use as a context manager (it joins and leaves the group)."""
+
+    def __init__(self, ranks: Ranks, device: torch.device) -> None:
+        self.ranks = ranks
+        self.device = device
+        self._joined = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.ranks.distributed
+
+    @property
+    def is_main(self) -> bool:
+        return self.ranks.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks.world_size
+
+    @property
+    def backend(self) -> str:
+        """NCCL between GPUs, gloo between CPUs."""
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    def __enter__(self) -> Comm:
+        if not self.distributed:
+            return self
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and the object collectives use the current device
+        try:
+            dist.init_process_group(
+                self.backend,
+                timeout=timedelta(seconds=self.ranks.timeout_s),
+                device_id=self.device if self.device.type == "cuda" else None,
+            )
+        except Exception as exc:
+            raise GroupError(
+                f"could not join the process group ({self.backend}, world size "
+                f"{self.world_size}) within {self.ranks.timeout_s:g}s: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._joined = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._joined:
+            self._joined = False
+            with suppress(Exception):  # leaving a broken group must not hide why it broke
+                dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ collectives (identity on one process)
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over all ranks, in float64; every rank gets the same numbers."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return [float(v) for v in tensor.tolist()]
+
+    def broadcast(self, values: Sequence[int]) -> list[int]:
+        """Rank 0's integers, on every rank: its decisions (resume epoch, stop) are everyone's."""
+        if not self.distributed:
+            return [int(v) for v in values]
+        tensor = torch.tensor(list(values), dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return [int(v) for v in tensor.tolist()]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def agree(self, code: int) -> int:
+        """The highest exit code any rank brings (0: all fine), on every rank."""
+        if not self.distributed:
+            return code
+        tensor = torch.tensor([code], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
+    @contextmanager
+    def together(self, phase: str) -> Iterator[None]:
+        """Run a phase whose failure on any rank ends every rank, each with the failing rank's exit code.
+
+        The body must not itself call collectives on some ranks only. The rank that failed re-raises its
+        own error (its message is the useful one); the others raise :class:`GroupError` naming the phase.
+        """
+        if not self.distributed:
+            yield
+            return
+        try:
+            yield
+        except BaseException as exc:
+            with suppress(Exception):  # the group is gone too: the error at hand is still the one to report
+                self.agree(exit_code_of(exc))
+            raise
+        code = self.agree(0)
+        if code:
+            raise GroupError(f"another rank failed while {phase} (exit {code}); see its log", code)
+
+    def lost(self, exc: Exception) -> GroupError:
+        """The error for a collective that broke: a peer died, or the timeout passed."""
+        return GroupError(
+            f"lost contact with the other ranks ({type(exc).__name__}: {exc}); "
+            f"a peer failed or did not answer within {self.ranks.timeout_s:g}s ({DIST_TIMEOUT_ENV})"
+        )

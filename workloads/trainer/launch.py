@@ -1,0 +1,54 @@
+"""``python -m workloads.trainer.launch <torchrun arguments>``: torchrun that ends with the trainer's exit code.
+
+torchrun (``python -m torch.distributed.run``) exits 1 whatever its workers exited with, which hides the
+trainer's permanent codes (2 configuration, 3 dataset) from a Kubernetes podFailurePolicy: a Job would retry a
+training that can never pass. This runs torchrun unchanged (same arguments, same agent, same rendezvous) and
+only changes how it ends: with the workers' own code (see :func:`group_exit_code`), and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from workloads.trainer.config import EXIT_FAILED, EXIT_OK
+
+
+def group_exit_code(codes: Sequence[int]) -> int:
+    """One exit code for the failed workers' codes (negative: killed by that signal), as the pod should end.
+
+    A worker's own code wins over a signal, the highest one first (the trainer's ranks agree on the highest code,
+    so a permanent 2 or 3 is not hidden by a peer's 1). Without one: the first signal that is not the SIGTERM
+    torchrun sends the survivors once a worker failed, as ``128 + signal`` (the shell's convention).
+    """
+    own = [code for code in codes if code > 0]
+    if own:
+        return max(own)
+    signals = [-code for code in codes if code < 0]
+    cause = next((s for s in signals if s != signal.SIGTERM), signals[0] if signals else None)
+    return 128 + cause if cause is not None else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(list(argv) if argv is not None else None)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        failures = sorted(exc.failures.items())
+        code = group_exit_code([failure.exitcode for _, failure in failures])
+        described = ", ".join(f"rank {rank} exited {failure.exitcode}" for rank, failure in failures)
+        print(f"error: training group failed ({described}); exit {code}", file=sys.stderr, flush=True)
+        return code
+    except SignalException as exc:  # the agent itself was told to stop (pod deleted): the workers were stopped
+        print(f"error: launcher stopped by {signal.Signals(exc.sigval).name}", file=sys.stderr, flush=True)
+        return 128 + int(exc.sigval)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
