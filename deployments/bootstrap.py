@@ -4,10 +4,15 @@
 the setup first, then deploys ``prefect.yaml`` with Prefect's own machinery (``prefect --no-prompt deploy --all``
 in a subprocess), with ``GPUFLOW_VERSION`` set to the package version + git commit. Running it again creates
 nothing: the report says what was created and what was already there.
+
+With ``kubernetes=True`` (``gpuflow bootstrap --kubernetes``) it also creates the ``gpuflow-kubernetes`` work
+pool from ``deployments/kubernetes/base-job-template.json`` (GPU variables; see docs/kubernetes.md) and
+registers the KubernetesGPUJob block type; it saves no such block, since only you know the image to run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +38,8 @@ from tasks.errors import ConfigurationError
 from tasks.tracking import pipeline_version
 
 PROCESS_POOL = "gpuflow-process"
+KUBERNETES_POOL = "gpuflow-kubernetes"
+KUBERNETES_TEMPLATE = PROJECT_ROOT / "deployments" / "kubernetes" / "base-job-template.json"
 DEFAULT_BLOCK_NAME = "default"
 BLOCK_CLASSES: tuple[type[Block], ...] = (
     DataStore,
@@ -93,6 +100,29 @@ def ensure_work_pool(report: BootstrapReport, name: str = PROCESS_POOL) -> None:
             report.existing["work_pools"].append(name)
 
 
+def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL) -> None:
+    """The Kubernetes work pool for running flows on a cluster, with gpuflow's GPU base job template."""
+    from blocks.kubernetes import KubernetesGPUJob
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            template = json.loads(KUBERNETES_TEMPLATE.read_text())
+            client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template))
+            report.created["work_pools"].append(name)
+        else:
+            report.existing["work_pools"].append(name)
+        slug = KubernetesGPUJob.get_block_type_slug()
+        try:
+            client.read_block_type_by_slug(slug)
+            had_type = True
+        except ObjectNotFound:
+            had_type = False
+    KubernetesGPUJob.register_type_and_schema()
+    (report.existing if had_type else report.created)["block_types"].append(slug)
+
+
 def ensure_blocks(report: BootstrapReport) -> None:
     """Register each block type (schemas are updated in place) and save a ``default`` block where none is."""
     for cls in BLOCK_CLASSES:
@@ -148,8 +178,10 @@ def deploy_all(project_dir: Path, version: str) -> None:
         raise ConfigurationError(f"`prefect deploy --all` in {project_dir} failed (exit {done.returncode}):\n{tail}")
 
 
-def bootstrap(project_dir: Path = PROJECT_ROOT) -> BootstrapReport:
+def bootstrap(project_dir: Path = PROJECT_ROOT, *, kubernetes: bool = False) -> BootstrapReport:
     """Create the work pool, block types and default blocks if missing, then deploy everything in prefect.yaml.
+
+    ``kubernetes``: also the ``gpuflow-kubernetes`` work pool and the KubernetesGPUJob block type.
 
     Needs a Prefect server (PREFECT_API_URL); Prefect's ephemeral API has no workers to run deployments.
     """
@@ -163,6 +195,8 @@ def bootstrap(project_dir: Path = PROJECT_ROOT) -> BootstrapReport:
     project_dir = Path(project_dir).resolve()
     report = BootstrapReport(version=pipeline_version())
     ensure_work_pool(report)
+    if kubernetes:
+        ensure_kubernetes_pool(report)
     ensure_blocks(report)
     names = declared_deployments(project_dir)
     before = existing_deployments(names)

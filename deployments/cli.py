@@ -22,6 +22,12 @@ def add_bootstrap_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--project-dir", type=Path, default=PROJECT_ROOT, help="Folder holding prefect.yaml.")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="Also create the gpuflow-kubernetes work pool (GPU base job template) and register the "
+        "KubernetesGPUJob block type.",
+    )
     parser.set_defaults(handler=bootstrap_command)
     return parser
 
@@ -31,7 +37,7 @@ def bootstrap_command(args: argparse.Namespace) -> int:
     from tasks.errors import ConfigurationError
 
     try:
-        report = bootstrap(args.project_dir)
+        report = bootstrap(args.project_dir, kubernetes=args.kubernetes)
     except ConfigurationError as exc:
         print(f"bootstrap failed: {exc}")
         return 2

@@ -18,6 +18,7 @@ from typing import Any
 
 from deployments.cli import add_bootstrap_parser, add_emit_parser
 from flows.lineage import add_lineage_parser
+from flows.manifests_command import add_manifests_parser
 from flows.report_command import add_report_parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_ROLLED_BACK = 0, 1, 2, 3, 4
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lineage_parser(commands)
     add_bootstrap_parser(commands)
     add_emit_parser(commands)
+    add_manifests_parser(commands)
     return parser
 
 
@@ -312,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command in ("bootstrap", "emit"):
         return int(args.handler(args))
+    if args.command == "manifests":
+        from flows.manifests_command import manifests_command
+
+        return manifests_command(args)
     import prefect.logging.configuration
 
     prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them

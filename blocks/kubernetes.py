@@ -1,0 +1,128 @@
+"""The Kubernetes GPU compute target: a workload runs as a Kubernetes Job, on GPUs when asked.
+
+The block only holds settings; the manifests come from :mod:`tasks.kube.manifests` (pure, printable with
+``gpuflow manifests train``) and the Job is run and followed by :mod:`tasks.kube.jobs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_kubernetes.credentials import KubernetesCredentials
+from pydantic import Field
+
+from blocks.compute import ComputeTarget, LogFn, WorkloadResult, WorkloadSpec
+from tasks.kube.manifests import GPU_RESOURCE, PERMANENT_EXIT_CODES, JobSettings, PodSettings
+
+
+class KubernetesGPUJob(ComputeTarget):
+    """Runs workloads as Kubernetes Jobs: GPUs, node selection, secrets by reference, a non-root pod.
+
+    Credentials default to the in-cluster service account, else the KUBECONFIG / ~/.kube/config context.
+    ``nodes`` > 1 trains across several pods (an Indexed Job, torchrun, gloo or NCCL).
+
+    Example:
+        ```python
+        from blocks.kubernetes import KubernetesGPUJob
+
+        KubernetesGPUJob(
+            image="registry.example.com/gpuflow-workloads:0.1.0",
+            namespace="gpuflow",
+            gpus=1,
+            node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            secret_name="gpuflow-store",  # holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+        ).save("h100")
+        # then: gpuflow run ... --compute gpuflow-kubernetes-gpu-job/h100
+        ```
+    """
+
+    _block_type_name = "gpuflow Kubernetes GPU Job"
+    _block_type_slug = "gpuflow-kubernetes-gpu-job"
+
+    image: str = Field(description="Workloads image (workloads/Dockerfile), e.g. registry/gpuflow-workloads:0.1.0.")
+    namespace: str = Field(default="default", description="Namespace the Jobs and their pods run in.")
+    credentials: KubernetesCredentials = Field(
+        default_factory=KubernetesCredentials,
+        description="Cluster access; empty: in-cluster service account, else KUBECONFIG / ~/.kube/config.",
+    )
+    service_account: str = Field(
+        default="gpuflow-workload", description="Service account of workload pods (no API token is mounted)."
+    )
+    cpu_request: str = Field(default="1", description="CPU request per pod (Kubernetes quantity).")
+    cpu_limit: str = Field(default="4", description="CPU limit per pod.")
+    memory_request: str = Field(default="4Gi", description="Memory request per pod.")
+    memory_limit: str = Field(default="16Gi", description="Memory limit per pod; above it the pod is OOMKilled.")
+    gpus: int = Field(default=0, ge=0, description="GPUs (of gpu_resource) per pod; 0 runs on CPUs.")
+    gpu_resource: str = Field(
+        default=GPU_RESOURCE, description="nvidia.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description='Node labels to require, e.g. {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}.',
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod tolerations; empty with gpus > 0: tolerate the nvidia.com/gpu NoSchedule taint.",
+    )
+    priority_class: str | None = Field(default=None, description="PriorityClass of the pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry.")
+    secret_name: str | None = Field(
+        default=None, description="Secret holding the workload's secret variables (store credentials), by key."
+    )
+    scratch_size: str = Field(default="20Gi", description="Size limit of the /scratch emptyDir (TMPDIR, HOME).")
+    shm_size: str = Field(default="2Gi", description="Size limit of the memory-backed /dev/shm.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on Jobs and pods (cost allocation).")
+    nodes: int = Field(default=1, ge=1, description="Pods training together; > 1: Indexed Job + torchrun.")
+    active_deadline_seconds: int = Field(default=6 * 3600, ge=1, description="The Job fails after this long.")
+    backoff_limit: int = Field(default=3, ge=0, description="Pod failures retried (disruptions do not count).")
+    ttl_seconds_after_finished: int = Field(
+        default=3600, ge=0, description="Kubernetes deletes a finished Job (one kept after failure) after this."
+    )
+    rendezvous_port: int = Field(default=29500, ge=1, le=65535, description="torchrun rendezvous port (nodes > 1).")
+    delete_failed_jobs: bool = Field(
+        default=False, description="Delete a failed Job at once; otherwise it stays for inspection until its TTL."
+    )
+    image_pull_grace_seconds: float = Field(
+        default=120, ge=0, description="How long an image that cannot be pulled is waited for before failing."
+    )
+    poll_interval_seconds: float = Field(default=2, gt=0, description="How often the Job's state is read.")
+
+    def pod_settings(self) -> PodSettings:
+        """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
+        return PodSettings(
+            image=self.image,
+            namespace=self.namespace,
+            service_account=self.service_account,
+            cpu_request=self.cpu_request,
+            cpu_limit=self.cpu_limit,
+            memory_request=self.memory_request,
+            memory_limit=self.memory_limit,
+            gpus=self.gpus,
+            gpu_resource=self.gpu_resource,
+            node_selector=dict(self.node_selector),
+            tolerations=[dict(t) for t in self.tolerations],
+            priority_class=self.priority_class or None,
+            image_pull_secrets=list(self.image_pull_secrets),
+            secret_name=self.secret_name or None,
+            scratch_size=self.scratch_size,
+            shm_size=self.shm_size,
+            labels=dict(self.labels),
+        )
+
+    def job_settings(self) -> JobSettings:
+        """Everything the Job manifests are built from, checked (raises ConfigurationError on a bad value)."""
+        return JobSettings(
+            pod=self.pod_settings(),
+            nodes=self.nodes,
+            active_deadline_seconds=self.active_deadline_seconds,
+            backoff_limit=self.backoff_limit,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+            rendezvous_port=self.rendezvous_port,
+            permanent_exit_codes=PERMANENT_EXIT_CODES,
+        )
+
+    def run_workload(self, spec: WorkloadSpec, log: LogFn) -> WorkloadResult:
+        """Create the Job, stream its pods' logs to ``log``, wait for it; see :func:`tasks.kube.jobs.run_job`."""
+        from tasks.kube.jobs import run_job  # the cluster side loads only when a Job really runs
+
+        return run_job(self, spec, log)
