@@ -22,6 +22,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.fixtures.kube.plugin",)  # the kube_cluster fixture (emulated Kubernetes)
 
 # Keep every test run off the network and off the developer's own Prefect profile.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
