@@ -2,8 +2,10 @@
 
 The rollout stage (flows/rollout.py) walks ``step_weights``; at each step the canary gets that share of
 traffic for ``analysis_seconds`` and must pass every threshold here (rules in tasks/canary.py and
-docs/rollout.md). Fields named ``local_*`` only concern the local backend, where gpuflow drives the traffic
-itself; on a cluster, real traffic flows and those fields are ignored.
+docs/rollout.md). The ``local_*`` traffic fields (rate, concurrency, timeout) set gpuflow's replay of the
+labelled test split, which both backends send: locally to the two processes, on a cluster through the
+Service or gateway clients use (the names predate the cluster backend and stay for saved blocks).
+``local_server_commands`` only concerns local processes.
 """
 
 from __future__ import annotations
@@ -78,13 +80,17 @@ class CanaryPolicy(Block):
         default=180.0, gt=0, description="How long a model server may take to answer GET /readyz with 200."
     )
     local_requests_per_second: float = Field(
-        default=200.0, gt=0, description="Local backend: requests per second the traffic driver sends."
+        default=200.0,
+        gt=0,
+        description="Requests per second the traffic driver replays (local processes, or the cluster's Service).",
     )
     local_concurrency: int = Field(
-        default=4, ge=1, le=64, description="Local backend: requests the traffic driver keeps in flight at most."
+        default=4, ge=1, le=64, description="Requests the traffic driver keeps in flight at most (both backends)."
     )
     local_request_timeout_seconds: float = Field(
-        default=2.0, gt=0, description="Local backend: a request unanswered after this long counts as an error."
+        default=2.0,
+        gt=0,
+        description="A replayed request unanswered after this long counts as an error (both backends).",
     )
     local_server_commands: dict[Role, list[str]] = Field(
         default_factory=dict,

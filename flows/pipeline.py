@@ -82,6 +82,7 @@ def ml_pipeline(
     early_stop: Literal["off", "plateau", "divergence", "both"] = "off",
     patience: int = 5,
     pricing: str | None = None,
+    serving: str | None = None,
 ) -> PipelineResult | State:
     """Run prepare -> train -> evaluate -> rollout on one dataset: a new model earns its traffic or is rolled back.
 
@@ -108,6 +109,8 @@ def ml_pipeline(
         early_stop: Stop training early on a plateau of the validation metric, on divergence, or both.
         patience: Epochs without improvement that make a plateau.
         pricing: Saved GpuPricing block name; empty uses the default prices.
+        serving: Saved KubernetesServing block name: the canary runs as Deployments on that cluster and the
+            promoted version keeps serving there; empty runs the canary as local processes.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -186,6 +189,7 @@ def ml_pipeline(
                     tracking=tracking,
                     parent_run_id=parent,
                     analysis_seconds=canary_analysis_seconds,
+                    serving=serving,
                 ),
             )
     except BaseException:

@@ -1,9 +1,12 @@
 """The rollout stage: serve the champion (stable) and the challenger (canary), shift traffic step by step,
 judge each step from the servers' /metrics and the labelled traffic, then promote or roll back.
 
-Orchestration only: servers live in tasks/serving.py, traffic in tasks/traffic.py, the rules and figures in
-tasks/canary.py, the policy in blocks/canary_policy.py. One rollout per registered model at a time (a
-Prefect global concurrency limit named ``gpuflow-rollout-<model>``), and no server outlives the stage.
+Orchestration only: where the versions run is the ``Serving`` seam of tasks/serving.py (local processes, or
+Deployments on a cluster with ``serving=<KubernetesServing block>``, tasks/kube/serving.py), traffic is
+tasks/traffic.py, the rules and figures tasks/canary.py, the policy blocks/canary_policy.py. One rollout per
+registered model at a time (a Prefect global concurrency limit named ``gpuflow-rollout-<model>``). Locally no
+server outlives the stage; on a cluster the stable Deployment keeps serving and nothing else the rollout made
+is left.
 A rollback is a verdict, not a crash: the flow completes and returns it; errors (stable down, MLflow
 unreachable, lock timeout) fail the flow and leave every alias as it was.
 """
@@ -16,9 +19,8 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, RunTag
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
@@ -36,25 +38,26 @@ from tasks.canary import (
     StepFigures,
     analyse_step,
     artifact_key,
-    parse_server_metrics,
     render_markdown,
-    startup_seconds,
 )
-from tasks.errors import ConfigurationError, GateFailed, RetryableError, WorkloadFailed
+from tasks.errors import ConfigurationError, GateFailed, RetryableError
 from tasks.evaluation import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, load_test_split
 from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK, emit, model_resource
 from tasks.registry import CHALLENGER, CHAMPION, ChampionMoved, RegisteredVersion, alias_version, read_version
-from tasks.serving import LocalServers, ServerNotReady, ServerProcess, ServerUnreachable
+from tasks.serving import LocalServers, ServerNotReady, ServerUnreachable, Serving
 from tasks.telemetry import stage_telemetry
 from tasks.tracking import TAG_DATASET_VERSION, client_for, stage_run
 from tasks.traffic import TrafficDriver
-from workloads.server.config import EXIT_UNAVAILABLE
+
+if TYPE_CHECKING:
+    from blocks.kubernetes_serving import KubernetesServing
 
 __all__ = ["RolloutLocked", "RolloutResult", "lock_name", "rollout", "rollout_lock"]
 
 TAG_DECISION = "gpuflow.rollout.decision"
 TAG_FAILED_CHECK = "gpuflow.rollout.failed_check"
 TAG_REASON = "gpuflow.rollout.reason"
+TAG_BACKEND = "gpuflow.rollout.backend"
 REPORT_PATH = "rollout/canary.md"
 STEPS_PATH = "rollout/steps.json"
 
@@ -181,29 +184,28 @@ class CanaryOutcome:
     server_startup: dict[str, float] = field(default_factory=dict)
 
 
-def _scrape_stable(server: ServerProcess) -> ServerSample:
+def _scrape_stable(serving: Serving) -> ServerSample:
     """Stable's figures; a stable that is gone ends the stage with an error (the champion is not on trial)."""
     try:
-        return parse_server_metrics(server.scrape())
+        return serving.sample("stable")
     except ServerUnreachable as exc:
-        code = server.proc.poll()
-        raise WorkloadFailed(server.name, code, list(server.tail), reason=f"stopped answering: {exc}") from exc
+        raise serving.failure("stable", f"stopped answering: {exc}") from exc
 
 
-def _scrape_canary(server: ServerProcess) -> tuple[ServerSample | None, str | None]:
+def _scrape_canary(serving: Serving) -> tuple[ServerSample | None, str | None]:
     """The canary's figures, or why there are none (a failed check, not an error)."""
-    gone = server.exit_reason()
+    gone = serving.down("canary")
     if gone:
         return None, gone
     try:
-        return parse_server_metrics(server.scrape()), None
+        return serving.sample("canary"), None
     except ServerUnreachable as exc:
-        return None, f"{exc}; last log lines:\n{server.log_tail()}"
+        return None, f"{exc}; last log lines:\n{exc.tail}" if exc.tail else str(exc)
 
 
-def _sleep_until(deadline: float, canary: ServerProcess) -> None:
-    """Sleep until ``deadline``, waking early if the canary process dies (a crash is judged at once)."""
-    while canary.alive():
+def _sleep_until(deadline: float, serving: Serving) -> None:
+    """Sleep until ``deadline``, waking early if the canary goes down (a crash is judged at once)."""
+    while serving.down("canary") is None:
         left = deadline - time.monotonic()
         if left <= 0:
             return
@@ -213,18 +215,19 @@ def _sleep_until(deadline: float, canary: ServerProcess) -> None:
 @task(name="canary-step", cache_policy=NO_CACHE, task_run_name="canary step {index}: {weight}%")
 def canary_step(
     policy: CanaryPolicy,
-    servers: LocalServers,
+    serving: Serving,
     driver: TrafficDriver,
     target: RolloutTarget,
     index: int,
     weight: int,
     rollout_start: ServerSample,
 ) -> tuple[StepFigures, float]:
-    """Drive one step's traffic and check it every interval; returns its figures and when it decided."""
-    stable, canary = servers["stable"], servers["canary"]
+    """Route the step's share, drive its traffic and check it every interval; returns its figures and when
+    it decided."""
     assert target.champion is not None
-    stable_start = _scrape_stable(stable)
-    canary_start, down = _scrape_canary(canary)
+    effective = serving.set_weight(weight, policy.server_start_timeout_seconds)
+    stable_start = _scrape_stable(serving)
+    canary_start, down = _scrape_canary(serving)
     window = policy.analysis_seconds
     interval = min(policy.check_interval_seconds, window)
     driver.start(weight)
@@ -233,12 +236,12 @@ def canary_step(
     try:
         while True:
             if down is None:
-                _sleep_until(min(next_check, began + window), canary)
-                down = canary.exit_reason()
+                _sleep_until(min(next_check, began + window), serving)
+                down = serving.down("canary")
             final = time.monotonic() >= began + window - 1e-3
             record = driver.stop() if final or down else driver.snapshot()
-            stable_now = _scrape_stable(stable)
-            canary_now, down = _scrape_canary(canary) if down is None else (None, down)
+            stable_now = _scrape_stable(serving)
+            canary_now, down = _scrape_canary(serving) if down is None else (None, down)
             figures = analyse_step(
                 policy,
                 step=index,
@@ -252,7 +255,7 @@ def canary_step(
                 canary_down=down,
                 final=final,
                 last_step=index == len(policy.step_weights),
-            )
+            ).model_copy(update={"effective_weight": effective})
             if figures.decision == "roll_back" or final:
                 return figures, time.monotonic()
             next_check += interval
@@ -277,45 +280,42 @@ def _describe(figures: StepFigures) -> str:
 
 
 def run_canary(
-    policy: CanaryPolicy, servers: LocalServers, target: RolloutTarget, split: LabelledSplit, log: Any
+    policy: CanaryPolicy, serving: Serving, target: RolloutTarget, split: LabelledSplit, log: Any
 ) -> CanaryOutcome:
-    """Start both servers, walk the policy's steps, stop the canary the moment it fails a check."""
+    """Start both tracks, walk the policy's steps, take the canary off the moment it fails a check."""
     assert target.champion is not None
-    servers.start("stable", target.champion.model_uri)
-    servers.start("canary", target.candidate.model_uri)
-    servers.wait_ready("stable", policy.server_start_timeout_seconds)
+    serving.start("stable", target.champion)
+    serving.start("canary", target.candidate)
+    serving.wait_ready("stable", policy.server_start_timeout_seconds)
     try:
-        servers.wait_ready("canary", policy.server_start_timeout_seconds)
+        serving.wait_ready("canary", policy.server_start_timeout_seconds)
     except ServerNotReady as exc:
-        if exc.exit_code == EXIT_UNAVAILABLE:
-            raise  # MLflow or the artifact store is down: not the candidate's fault, nothing decided
-        servers.stop("canary", wait=False)
+        if exc.blameless:
+            raise  # MLflow, the registry or the cluster is at fault, not the candidate: nothing decided
+        serving.roll_back()
         return CanaryOutcome("rolled_back", f"the canary never became ready: {exc}", failed_check="canary_ready")
-    log.info("stable %s and canary %s are ready", servers["stable"].url, servers["canary"].url)
+    log.info("stable %s and canary %s are ready", target.champion.model_uri, target.candidate.model_uri)
     startup = {
-        f"{role}_{name}": value
-        for role in ("stable", "canary")
-        for name, value in startup_seconds(servers[role].scrape()).items()
+        f"{role}_{name}": value for role in ("stable", "canary") for name, value in serving.startup(role).items()
     }
 
     driver = TrafficDriver(
-        servers["stable"].url,
-        servers["canary"].url,
+        serving.routes(policy.local_request_timeout_seconds),
         split.features,
         split.labels.tolist(),
         requests_per_second=policy.local_requests_per_second,
         concurrency=policy.local_concurrency,
         timeout_seconds=policy.local_request_timeout_seconds,
     )
-    rollout_start = _scrape_stable(servers["stable"])
+    rollout_start = _scrape_stable(serving)
     steps: list[StepFigures] = []
     decided = time.monotonic()
     for index, weight in enumerate(policy.step_weights, start=1):
-        figures, decided = canary_step(policy, servers, driver, target, index, weight, rollout_start)
+        figures, decided = canary_step(policy, serving, driver, target, index, weight, rollout_start)
         steps.append(figures)
         log.info("%s", _describe(figures))
         if figures.decision == "roll_back":
-            servers.stop("canary", wait=False)  # traffic is already off it; it drains while the stage goes on
+            serving.roll_back()  # traffic is already off it; locally it drains while the stage goes on
             break
     first = driver.first_canary_at
     to_decision = round(decided - first, 3) if first is not None else None
@@ -326,6 +326,29 @@ def run_canary(
         return CanaryOutcome("rolled_back", reason, failure.name, steps, to_decision, startup)
     reason = f"every check passed at each of {len(steps)} steps ({', '.join(f'{w}%' for w in policy.step_weights)})"
     return CanaryOutcome("promoted", reason, None, steps, to_decision, startup)
+
+
+# -- where the versions run ------------------------------------------------------------------------
+
+
+def resolve_serving(name: str | None) -> KubernetesServing | None:
+    """The saved KubernetesServing block, or None for local processes."""
+    if not name:
+        return None
+    from blocks.kubernetes_serving import resolve_kubernetes_serving
+
+    return resolve_kubernetes_serving(name)
+
+
+def _open_serving(
+    cluster: KubernetesServing | None, tracking: MLflowTracking, policy: CanaryPolicy, model_name: str, logger: Any
+) -> Serving:
+    """The backend for this rollout: local processes, or the cluster the block names."""
+    if cluster is None:
+        return LocalServers(tracking.uri, commands=policy.local_server_commands, log=logger.info)
+    from tasks.kube.serving import ClusterServing
+
+    return ClusterServing(cluster, tracking_uri=tracking.uri, model_name=model_name, log=logger.info)
 
 
 # -- acting on the decision ------------------------------------------------------------------------
@@ -357,6 +380,7 @@ def retire(tracking: MLflowTracking, target: RolloutTarget) -> str | None:
 
 _STEP_METRICS: dict[str, Callable[[StepFigures], float | None]] = {
     "weight": lambda f: f.weight,
+    "effective_weight": lambda f: f.effective_weight,
     "step_seconds": lambda f: f.seconds,
     "stable_requests": lambda f: f.stable.requests,
     "canary_requests": lambda f: f.canary.requests,
@@ -377,6 +401,7 @@ _STEP_METRICS: dict[str, Callable[[StepFigures], float | None]] = {
 def report(tracking: MLflowTracking, run_id: str, result: RolloutResult, policy: CanaryPolicy) -> str:
     """Step figures as MLflow metrics (step index = MLflow step), the decision as tags, the Markdown report
     on the run and as the Prefect artifact ``canary-<model>``; returns the Markdown."""
+    from mlflow.entities import Metric, RunTag
     from prefect.artifacts import create_markdown_artifact
 
     client = client_for(tracking)
@@ -399,6 +424,7 @@ def report(tracking: MLflowTracking, run_id: str, result: RolloutResult, policy:
         "gpuflow.model_version": result.candidate_version,
         "gpuflow.previous_champion_version": result.previous_champion_version or "",
         "gpuflow.champion_version": result.champion_version or "",
+        TAG_BACKEND: result.backend,
     }
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
     markdown = render_markdown(result, policy)
@@ -427,6 +453,7 @@ def rollout(
     parent_run_id: str | None = None,
     lock_timeout_seconds: float = 1800.0,
     analysis_seconds: float | None = None,
+    serving: str | None = None,
 ) -> RolloutResult:
     """Canary-release a gated version: promote it when every step passes, roll it back at the first failed check.
 
@@ -444,6 +471,8 @@ def rollout(
         parent_run_id: MLflow parent run (the pipeline's) to nest this stage's run under.
         lock_timeout_seconds: How long to wait while another rollout of the same model runs before failing.
         analysis_seconds: Override the policy's analysis window per step (seconds); empty keeps the policy's.
+        serving: Saved KubernetesServing block name: the canary runs as Deployments on that cluster and the
+            promoted version keeps serving there; empty runs both versions as local processes for the stage.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -454,6 +483,7 @@ def rollout(
         policy_cfg = policy_cfg.model_copy(update={"analysis_seconds": float(analysis_seconds)})
     tracking_cfg = resolve_tracking(tracking)
     store = resolve_data_store(data_store)
+    cluster = resolve_serving(serving)  # a bad block name fails before the lock is taken
 
     with rollout_lock(model_name, lock_timeout_seconds):
         target = resolve_target(tracking_cfg, model_name, candidate_version)
@@ -464,23 +494,22 @@ def rollout(
             stage_telemetry(tracking_cfg, run_id, "rollout") as telemetry,
         ):
             champion_after: str | None
-            if target.champion is None:
-                champion_after = promote(tracking_cfg, target)
-                outcome = CanaryOutcome(
-                    "promoted_without_canary",
-                    f"{model_name!r} had no champion: version {target.candidate.version} passed the gate and is "
-                    "promoted without a canary (first model)",
-                )
-            else:
-                with LocalServers(
-                    tracking_cfg.uri, commands=policy_cfg.local_server_commands, log=logger.info
-                ) as servers:
-                    outcome = run_canary(policy_cfg, servers, target, split, logger)
+            with _open_serving(cluster, tracking_cfg, policy_cfg, model_name, logger) as backend:
+                if target.champion is None:
+                    backend.serve_first(target.candidate, policy_cfg.server_start_timeout_seconds)
+                    champion_after = promote(tracking_cfg, target)
+                    outcome = CanaryOutcome(
+                        "promoted_without_canary",
+                        f"{model_name!r} had no champion: version {target.candidate.version} passed the gate and "
+                        "is promoted without a canary (first model)",
+                    )
+                else:
+                    outcome = run_canary(policy_cfg, backend, target, split, logger)
                     if outcome.decision == "promoted":
+                        backend.promote()  # serving moves first: the registry then records what serves
                         champion_after = promote(tracking_cfg, target)
-                        servers.stop("stable", wait=False)  # the old stable retires; the canary stops with the stage
                     else:
-                        servers.stop("canary", wait=False)
+                        backend.roll_back()
                         champion_after = retire(tracking_cfg, target)
             result = RolloutResult(
                 model_name=model_name,
@@ -496,6 +525,7 @@ def rollout(
                 server_startup=outcome.server_startup,
                 rollout_run_id=run_id,
                 dataset_version=split.version,
+                backend=backend.backend,
             )
             report(tracking_cfg, run_id, result, policy_cfg)
         result = result.model_copy(update={"telemetry": telemetry.as_dict()})

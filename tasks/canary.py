@@ -176,6 +176,11 @@ class StepFigures(BaseModel):
 
     step: int = Field(description="1-based step index (the MLflow step of its metrics).")
     weight: int = Field(description="Percent of traffic routed to the canary.")
+    effective_weight: float | None = Field(
+        default=None,
+        description="Percent the serving backend really gives the canary: the weight locally, canary pods / all "
+        "pods with a cluster's replica ratio (rounded, never 0 during a step).",
+    )
     seconds: float
     stable: TargetFigures
     canary: TargetFigures
@@ -422,6 +427,7 @@ class RolloutResult(BaseModel):
     )
     rollout_run_id: str = Field(description="MLflow run of this stage.")
     dataset_version: str | None = None
+    backend: str = Field(default="local", description="Where the versions ran: local processes or kubernetes.")
     telemetry: dict[str, Any] = Field(
         default_factory=dict, description="GPU telemetry of the stage's work, TelemetrySummary.as_dict()."
     )

@@ -1,7 +1,12 @@
-"""Local model servers for the rollout: start one per role, wait until ready, scrape /metrics, stop them all.
+"""The serving seam of the rollout, and its local backend.
 
-Each server is ``python -m workloads.server`` (the same command a pod runs) in its own process group, on a
-free loopback port, its output kept as a tail for error messages. :class:`LocalServers` is a context
+:class:`Serving` is what the rollout flow needs from wherever the two versions run: serve stable and canary,
+wait until they are ready, read each track's /metrics, route a share of traffic, promote, roll back, and
+clean up on the way out. Two backends implement it: :class:`LocalServers` here (processes on loopback) and
+``tasks.kube.serving.ClusterServing`` (Deployments on a Kubernetes cluster).
+
+Locally each server is ``python -m workloads.server`` (the same command a pod runs) in its own process group,
+on a free loopback port, its output kept as a tail for error messages. :class:`LocalServers` is a context
 manager: whatever ends the stage (a decision, an error, a cancellation, a timeout), every process it started
 is stopped on the way out, SIGTERM then SIGKILL to the whole group.
 """
@@ -21,11 +26,16 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 from blocks.compute import _import_root, _signal_group
+from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
 from tasks.errors import WorkloadFailed
-from workloads.server.config import EXIT_LISTEN
+from tasks.traffic import Routes
+from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
+
+if TYPE_CHECKING:
+    from tasks.registry import RegisteredVersion
 
 Role = Literal["stable", "canary"]
 LogFn = Callable[[str], None]
@@ -38,11 +48,74 @@ _LISTEN_ATTEMPTS = 3
 
 
 class ServerNotReady(WorkloadFailed):
-    """A model server exited or did not answer GET /readyz with 200 in time; carries its exit code and tail."""
+    """A model server exited or did not answer GET /readyz with 200 in time; carries its exit code and tail.
+
+    ``blameless``: the cause is not the model (MLflow unreachable, an image that cannot be pulled, no room
+    on the cluster), so a canary that is not ready for it is an error, not a verdict on the candidate.
+    """
+
+    def __init__(
+        self, name: str, exit_code: int | None, tail: list[str], reason: str = "", *, blameless: bool = False
+    ) -> None:
+        super().__init__(name, exit_code, tail, reason)
+        self.blameless = blameless or exit_code == EXIT_UNAVAILABLE
 
 
 class ServerUnreachable(Exception):
-    """GET /metrics failed: the server is down or hung."""
+    """GET /metrics failed: the server is down or hung; ``tail`` holds its last log lines when known."""
+
+    def __init__(self, message: str, tail: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+class Serving(Protocol):
+    """Where a rollout's stable and canary run; the rollout flow sees only this.
+
+    Every method may block (starting, scaling); errors carry the server or pod and its state. Leaving the
+    context removes whatever the rollout started that must not outlive it.
+    """
+
+    backend: str  # "local" | "kubernetes": recorded on the rollout's MLflow run
+
+    def __enter__(self) -> Serving: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None: ...
+
+    def serve_first(self, version: RegisteredVersion, timeout: float) -> None:
+        """No champion yet: make ``version`` the stable one (nothing to do where no server outlives a stage)."""
+
+    def start(self, role: Role, version: RegisteredVersion) -> None:
+        """Begin serving ``version`` as ``role`` (not waiting for it)."""
+
+    def wait_ready(self, role: Role, timeout: float) -> None:
+        """Block until ``role`` answers GET /readyz; :class:`ServerNotReady` naming the server and its state."""
+
+    def sample(self, role: Role) -> ServerSample:
+        """The role's prediction counters (every server of the role summed); :class:`ServerUnreachable`."""
+
+    def startup(self, role: Role) -> dict[str, float]:
+        """The role's model load and warm-up seconds from its /metrics."""
+
+    def down(self, role: Role) -> str | None:
+        """Why the role stopped serving (a process exited, a pod crashed), with its last lines; None while up."""
+
+    def failure(self, role: Role, detail: str) -> WorkloadFailed:
+        """The error to raise when ``role`` stopped answering and must not have (stable)."""
+
+    def routes(self, timeout: float) -> Routes:
+        """Where the traffic driver sends requests, each with ``timeout``."""
+
+    def set_weight(self, weight: int, timeout: float) -> float:
+        """Give the canary ``weight`` percent of traffic before a step; returns the share it really gets."""
+
+    def promote(self) -> None:
+        """The canary's version becomes stable and the canary goes (after the last step passed)."""
+
+    def roll_back(self) -> None:
+        """The canary goes, stable keeps serving as before (idempotent)."""
 
 
 def free_port() -> int:
@@ -97,9 +170,9 @@ class ServerProcess:
         try:
             status, body = http_get(self.url, "/metrics", timeout)
         except (OSError, http.client.HTTPException) as exc:
-            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics failed: {exc}") from exc
+            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics failed: {exc}", self.log_tail()) from exc
         if status != 200:
-            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics answered {status}")
+            raise ServerUnreachable(f"{self.name}: GET {self.url}/metrics answered {status}", self.log_tail())
         return body.decode("utf-8", errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
@@ -168,6 +241,8 @@ class LocalServers:
         python: Interpreter to run the servers with (default: this one).
     """
 
+    backend = "local"
+
     def __init__(
         self,
         tracking_uri: str,
@@ -199,7 +274,10 @@ class LocalServers:
         program = list(self._commands.get(role, [SERVER_MODULE]))
         return [self._python, "-m", *program, "--model-uri", model_uri, "--host", HOST, "--port", str(port)]
 
-    def start(self, role: Role, model_uri: str) -> ServerProcess:
+    def start(self, role: Role, version: RegisteredVersion) -> None:
+        self.spawn(role, version.model_uri)
+
+    def spawn(self, role: Role, model_uri: str) -> ServerProcess:
         """Spawn the role's server on a free port (not waiting for it); a role already running is an error."""
         if role in self._servers:
             raise RuntimeError(f"a {role} server is already running")
@@ -227,19 +305,53 @@ class LocalServers:
         self._servers[role] = server
         return server
 
-    def wait_ready(self, role: Role, timeout: float) -> ServerProcess:
+    def wait_ready(self, role: Role, timeout: float) -> None:
         """Wait for the role's server; a port taken between choosing and binding it is retried on another."""
         for attempt in range(1, _LISTEN_ATTEMPTS + 1):
             server = self._servers[role]
             try:
                 server.wait_ready(timeout)
-                return server
+                return
             except ServerNotReady as exc:
                 if exc.exit_code != EXIT_LISTEN or attempt == _LISTEN_ATTEMPTS:
                     raise
                 del self._servers[role]
-                self.start(role, server.model_uri)
+                self.spawn(role, server.model_uri)
         raise AssertionError("unreachable")
+
+    # -- the Serving seam (one process per role; the traffic driver routes) -------------------------
+
+    def serve_first(self, version: RegisteredVersion, timeout: float) -> None:
+        """Nothing to start: locally no server outlives the stage (``gpuflow serve`` is the long-lived one)."""
+
+    def sample(self, role: Role) -> ServerSample:
+        return parse_server_metrics(self._servers[role].scrape())
+
+    def startup(self, role: Role) -> dict[str, float]:
+        return startup_seconds(self._servers[role].scrape())
+
+    def down(self, role: Role) -> str | None:
+        server = self._servers.get(role)
+        return server.exit_reason() if server is not None else f"the {role} server was stopped"
+
+    def failure(self, role: Role, detail: str) -> WorkloadFailed:
+        server = self._servers[role]
+        return WorkloadFailed(server.name, server.proc.poll(), list(server.tail), reason=detail)
+
+    def routes(self, timeout: float) -> Routes:
+        return Routes.local(self._servers["stable"].url, self._servers["canary"].url, timeout)
+
+    def set_weight(self, weight: int, timeout: float) -> float:
+        """The driver routes each request itself: the weight is exact."""
+        return float(weight)
+
+    def promote(self) -> None:
+        """The old stable retires (signalled now, waited for on exit); the canary stops with the stage."""
+        self.stop("stable", wait=False)
+
+    def roll_back(self) -> None:
+        """Traffic is already off the canary: it drains while the stage goes on."""
+        self.stop("canary", wait=False)
 
     def stop(self, role: Role, *, wait: bool = True) -> None:
         """Stop one role's server (idempotent); ``wait=False`` only signals it, leaving the wait to ``stop_all``."""

@@ -17,6 +17,14 @@ canary analysis has traffic to judge and labels to judge it by.
 
 Pacing is open-loop up to ``concurrency`` requests in flight: request *k* is sent at ``start + k / rate``
 unless every worker is busy, so a slow canary does not slow the request rate of the whole test.
+
+**Two ways to route** (:class:`Routes`). Locally the driver picks stable or canary per request (above). On a
+cluster the split is the cluster's (replica ratio behind one Service, or HTTPRoute weights): every request goes
+to one address, as a client's would, and each answer is attributed to a track by its ``X-Model-Version``
+header (the server sets it on answers and refusals alike). A failure that names no version (the API server's
+proxy or a gateway could not reach a pod) is ``unattributed``: it is charged to the canary as a transport error
+(an unexplained failure must not let a canary look clean) and answered by stable like any failed canary request.
+Retries and shadow requests always go to stable alone.
 """
 
 from __future__ import annotations
@@ -26,15 +34,16 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
 
 Target = Literal["stable", "canary"]
 PREDICT_PATH = "/v1/predict"
+VERSION_HEADER = "X-Model-Version"
 
 
 @dataclass
@@ -61,6 +70,7 @@ class TrafficRecord:
     canary: TargetRecord = field(default_factory=TargetRecord)
     retried_on_stable: int = 0  # canary failures that stable answered
     unanswered: int = 0  # user requests nobody answered (stable failed a routed request or a retry)
+    unattributed: int = 0  # upstream split: answers naming neither version (failures also count as canary errors)
     shadow_requests: int = 0
     compared: int = 0
     agreed: int = 0
@@ -108,52 +118,102 @@ class RowCycle:
 
 
 @dataclass(frozen=True)
-class _Answer:
-    """One request's outcome: a prediction, or why there is none."""
+class Answer:
+    """One request's outcome: a prediction, or why there is none, and the version that answered, if named."""
 
     prediction: str | None
     status: int | None  # None: no HTTP answer (refused, reset, timed out)
     seconds: float
+    version: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.prediction is not None
 
 
-class _Endpoint:
-    """One keep-alive connection to one server, reopened after any transport error."""
+def read_answer(status: int, version: str | None, payload: bytes, seconds: float) -> Answer:
+    """An HTTP answer to a one-row predict request: its prediction when 2xx with one, else a failure."""
+    if not 200 <= status < 300:
+        return Answer(None, status, seconds, version)
+    try:
+        prediction = json.loads(payload)["predictions"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return Answer(None, status, seconds, version)  # a 2xx without a prediction is no answer
+    return Answer(str(prediction), status, seconds, version)
+
+
+class Endpoint(Protocol):
+    """Where one worker sends predict requests; each worker thread has its own."""
+
+    def predict(self, body: bytes) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+EndpointFactory = Callable[[], Endpoint]
+
+
+class HttpEndpoint:
+    """One keep-alive connection to an ``http(s)://host[:port][/prefix]`` address, reopened after any error."""
 
     def __init__(self, url: str, timeout: float) -> None:
         parts = urlsplit(url)
+        self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path.rstrip("/") + PREDICT_PATH
         self._timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def predict(self, body: bytes) -> _Answer:
+    def predict(self, body: bytes) -> Answer:
         started = time.perf_counter()
         try:
             if self._connection is None:
-                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            self._connection.request("POST", PREDICT_PATH, body=body, headers={"Content-Type": "application/json"})
+                kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                self._connection = kind(self._host, self._port, timeout=self._timeout)
+            self._connection.request("POST", self._path, body=body, headers={"Content-Type": "application/json"})
             response = self._connection.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException):
             self.close()
-            return _Answer(None, None, time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        if not 200 <= response.status < 300:
-            return _Answer(None, response.status, seconds)
-        try:
-            prediction = json.loads(payload)["predictions"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return _Answer(None, response.status, seconds)  # a 2xx without a prediction is no answer
-        return _Answer(str(prediction), response.status, seconds)
+            return Answer(None, None, time.perf_counter() - started)
+        return read_answer(response.status, response.getheader(VERSION_HEADER), payload, time.perf_counter() - started)
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def http_endpoint(url: str, timeout: float) -> EndpointFactory:
+    """A factory of :class:`HttpEndpoint` for ``url``."""
+    return lambda: HttpEndpoint(url, timeout)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where the driver's requests go.
+
+    ``split_by`` None: the driver routes, ``canary`` alone gets the weight's share (local backend).
+    Otherwise every user request goes to ``split_by`` (a Service or gateway balancing both tracks), and
+    ``versions`` (registry version -> track) attributes each answer by its ``X-Model-Version`` header.
+    ``stable`` reaches stable alone: its routed share locally, retries and shadows always.
+    """
+
+    stable: EndpointFactory
+    canary: EndpointFactory | None = None
+    split_by: EndpointFactory | None = None
+    versions: Mapping[str, Target] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.canary is None) == (self.split_by is None):
+            raise ValueError("routes need either a canary endpoint (the driver splits) or split_by (upstream splits)")
+        if self.split_by is not None and sorted(self.versions.values()) != ["canary", "stable"]:
+            raise ValueError(f"an upstream split needs one version per track, got {dict(self.versions)}")
+
+    @classmethod
+    def local(cls, stable_url: str, canary_url: str, timeout: float) -> Routes:
+        return cls(stable=http_endpoint(stable_url, timeout), canary=http_endpoint(canary_url, timeout))
 
 
 class TrafficDriver:
@@ -166,8 +226,7 @@ class TrafficDriver:
 
     def __init__(
         self,
-        stable_url: str,
-        canary_url: str,
+        routes: Routes,
         features: np.ndarray,
         labels: Sequence[Any],
         *,
@@ -178,7 +237,7 @@ class TrafficDriver:
     ) -> None:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-        self._urls: dict[Target, str] = {"stable": stable_url, "canary": canary_url}
+        self._routes = routes
         self._bodies = [json.dumps({"rows": [row.tolist()]}).encode() for row in np.asarray(features, np.float32)]
         self._labels = [str(label.item() if hasattr(label, "item") else label) for label in labels]
         self._interval = 1.0 / requests_per_second
@@ -200,7 +259,7 @@ class TrafficDriver:
         return bool(self._threads)
 
     def start(self, weight: int) -> None:
-        """Begin a step: ``weight`` percent of requests go to the canary."""
+        """Begin a step: ``weight`` percent of requests go to the canary (routed here, or upstream's split)."""
         if self._threads:
             raise RuntimeError("a step is already running; stop() it first")
         self._router = WeightedRouter(weight)
@@ -239,23 +298,36 @@ class TrafficDriver:
         return not self._stop.wait(at - now) if at > now else not self._stop.is_set()
 
     def _work(self) -> None:
-        endpoints: dict[Target, _Endpoint] = {name: _Endpoint(url, self._timeout) for name, url in self._urls.items()}
+        routes = self._routes
+        stable = routes.stable()
+        chosen: Endpoint | None = routes.canary() if routes.canary else None
+        upstream: Endpoint | None = routes.split_by() if routes.split_by else None
         try:
             while self._pace():
                 row = self._rows.next()
-                target = self._router.pick()
+                sent = time.monotonic()
+                target: Target | None
+                if upstream is not None:
+                    answer = upstream.predict(self._bodies[row])
+                    target = routes.versions.get(answer.version) if answer.version else None
+                else:
+                    assert chosen is not None
+                    target = self._router.pick()
+                    answer = (stable if target == "stable" else chosen).predict(self._bodies[row])
                 if target == "canary" and self.first_canary_at is None:
-                    self.first_canary_at = time.monotonic()
-                answer = endpoints[target].predict(self._bodies[row])
+                    self.first_canary_at = sent
                 if target == "stable":
                     self._record_stable(row, answer)
+                elif target == "canary":
+                    self._record_canary(row, answer, stable)
                 else:
-                    self._record_canary(row, answer, endpoints["stable"])
+                    self._record_unattributed(row, answer, stable)
         finally:
-            for endpoint in endpoints.values():
-                endpoint.close()
+            for endpoint in (stable, chosen, upstream):
+                if endpoint is not None:
+                    endpoint.close()
 
-    def _count(self, record: TargetRecord, row: int, answer: _Answer) -> None:
+    def _count(self, record: TargetRecord, row: int, answer: Answer) -> None:
         """Count one routed request in its target's record (caller holds the lock)."""
         record.routed += 1
         if answer.ok:
@@ -267,7 +339,7 @@ class TrafficDriver:
         else:
             record.http_errors += 1
 
-    def _record_stable(self, row: int, answer: _Answer) -> None:
+    def _record_stable(self, row: int, answer: Answer) -> None:
         with self._lock:
             self._count(self._record.stable, row, answer)
             if answer.ok:
@@ -276,7 +348,7 @@ class TrafficDriver:
             else:
                 self._record.unanswered += 1
 
-    def _record_canary(self, row: int, answer: _Answer, stable: _Endpoint) -> None:
+    def _record_canary(self, row: int, answer: Answer, stable: Endpoint) -> None:
         with self._lock:
             self._count(self._record.canary, row, answer)
             known = self._stable_answers.get(row)
@@ -297,7 +369,17 @@ class TrafficDriver:
                 self._record.compared += 1
                 self._record.agreed += answer.prediction == known
 
-    def _retry_on_stable(self, row: int, stable: _Endpoint) -> None:
+    def _record_unattributed(self, row: int, answer: Answer, stable: Endpoint) -> None:
+        """An answer naming neither version; a failure is charged to the canary and answered by stable."""
+        with self._lock:
+            self._record.unattributed += 1
+            if answer.ok:
+                return  # some other version answered (a pod left from before): the user has an answer
+            self._record.canary.routed += 1
+            self._record.canary.transport_errors += 1  # no server of either track counted it
+        self._retry_on_stable(row, stable)
+
+    def _retry_on_stable(self, row: int, stable: Endpoint) -> None:
         """The canary failed this request: stable answers it, so the user still gets an answer."""
         retry = stable.predict(self._bodies[row])
         with self._lock:

@@ -337,6 +337,9 @@ def test_bad_requests_get_a_4xx_that_says_what_was_expected(
     assert error["expected"], "every refusal says what was expected"
     if status == 405:
         assert headers["allow"] == "POST"
+    # Refusals name the version too: behind a Service balancing two versions, the cluster canary attributes
+    # each failure to the version that answered it.
+    assert headers["x-model-version"] == "1", headers
     assert predict(server, np.zeros((1, 64), np.float32))["predictions"], "the server still answers"
 
 

@@ -72,6 +72,7 @@ class App:
         self.stopping = False
         self._encoder: Encoder | None = None
         self._json_prefix = b""
+        self._model_headers = b""  # X-Model-Name/-Version lines, also on refusals once a model is loaded
         self._compact_prefix = b""
         self._single: list[bytes] = []
         self._static: dict[str, bytes] = {}
@@ -100,7 +101,8 @@ class App:
         )
         self._encoder = Encoder(predictor.labels)
         model_headers = f"X-Model-Name: {_header(predictor.name)}\r\nX-Model-Version: {_header(predictor.version)}\r\n"
-        base = b"HTTP/1.1 200 OK\r\nServer: gpuflow\r\n" + model_headers.encode("latin-1", "replace")
+        self._model_headers = model_headers.encode("latin-1", "replace")
+        base = b"HTTP/1.1 200 OK\r\nServer: gpuflow\r\n" + self._model_headers
         self._json_prefix = base + b"Content-Type: application/json\r\n"
         self._compact_prefix = base + b"Content-Type: application/octet-stream\r\n"
         self._single = [b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in self._encoder.single]
@@ -241,14 +243,18 @@ class App:
         self.metrics.count(route, status, time.perf_counter() - request.received)
 
     def error(self, connection: Connection, request: Request, route: str, error: HttpError) -> None:
-        """A refusal on a request that was read completely: the connection stays usable unless told."""
+        """A refusal on a request that was read completely: the connection stays usable unless told.
+
+        It names the model version like an answer does, so a client behind a Service that balances two
+        versions (the cluster canary) knows which one failed.
+        """
         keep_alive = request.keep_alive and not self.stopping and not error.close
         data = build_response(
             error.status,
             _error_body(error),
             JSON,
             request.connection if keep_alive else CLOSE,
-            "".join(f"{name}: {value}\r\n" for name, value in error.headers).encode(),
+            self._model_headers + "".join(f"{name}: {value}\r\n" for name, value in error.headers).encode(),
         )
         connection.send(data, keep_alive)
         self.metrics.count(route, error.status, time.perf_counter() - request.received)
@@ -258,7 +264,7 @@ class App:
         route = ROUTES.get(error.path, (OTHER, b""))[0] if error.path else OTHER
         transport = connection.transport
         if transport is not None:
-            transport.write(build_response(error.status, _error_body(error), JSON, CLOSE))
+            transport.write(build_response(error.status, _error_body(error), JSON, CLOSE, self._model_headers))
         connection.busy = False
         connection.linger()
         self.metrics.count(route, error.status, None)

@@ -1,0 +1,166 @@
+"""The Kubernetes serving block: where the rollout runs stable and canary when they run on a cluster.
+
+The block only holds settings; the Deployments, Services and the HTTPRoute come from
+:mod:`tasks.kube.manifests` and the rollout on the cluster is :class:`tasks.kube.serving.ClusterServing`.
+A rollout given this block leaves the promoted version serving in the stable Deployment (the local backend
+serves nothing after the stage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect_kubernetes.credentials import KubernetesCredentials
+from pydantic import Field
+
+from tasks.errors import ConfigurationError
+from tasks.kube.manifests import GPU_RESOURCE, PodSettings
+
+
+class KubernetesServing(Block):
+    """Model servers on a Kubernetes cluster: a stable and a canary Deployment behind one Service.
+
+    The canary's share of traffic follows the replica ratio of the two Deployments (``replicas`` pods in
+    all during a rollout), or the weights of a Gateway API HTTPRoute when ``gateway`` is set. The analysis
+    reads each pod's ``/metrics`` through the API server's pod proxy, or from ``prometheus_url``.
+
+    Example:
+        ```python
+        from blocks.kubernetes_serving import KubernetesServing
+
+        KubernetesServing(
+            image="registry.example.com/gpuflow-workloads:0.1.0",
+            namespace="gpuflow",
+            replicas=10,  # a 10% step runs 9 stable pods and 1 canary pod
+            tracking_uri="http://mlflow.gpuflow.svc:5000",
+            secret_name="gpuflow-store",
+            secret_keys=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        ).save("prod-serving")
+        # then: rollout(..., serving="prod-serving") or ml_pipeline(..., serving="prod-serving")
+        ```
+    """
+
+    _block_type_name = "gpuflow Kubernetes Serving"
+    _block_type_slug = "gpuflow-kubernetes-serving"
+
+    image: str = Field(description="Workloads image (it runs python -m workloads.server).")
+    namespace: str = Field(default="default", description="Namespace of the Deployments, Services and route.")
+    credentials: KubernetesCredentials = Field(
+        default_factory=KubernetesCredentials,
+        description="Cluster access; empty: in-cluster service account, else KUBECONFIG / ~/.kube/config.",
+    )
+    server_name: str | None = Field(
+        default=None,
+        description="Base name of the objects (<name>, <name>-stable, <name>-canary); empty: from the model name.",
+    )
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        description="Server pods in all during a rollout (the split follows stable:canary pods), and stable's "
+        "size when the rollout creates it. With replica ratios it must be at least 2.",
+    )
+    service_account: str = Field(default="gpuflow-workload", description="Service account of server pods.")
+    cpu_request: str = Field(default="1", description="CPU request per server pod.")
+    cpu_limit: str = Field(default="2", description="CPU limit per server pod.")
+    memory_request: str = Field(default="1Gi", description="Memory request per server pod.")
+    memory_limit: str = Field(default="2Gi", description="Memory limit per server pod.")
+    gpus: int = Field(default=0, ge=0, description="GPUs (of gpu_resource) per server pod; 0 serves on CPUs.")
+    gpu_resource: str = Field(default=GPU_RESOURCE, description="nvidia.com/gpu, or a MIG profile.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels server pods require.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod tolerations; empty with gpus > 0: the nvidia.com/gpu NoSchedule taint."
+    )
+    priority_class: str | None = Field(default=None, description="PriorityClass of server pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry.")
+    secret_name: str | None = Field(default=None, description="Secret holding secret_keys (by reference only).")
+    secret_keys: list[str] = Field(
+        default_factory=list,
+        description="Environment variables server pods read from secret_name, e.g. AWS_SECRET_ACCESS_KEY.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Plain environment of server pods, e.g. MLFLOW_S3_ENDPOINT_URL."
+    )
+    server_args: list[str] = Field(
+        default_factory=list, description="Extra flags for python -m workloads.server, e.g. --max-batch-size 64."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every object and pod.")
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow as server pods reach it; empty: the rollout's own tracking URI."
+    )
+    ready_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long pods may take to become ready (scheduling, image pull, model load); empty: the "
+        "canary policy's server_start_timeout_seconds.",
+    )
+    image_pull_grace_seconds: float = Field(
+        default=120, ge=0, description="How long an image that cannot be pulled is waited for before failing."
+    )
+    gateway: str | None = Field(
+        default=None,
+        description="Gateway API Gateway to attach an HTTPRoute to; set: the split follows route weights "
+        "(needs service_url, the gateway's address) and stable's Deployment is never scaled.",
+    )
+    gateway_namespace: str | None = Field(default=None, description="Namespace of the Gateway; empty: namespace.")
+    service_url: str | None = Field(
+        default=None,
+        description="Where clients reach the model (e.g. http://digits.gpuflow.svc, or the gateway's URL); the "
+        "replayed traffic goes there. Empty: through the API server's services/<name>/proxy.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus HTTP API base URL to read the servers' metrics from (series with namespace and "
+        "pod labels); empty: each pod's /metrics through the API server's pod proxy.",
+    )
+    poll_interval_seconds: float = Field(default=1.0, gt=0, description="How often pod states are read.")
+
+    def pod_settings(self) -> PodSettings:
+        """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
+        return PodSettings(
+            image=self.image,
+            namespace=self.namespace,
+            service_account=self.service_account,
+            cpu_request=self.cpu_request,
+            cpu_limit=self.cpu_limit,
+            memory_request=self.memory_request,
+            memory_limit=self.memory_limit,
+            gpus=self.gpus,
+            gpu_resource=self.gpu_resource,
+            node_selector=dict(self.node_selector),
+            tolerations=[dict(t) for t in self.tolerations],
+            priority_class=self.priority_class or None,
+            image_pull_secrets=list(self.image_pull_secrets),
+            secret_name=self.secret_name or None,
+            labels=dict(self.labels),
+        )
+
+    def check(self) -> None:
+        """Refuse settings that cannot work together, naming them (before anything is created)."""
+        self.pod_settings()
+        if self.gateway and not self.service_url:
+            raise ConfigurationError(
+                f"gateway {self.gateway!r} is set but service_url is not: the replayed traffic must go through the "
+                "gateway for its route weights to split it (set service_url to the gateway's address)"
+            )
+        if not self.gateway and self.replicas < 2:
+            raise ConfigurationError(
+                f"replicas={self.replicas}: a replica-ratio split needs at least 2 pods (one stable, one canary); "
+                "raise replicas or set a gateway"
+            )
+        if self.secret_keys and not self.secret_name:
+            raise ConfigurationError(f"secret_keys {self.secret_keys} need secret_name, the Secret that holds them")
+
+
+def resolve_kubernetes_serving(name: str) -> KubernetesServing:
+    """A saved block by ``name`` or ``gpuflow-kubernetes-serving/name``; a missing one names what was looked up."""
+    slug = KubernetesServing.get_block_type_slug()
+    bare = name.split("/", 1)[1] if name.startswith(f"{slug}/") else name
+    block: KubernetesServing | None = None
+    with contextlib.suppress(ValueError):
+        block = KubernetesServing.load(bare)  # type: ignore[assignment]
+    if block is None:
+        raise ConfigurationError(f"no {slug} block named {bare!r}: save one (KubernetesServing(...).save(name))")
+    block.check()
+    return block

@@ -1,0 +1,703 @@
+"""The rollout's stable and canary on a Kubernetes cluster (the :class:`~tasks.serving.Serving` seam).
+
+Objects, all from :mod:`tasks.kube.manifests` (``<name>`` is the block's ``server_name`` or the model's name):
+
+- Deployment ``<name>-stable``: the champion. It outlives the rollout: a promotion patches it to the new
+  version (its pods roll), a rollback leaves its pod template alone.
+- Deployment ``<name>-canary`` and Service ``<name>-canary``: the candidate, removed when the rollout ends,
+  whatever ends it.
+- Service ``<name>``: what clients use, both tracks behind it; Service ``<name>-stable``: stable alone, the
+  HTTPRoute's stable backend and where the traffic driver sends retries and shadow requests.
+- With a Gateway: HTTPRoute ``<name>`` whose backend weights are the canary's share.
+
+The split. Without a Gateway it is the replica ratio: ``replicas`` pods in all, ``canary_replicas(total,
+weight)`` of them canary (rounded half up, at least 1 during a step, and at least 1 stable below 100%),
+so each step's real share is canary pods / total (``StepFigures.effective_weight``). With a Gateway the
+route's weights are exactly the policy's and stable's Deployment is never touched; the canary gets the same
+pod count as it would with replicas, as capacity.
+
+The replayed labelled traffic goes where a client's would: ``service_url`` (in-cluster, or the gateway), else
+the API server's ``services/<name>:http/proxy``. Answers are attributed to a track by ``X-Model-Version``.
+Each track's figures are its pods' /metrics summed (:mod:`tasks.kube.serving_metrics`), read through
+``pods/<pod>:8080/proxy/metrics`` or from Prometheus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
+from tasks.errors import WorkloadFailed
+from tasks.kube import diagnosis
+from tasks.kube.manifests import (
+    LABEL_MODEL_VERSION,
+    LABEL_TRACK,
+    SERVER_CONTAINER,
+    SERVER_PORT,
+    Track,
+    http_route,
+    server_deployment,
+    server_name,
+    server_selector,
+    server_service,
+    track_name,
+    track_service,
+)
+from tasks.kube.serving_metrics import TrackCounters, prometheus_samples, prometheus_startup
+from tasks.registry import RegisteredVersion
+from tasks.serving import ServerNotReady, ServerUnreachable
+from tasks.traffic import PREDICT_PATH, VERSION_HEADER, Answer, EndpointFactory, Routes, http_endpoint, read_answer
+from workloads.server.config import EXIT_ERROR, EXIT_LISTEN, EXIT_UNAVAILABLE, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from prefect_kubernetes.credentials import KubernetesCredentials
+
+    from blocks.kubernetes_serving import KubernetesServing
+
+LogFn = Callable[[str], None]
+API_TIMEOUT_SECONDS = 15.0
+SCRAPE_TIMEOUT_SECONDS = 5.0
+GONE_TIMEOUT_SECONDS = 60.0
+LOG_TAIL_LINES = 30
+ROUTE_GROUP, ROUTE_VERSION = "gateway.networking.k8s.io", "v1"
+MERGE_PATCH = "application/merge-patch+json"
+SERVER_EXIT_MEANINGS: dict[int, str] = {
+    **diagnosis.GENERIC_EXIT_MEANINGS,
+    EXIT_ERROR: "the server failed unexpectedly",
+    EXIT_USAGE: "bad arguments, or the model does not exist or cannot be served",
+    EXIT_UNAVAILABLE: "MLflow or the artifact store could not be reached",
+    EXIT_LISTEN: "it cannot listen on its port",
+}
+
+
+# -- pure helpers ------------------------------------------------------------------------------------
+
+
+def server_name_for(model_name: str) -> str:
+    """A registered model's name as a server name: lowercase DNS label, at most 40 characters, hashed if cut."""
+    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+    if not slug or not slug[0].isalpha():
+        slug = f"m-{slug}".rstrip("-")
+    if len(slug) > 40:
+        digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+        slug = f"{slug[:31].rstrip('-')}-{digest}"
+    return server_name(slug)
+
+
+def canary_replicas(total: int, weight: int) -> int:
+    """Canary pods for ``weight`` percent of ``total`` pods: rounded half up, never 0 during a step, and
+    leaving at least one stable pod until the weight is 100."""
+    if weight >= 100 or total <= 1:
+        return total
+    return max(1, min(total - 1, math.floor(total * weight / 100 + 0.5)))
+
+
+def api_client(credentials: KubernetesCredentials) -> k8s.ApiClient:
+    """A synchronous client from a prefect-kubernetes credentials block: its kubeconfig when it holds one, else
+    the in-cluster service account, else KUBECONFIG / ~/.kube/config (read now, not at import)."""
+    configuration = k8s.Configuration()
+    cluster = credentials.cluster_config
+    if cluster is not None:
+        k8s_config.load_kube_config_from_dict(
+            cluster.config, context=cluster.context_name, client_configuration=configuration
+        )
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+# -- pods as the API returns them -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The few things the rollout reads from a server pod (camelCase API JSON kept in ``raw`` for diagnosis)."""
+
+    name: str
+    version: str | None
+    ready: bool
+    deleting: bool
+    restarts: int
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> PodView:
+        meta, status = raw.get("metadata") or {}, raw.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
+        return cls(
+            name=str(meta.get("name")),
+            version=(meta.get("labels") or {}).get(LABEL_MODEL_VERSION),
+            ready=ready,
+            deleting=bool(meta.get("deletionTimestamp")),
+            restarts=restarts,
+            raw=raw,
+        )
+
+    def crash(self, baseline: int = 0) -> tuple[int | None, str] | None:
+        """How the server container ended, when it has ended, is backing off, or restarted more than
+        ``baseline`` times: (exit code, words); None while it runs as before."""
+        for status in (self.raw.get("status") or {}).get("containerStatuses") or []:
+            state, last = status.get("state") or {}, status.get("lastState") or {}
+            ended = state.get("terminated") or last.get("terminated")
+            waiting = (state.get("waiting") or {}).get("reason")
+            restarted = int(status.get("restartCount") or 0) > baseline
+            if not (state.get("terminated") or waiting == "CrashLoopBackOff" or restarted):
+                continue
+            if not ended:
+                return None, str(waiting or "restarted")
+            code = int(ended.get("exitCode", -1))
+            why = (
+                "OOMKilled (memory limit)"
+                if ended.get("reason") == "OOMKilled"
+                else diagnosis.exit_text(code, SERVER_EXIT_MEANINGS)
+            )
+            backoff = ", now in CrashLoopBackOff" if waiting == "CrashLoopBackOff" else ""
+            return code, f"{why}{backoff}"
+        return None
+
+
+class ProxyEndpoint:
+    """Predict requests through the API server's proxy of a Service, with the client's own credentials."""
+
+    def __init__(self, api: k8s.ApiClient, service_proxy: str, timeout: float) -> None:
+        _, self._url, self._headers, _, _ = api.param_serialize(
+            "POST",
+            service_proxy + PREDICT_PATH,
+            header_params={"Content-Type": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        self._pool = api.rest_client.pool_manager
+        self._timeout = urllib3.Timeout(total=timeout)
+
+    def predict(self, body: bytes) -> Answer:
+        started = time.perf_counter()
+        try:
+            response = self._pool.request(
+                "POST", self._url, body=body, headers=self._headers, timeout=self._timeout, retries=False
+            )
+        except urllib3.exceptions.HTTPError:
+            return Answer(None, None, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return read_answer(response.status, response.headers.get(VERSION_HEADER), response.data, seconds)
+
+    def close(self) -> None:
+        """Connections stay in the client's pool."""
+
+
+# -- the backend -----------------------------------------------------------------------------------
+
+
+class ClusterServing:
+    """Stable and canary as Deployments on the cluster the block names; see the module docstring."""
+
+    backend = "kubernetes"
+
+    def __init__(
+        self,
+        block: KubernetesServing,
+        *,
+        tracking_uri: str,
+        model_name: str,
+        log: LogFn = lambda line: None,
+        api: k8s.ApiClient | None = None,
+    ) -> None:
+        block.check()
+        self._block = block
+        self._pod = block.pod_settings()
+        self._ns = self._pod.namespace
+        self._name = server_name(block.server_name) if block.server_name else server_name_for(model_name)
+        self._env = {"MLFLOW_TRACKING_URI": block.tracking_uri or tracking_uri, **block.env}
+        self._log = log
+        self._api = api or api_client(block.credentials)
+        self._gateway = bool(block.gateway)
+        self._versions: dict[Track, RegisteredVersion] = {}
+        self._counters: dict[Track, TrackCounters] = {"stable": TrackCounters(), "canary": TrackCounters()}
+        self._restarts: dict[str, int] = {}  # restart count of each pod when first seen ready
+        self._created: list[tuple[str, str]] = []  # (kind, name) this rollout created, in order
+        self._stable_before: dict[str, Any] | None = None  # stable's replicas and template before the rollout
+        self._steady = block.replicas  # stable's replicas outside a rollout
+        self._stable_ready = False
+        self._stable_changed = False  # stable's template was patched and is not ready like that yet
+        self._policy_timeout = 600.0
+        self._canary_live = False
+        self._down: str | None = None
+        self._down_checked = 0.0
+
+    # -- context ----------------------------------------------------------------------------------------
+
+    def __enter__(self) -> ClusterServing:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        """Remove the canary, put stable back as it was, and drop a stable this rollout created that never
+        became ready; nothing here waits, so a cancellation is not held up."""
+        try:
+            self._clean_up()
+        except Exception as exc:
+            self._log(f"cleaning up the canary of {self._name} failed: {exc}")
+            if error is None:
+                raise
+        finally:
+            self._api.close()
+
+    def _clean_up(self) -> None:
+        if self._canary_live:
+            self._log(f"removing the canary of {self._name} (the rollout did not finish)")
+            if self._gateway:
+                self._set_route({"stable": 100})
+        self._restore_stable()
+        if self._canary_live:
+            self._remove_canary(wait=False)
+        if ("deployments", self._track_name("stable")) in self._created and not self._stable_ready:
+            self._log(f"removing {self._track_name('stable')}: this rollout created it and it never became ready")
+            for kind, name in reversed(self._created):
+                self._delete(kind, name)
+            self._created.clear()
+
+    # -- starting ---------------------------------------------------------------------------------------
+
+    def serve_first(self, version: RegisteredVersion, timeout: float) -> None:
+        """No champion yet: ``version`` becomes the stable Deployment (created, or patched if one is left)."""
+        self.start("stable", version)
+        self.wait_ready("stable", timeout)
+
+    def start(self, role: Track, version: RegisteredVersion) -> None:
+        self._versions[role] = version
+        if role == "stable":
+            self._start_stable(version)
+        else:
+            self._start_canary(version)
+
+    def _start_stable(self, version: RegisteredVersion) -> None:
+        name = self._track_name("stable")
+        existing = self._read_deployment(name)
+        if existing is None:
+            self._create(self._deployment("stable", version, self._block.replicas))
+        else:
+            spec = existing.get("spec") or {}
+            self._stable_before = {
+                "replicas": spec.get("replicas") or 0,
+                "template": spec.get("template") or {},
+                "labels": (existing.get("metadata") or {}).get("labels") or {},
+            }
+            self._steady = int(spec.get("replicas") or 0) or self._block.replicas
+            served = ((spec.get("template") or {}).get("metadata") or {}).get("labels", {}).get(LABEL_MODEL_VERSION)
+            if served != version.version or not spec.get("replicas"):
+                self._log(
+                    f"Deployment {name} serves version {served} with {spec.get('replicas')} pods but the champion is "
+                    f"{version.version}: moving it to {version.version} with {self._steady} pods first"
+                )
+                self._stable_changed = True
+                self._patch_deployment(name, self._stable_patch(version, self._steady))
+        self._ensure(server_service(self._name, self._pod))
+        self._ensure(track_service(self._name, "stable", self._pod))
+        if self._gateway:
+            self._set_route({"stable": 100})
+
+    def _start_canary(self, version: RegisteredVersion) -> None:
+        name = self._track_name("canary")
+        if self._read_deployment(name) is not None:
+            self._log(f"Deployment {name} is left from an earlier rollout that did not finish: replacing it")
+            self._delete("deployments", name)
+            self._wait_gone("canary", GONE_TIMEOUT_SECONDS)
+        self._canary_live = True
+        self._ensure(track_service(self._name, "canary", self._pod))
+        self._create(self._deployment("canary", version, 1))
+
+    def wait_ready(self, role: Track, timeout: float) -> None:
+        """Every pod of the track ready on its version, and no other pod left; a pod that crashes, cannot pull
+        its image or has no node is reported with its state."""
+        name = self._track_name(role)
+        deployment = self._read_deployment(name)
+        desired = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+        self._wait_track(role, desired, self._timeout(timeout))
+        if role == "stable":
+            self._stable_ready = True
+            self._keep_stable()
+
+    # -- reading figures --------------------------------------------------------------------------------
+
+    def sample(self, role: Track) -> ServerSample:
+        counters = self._counters[role]
+        pods = [p for p in self._pods(role) if not p.deleting]
+        if self._block.prometheus_url:
+            samples = prometheus_samples(self._block.prometheus_url, self._ns, [p.name for p in pods])
+            for name, found in samples.items():
+                counters.update(name, found)
+            return counters.total()
+        for pod in pods:
+            if pod.ready:
+                counters.update(pod.name, parse_server_metrics(self._scrape(role, pod)))
+        return counters.total()
+
+    def startup(self, role: Track) -> dict[str, float]:
+        """The slowest ready pod's model load and warm-up seconds."""
+        pods = [p for p in self._pods(role) if p.ready and not p.deleting]
+        if self._block.prometheus_url:
+            return prometheus_startup(self._block.prometheus_url, self._ns, [p.name for p in pods])
+        found: dict[str, float] = {}
+        for pod in pods:
+            for key, value in startup_seconds(self._scrape(role, pod)).items():
+                found[key] = max(found.get(key, 0.0), value)
+        return found
+
+    def down(self, role: Track) -> str | None:
+        """Why the track stopped serving: a pod crashed (restarted or backing off), or none is left. Read at
+        most every ``poll_interval_seconds`` (0.5 s at most); once down, it stays down."""
+        if self._down is not None and role == "canary":
+            return self._down
+        now = time.monotonic()
+        if role == "canary" and now - self._down_checked < min(self._block.poll_interval_seconds, 0.5):
+            return None
+        pods = [p for p in self._pods(role) if not p.deleting]
+        reason: str | None = None
+        for pod in pods:
+            crash = pod.crash(self._restarts.get(pod.name, 0))
+            if crash is not None:
+                reason = f"{role} pod {pod.name} crashed: {crash[1]}; last log lines:\n" + "\n".join(
+                    f"  | {line}" for line in self._log_tail(pod) or ["(no output)"]
+                )
+                break
+        if reason is None and not pods:
+            reason = f"no {role} pod is left in Deployment {self._track_name(role)}"
+        if role == "canary":
+            self._down_checked = now
+            self._down = reason
+        return reason
+
+    def failure(self, role: Track, detail: str) -> WorkloadFailed:
+        pods = self._pods(role)
+        states = [diagnosis.progress(p.raw) for p in pods] or ["(no pods)"]
+        return WorkloadFailed(f"{role} Deployment {self._track_name(role)} in {self._ns}", None, states, detail)
+
+    # -- traffic ----------------------------------------------------------------------------------------
+
+    def routes(self, timeout: float) -> Routes:
+        """User requests where a client's go; retries and shadows to stable's own Service."""
+        stable = self._proxy_factory(self._track_name("stable"), timeout)
+        if self._block.service_url:
+            split = http_endpoint(self._block.service_url, timeout)
+        else:
+            split = self._proxy_factory(self._name, timeout)
+        versions: dict[str, Track] = {
+            self._versions["stable"].version: "stable",
+            self._versions["canary"].version: "canary",
+        }
+        return Routes(stable=stable, split_by=split, versions=versions)
+
+    def set_weight(self, weight: int, timeout: float) -> float:
+        """Scale the tracks (replica ratio) or set the route's weights; returns the canary's real share."""
+        total = self._block.replicas
+        canary_n = canary_replicas(total, weight)
+        timeout = self._timeout(timeout)
+        if self._gateway:
+            self._scale("canary", canary_n, timeout)
+            self._set_route({"stable": 100 - weight, "canary": weight})
+            self._log(f"canary weight {weight}%: route {100 - weight}/{weight}; {canary_n} canary pods")
+            return float(weight)
+        stable_n = total - canary_n
+        order: list[tuple[Track, int]] = [("canary", canary_n), ("stable", stable_n)]
+        if canary_n < self._replicas("canary"):
+            order.reverse()
+        for role, count in order:  # add capacity before taking any away
+            self._scale(role, count, timeout)
+        effective = 100.0 * canary_n / total
+        self._log(f"canary weight {weight}%: {stable_n} stable + {canary_n} canary pods ({effective:.1f}% canary)")
+        return effective
+
+    # -- the decision -----------------------------------------------------------------------------------
+
+    def promote(self) -> None:
+        """Stable moves to the candidate (its pods roll) and becomes ready, then the canary goes."""
+        version = self._versions["canary"]
+        name = self._track_name("stable")
+        self._stable_changed = True
+        self._versions["stable"] = version
+        self._patch_deployment(name, self._stable_patch(version, self._steady))
+        self._wait_track("stable", self._steady, self._timeout())
+        self._keep_stable()
+        if self._gateway:
+            self._set_route({"stable": 100})
+        self._remove_canary(wait=True)
+        self._log(f"Deployment {name} now serves version {version.version} on {self._steady} pods")
+
+    def roll_back(self) -> None:
+        """The canary goes; stable gets its pods back (replica ratio) before it does, its template untouched."""
+        if not self._canary_live:
+            return
+        if self._gateway:
+            self._set_route({"stable": 100})
+        elif self._replicas("stable") != self._steady:
+            self._scale("stable", self._steady, self._timeout())
+        self._remove_canary(wait=True)
+
+    # -- pieces -----------------------------------------------------------------------------------------
+
+    def _timeout(self, policy_timeout: float | None = None) -> float:
+        """The block's readiness timeout, else the policy's (the last one the flow passed)."""
+        if policy_timeout is not None:
+            self._policy_timeout = policy_timeout
+        return float(self._block.ready_timeout_seconds or self._policy_timeout)
+
+    def _keep_stable(self) -> None:
+        """Stable is ready as it is now: that is the state to put back if the rollout fails from here on."""
+        current = self._read_deployment(self._track_name("stable")) or {}
+        spec = current.get("spec") or {}
+        self._stable_before = {
+            "replicas": self._steady,
+            "template": spec.get("template") or {},
+            "labels": (current.get("metadata") or {}).get("labels") or {},
+        }
+        self._stable_changed = False
+
+    def _track_name(self, role: Track) -> str:
+        return track_name(self._name, role)
+
+    def _deployment(self, role: Track, version: RegisteredVersion, replicas: int) -> dict[str, Any]:
+        return server_deployment(
+            self._name,
+            track=role,
+            model_uri=version.model_uri,
+            model_version=version.version,
+            replicas=replicas,
+            settings=self._pod,
+            server_args=self._block.server_args,
+            env=self._env,
+            secret_keys=self._block.secret_keys,
+        )
+
+    def _stable_patch(self, version: RegisteredVersion, replicas: int) -> dict[str, Any]:
+        """A merge patch moving stable to ``version``: lists (containers) are replaced whole."""
+        manifest = self._deployment("stable", version, replicas)
+        return {
+            "metadata": {"labels": manifest["metadata"]["labels"]},
+            "spec": {"replicas": replicas, "template": manifest["spec"]["template"]},
+        }
+
+    def _restore_stable(self) -> None:
+        """Put stable's replicas, and its template if this rollout changed it and that never became ready, back
+        as they were; no waiting."""
+        before = self._stable_before
+        current = self._read_deployment(self._track_name("stable"))
+        if before is None or current is None:
+            return
+        patch: dict[str, Any] = {}
+        if (current.get("spec") or {}).get("replicas") != before["replicas"]:
+            patch["spec"] = {"replicas": before["replicas"]}
+        if self._stable_changed:
+            patch.setdefault("spec", {})["template"] = before["template"]
+            patch["metadata"] = {"labels": before["labels"]}
+        if patch:
+            self._log(f"putting Deployment {self._track_name('stable')} back as it was before the rollout")
+            self._patch_deployment(self._track_name("stable"), patch)
+
+    def _remove_canary(self, *, wait: bool) -> None:
+        self._delete("deployments", self._track_name("canary"))
+        self._delete("services", self._track_name("canary"))
+        self._canary_live = False
+        if wait:
+            self._wait_gone("canary", GONE_TIMEOUT_SECONDS)
+
+    def _scale(self, role: Track, count: int, timeout: float) -> None:
+        if self._replicas(role) != count:
+            self._patch_deployment(self._track_name(role), {"spec": {"replicas": count}})
+        self._wait_track(role, count, timeout)
+
+    def _replicas(self, role: Track) -> int:
+        found = self._read_deployment(self._track_name(role)) or {}
+        return int((found.get("spec") or {}).get("replicas") or 0)
+
+    def _set_route(self, weights: dict[str, int]) -> None:
+        assert self._block.gateway
+        route = http_route(
+            self._name,
+            gateway=self._block.gateway,
+            gateway_namespace=self._block.gateway_namespace,
+            weights=weights,
+            settings=self._pod,
+        )
+        path = self._path("httproutes", self._name)
+        if self._get(path) is None:
+            self._request("POST", self._path("httproutes"), body=route)
+            self._created.append(("httproutes", self._name))
+        else:
+            self._request("PATCH", path, body={"spec": route["spec"]}, content_type=MERGE_PATCH)
+
+    # -- waiting ----------------------------------------------------------------------------------------
+
+    def _wait_track(self, role: Track, desired: int, timeout: float) -> None:
+        """Until ``desired`` pods of the track are ready on its version and no other pod is left."""
+        version = self._versions[role]
+        deadline = time.monotonic() + timeout
+        first_seen: dict[str, float] = {}
+        what = f"{role} Deployment {self._track_name(role)} ({version.model_uri})"
+        while True:
+            pods = [p for p in self._pods(role) if not p.deleting]
+            ready = [p for p in pods if p.ready and p.version == version.version]
+            if len(ready) == desired and len(pods) == desired:
+                for pod in ready:
+                    self._restarts.setdefault(pod.name, pod.restarts)
+                return
+            now = time.monotonic()
+            for pod in pods:
+                if pod.version != version.version or pod.ready:
+                    continue
+                first_seen.setdefault(pod.name, now)
+                self._check_starting(what, pod, now - first_seen[pod.name])
+            if now > deadline:
+                raise self._not_ready(what, pods, desired, len(ready), timeout)
+            time.sleep(min(self._block.poll_interval_seconds, max(0.05, deadline - now)))
+
+    def _check_starting(self, what: str, pod: PodView, waited: float) -> None:
+        """Fail at once on a pod that crashed before it was ready, or that cannot pull its image past the grace."""
+        crash = pod.crash()
+        if crash is not None:
+            code, words = crash
+            raise ServerNotReady(
+                f"{what}: pod {pod.name}", code, self._log_tail(pod), reason=f"crashed before it was ready: {words}"
+            )
+        problem = diagnosis.start_problem(pod.raw)
+        if problem is not None:
+            text, hopeless = problem
+            if hopeless or waited >= self._block.image_pull_grace_seconds:
+                raise ServerNotReady(f"{what}: pod {pod.name}", None, [], reason=text, blameless=True)
+
+    def _not_ready(self, what: str, pods: list[PodView], desired: int, ready: int, timeout: float) -> ServerNotReady:
+        states = []
+        unschedulable = False
+        for pod in pods:
+            if pod.ready:
+                continue
+            state = diagnosis.progress(pod.raw)
+            if (pod.raw.get("status") or {}).get("phase") == "Running":
+                state += " but not ready (GET /readyz does not answer 200)"
+            unschedulable = unschedulable or diagnosis.unschedulable_message(pod.raw) is not None
+            states.append(state)
+        reason = f"had {ready} of {desired} pods ready after {timeout:g}s"
+        return ServerNotReady(what, None, states or ["(no pods)"], reason=reason, blameless=unschedulable)
+
+    def _wait_gone(self, role: Track, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(not p.deleting for p in self._pods(role)):
+            if time.monotonic() > deadline:
+                self._log(f"{role} pods of {self._name} are still being deleted after {timeout:g}s")
+                return
+            time.sleep(min(self._block.poll_interval_seconds, 0.5))
+
+    # -- the API (raw JSON over the real client: its auth, TLS and connection pool) ---------------------
+
+    def _path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
+        base = {
+            "deployments": "/apis/apps/v1",
+            "httproutes": f"/apis/{ROUTE_GROUP}/{ROUTE_VERSION}",
+        }.get(plural, "/api/v1")
+        path = f"{base}/namespaces/{self._ns}/{plural}"
+        return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = API_TIMEOUT_SECONDS,
+    ) -> bytes:
+        """One API request; :class:`ApiException` with the server's message on a non-2xx answer."""
+        headers = {"Accept": "application/json", "Content-Type": content_type} if body is not None else {}
+        request = self._api.param_serialize(
+            method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self._api.call_api(*request, _request_timeout=timeout)
+        data = bytes(response.read() or b"")
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=f"{method} {path}: {data.decode(errors='replace')}")
+        return data
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = json.loads(self._request("GET", path))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def _pods(self, role: Track) -> list[PodView]:
+        selector = ",".join(f"{k}={v}" for k, v in {**server_selector(self._name), LABEL_TRACK: role}.items())
+        listed = json.loads(self._request("GET", self._path("pods"), query=[("labelSelector", selector)]))
+        return sorted((PodView.of(item) for item in listed.get("items") or []), key=lambda p: p.name)
+
+    def _scrape(self, role: Track, pod: PodView) -> str:
+        path = self._path("pods", f"{pod.name}:{SERVER_PORT}", "proxy") + "/metrics"
+        try:
+            data = self._request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerUnreachable(f"{role} pod {pod.name}: GET {path} failed: {exc}") from exc
+        return data.decode("utf-8", errors="replace")
+
+    def _log_tail(self, pod: PodView) -> list[str]:
+        """The server container's last lines (the previous container's after a restart); [] if unreadable."""
+        for previous in ("true", "false") if pod.restarts else ("false",):
+            query = [("container", SERVER_CONTAINER), ("tailLines", str(LOG_TAIL_LINES)), ("previous", previous)]
+            try:
+                return (
+                    self._request("GET", self._path("pods", pod.name, "log"), query=query)
+                    .decode("utf-8", errors="replace")
+                    .splitlines()
+                )
+            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+                continue
+        return []
+
+    def _proxy_factory(self, service: str, timeout: float) -> EndpointFactory:
+        path = self._path("services", f"{service}:http", "proxy")
+        return lambda: ProxyEndpoint(self._api, path, timeout)
+
+    def _read_deployment(self, name: str) -> dict[str, Any] | None:
+        return self._get(self._path("deployments", name))
+
+    def _patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
+        self._request("PATCH", self._path("deployments", name), body=patch, content_type=MERGE_PATCH)
+
+    def _create(self, manifest: dict[str, Any]) -> None:
+        plural, name = manifest["kind"].lower() + "s", manifest["metadata"]["name"]
+        self._request("POST", self._path(plural), body=manifest)
+        self._created.append((plural, name))
+
+    def _ensure(self, manifest: dict[str, Any]) -> None:
+        """Create a Service unless it exists (Services outlive rollouts; their selectors never change)."""
+        if self._get(self._path("services", manifest["metadata"]["name"])) is None:
+            self._create(manifest)
+
+    def _delete(self, plural: str, name: str) -> None:
+        """Delete one object (a Deployment's pods follow in the background); one already gone is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self._request("DELETE", self._path(plural, name), body=body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self._created = [item for item in self._created if item != (plural, name)]
