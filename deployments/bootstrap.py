@@ -30,6 +30,7 @@ from prefect.workers.process import ProcessWorker
 from blocks.canary_policy import CanaryPolicy
 from blocks.compute import LocalProcess
 from blocks.data_store import DataStore
+from blocks.kubernetes_serving import KubernetesServing
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from blocks.quality_gate import QualityGate
@@ -121,6 +122,7 @@ def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL)
             had_type = False
     KubernetesGPUJob.register_type_and_schema()
     (report.existing if had_type else report.created)["block_types"].append(slug)
+    KubernetesServing.register_type_and_schema()
 
 
 def ensure_blocks(report: BootstrapReport) -> None:

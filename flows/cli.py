@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-promote", action="store_true", help="register the model but never roll it out")
     run.add_argument("--data-store", metavar="BLOCK", help="saved DataStore block name")
     run.add_argument("--compute", metavar="BLOCK", help="saved compute-target block name")
+    run.add_argument(
+        "--serving", metavar="BLOCK", help="saved KubernetesServing block: run the canary as Deployments on a cluster"
+    )
     run.add_argument("--tracking", metavar="BLOCK", help="saved MLflowTracking block name")
     run.add_argument("--gate", metavar="BLOCK", help="saved QualityGate block name")
     run.add_argument("--policy", metavar="BLOCK", help="saved CanaryPolicy block name")
@@ -153,6 +156,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "promote_on_pass": not args.no_promote,
         "data_store": args.data_store,
         "compute": args.compute,
+        "serving": args.serving,
         "tracking": args.tracking,
         "gate": args.gate,
         "policy": args.policy,

@@ -441,7 +441,8 @@ def rbac_manifests(
 
     Flows create and watch training Jobs (pods and logs to follow them, events to explain a pending pod),
     the headless Service of a distributed training, and the canary's Deployments and Services; they read
-    the servers' /metrics through the pod proxy. Workloads need no API access at all, hence no token.
+    the servers' /metrics through the pod proxy and replay the canary's labelled traffic through the Service proxy
+    (POST, hence ``create``). Workloads need no API access at all, hence no token.
     """
     dns_label(namespace, "namespace")
     dns_subdomain(service_account, "service account")
@@ -452,6 +453,7 @@ def rbac_manifests(
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["create", "get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete", "get", "patch"]},
         {
