@@ -66,13 +66,18 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class WorkloadResult:
-    """A workload that exited 0: how long it ran (wall time seen by the backend) and its last lines."""
+    """A workload that exited 0: how long it ran (wall time seen by the backend) and its last lines.
+
+    ``timings`` are the backend's own figures, e.g. a Kubernetes Job's ``k8s_queue_seconds`` (created ->
+    scheduled) and ``k8s_start_seconds`` (scheduled -> running); empty for a local process.
+    """
 
     name: str
     exit_code: int
     seconds: float
     tail: list[str]
     backend: str
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class ComputeTarget(Block, ABC):

@@ -7,26 +7,31 @@ itself is ``workloads.trainer`` and runs on whatever compute target the flow was
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.compute import ComputeTarget, WorkloadResult, WorkloadSpec
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, WorkloadFailed
+from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
 from tasks.tracking import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
 from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TRAINING_ID
 
 TRAINER_MODULE = "workloads.trainer"
 FINAL_METRICS = ("val_accuracy", "val_loss", "train_loss")
+TAG_BACKEND = "gpuflow.compute.backend"
 
 
 class TrainedModel(BaseModel):
@@ -52,6 +57,10 @@ class TrainedModel(BaseModel):
     telemetry: dict[str, Any] = Field(
         default_factory=dict,
         description="The trainer's GPU telemetry, TelemetrySummary.as_dict() (GPU-seconds, utilisation, energy).",
+    )
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="The compute backend's own seconds, e.g. k8s_queue_seconds and k8s_start_seconds on Kubernetes.",
     )
 
 
@@ -160,12 +169,45 @@ def _existing_run(tracking: MLflowTracking, training_id: str, parent_run_id: str
     return None
 
 
-@task(name="run-trainer", cache_policy=NO_CACHE)
+def retry_only_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retries the trainer only after a :class:`RetryableError` (a lost Job, the cluster API away).
+
+    A permanent failure (bad configuration, dataset, image, out of memory, no GPU node) fails again, and a
+    plain ``WorkloadFailed`` of a local process was already a whole attempt; both end the task at once.
+    """
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:
+        return False
+    return isinstance(error, RetryableError)
+
+
+@task(
+    name="run-trainer",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_only_retryable,
+)
 def run_trainer(target: ComputeTarget, spec: WorkloadSpec) -> WorkloadResult:
-    """Run the trainer on the compute target, its output lines going to this task's log."""
+    """Run the trainer on the compute target, its output lines going to this task's log.
+
+    A retry (only after a retryable failure) starts the same training id again, which resumes from its
+    newest checkpoint into the same MLflow run.
+    """
     logger = get_run_logger()
     logger.info("starting %s (python -m %s) on %s", spec.name, spec.module, type(target).__name__)
     return target.run_workload(spec, logger.info)
+
+
+def record_workload_timings(tracking: MLflowTracking, run_id: str, result: WorkloadResult) -> None:
+    """The backend's name as a tag and its timings (``k8s_queue_seconds``, ...) as metrics on the stage's run."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, 0) for key, value in sorted(result.timings.items())]
+    try:
+        client_for(tracking).log_batch(run_id, metrics=metrics, tags=[RunTag(TAG_BACKEND, result.backend)])
+    except MlflowException as exc:
+        get_run_logger().warning("could not log the %s timings to MLflow run %s: %s", result.backend, run_id, exc)
 
 
 @task(name="read-trained-model", cache_policy=NO_CACHE)
@@ -181,7 +223,14 @@ def read_trained_model(
     result: WorkloadResult,
     telemetry: dict[str, Any] | None = None,
 ) -> TrainedModel:
-    """What the trainer wrote into its run: the model URI, labels, final metrics and why it stopped."""
+    """What the trainer wrote into its run: the model URI, labels, final metrics and why it stopped.
+
+    The compute backend's timings (``result.timings``) are logged on the run first, and shown.
+    """
+    record_workload_timings(tracking, run_id, result)
+    if result.timings:
+        shown = ", ".join(f"{key}={value:.1f}" for key, value in sorted(result.timings.items()))
+        get_run_logger().info("%s on %s: %s", result.name, result.backend, shown)
     try:
         run = client_for(tracking).get_run(run_id)
     except MlflowException as exc:
@@ -208,4 +257,5 @@ def read_trained_model(
         seconds=float(metrics.get("workload_seconds", result.seconds)),
         stop_reason=tags.get(TAG_STOP_REASON, ""),
         telemetry=dict(telemetry or {}),
+        timings=dict(result.timings),
     )
