@@ -295,6 +295,8 @@ def resolve_compute(name: str | None) -> ComputeTarget:
     """A saved compute block (``name`` or ``block-type-slug/name``), or ``LocalProcess()`` when no name is given."""
     if not name:
         return LocalProcess()
+    import blocks.kubernetes  # noqa: F401  (registers KubernetesGPUJob; imported here: it imports this module)
+
     if "/" in name:
         try:
             block = Block.load(name)

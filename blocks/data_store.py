@@ -57,18 +57,21 @@ class DataStore(Block):
         return ObjectStore(self.s3_options())
 
     def workload_env(self) -> dict[str, str]:
-        """Environment a workload needs to reach this store (values include secrets: never log them)."""
+        """Plain configuration a workload needs to reach this store: where it is, never who may read it."""
         env = {"GPUFLOW_STORE_URI": self.root}
         opts = self.s3_options()
         if opts.endpoint_url:
             env["AWS_ENDPOINT_URL_S3"] = opts.endpoint_url
         if opts.region:
             env["AWS_DEFAULT_REGION"] = opts.region
-        if opts.access_key_id and opts.secret_access_key:
-            env["AWS_ACCESS_KEY_ID"] = opts.access_key_id
-            env["AWS_SECRET_ACCESS_KEY"] = opts.secret_access_key
         return env
 
+    def workload_secrets(self) -> dict[str, str]:
+        """The store's credentials for a workload (values are secrets: never log them; pods get them by reference)."""
+        opts = self.s3_options()
+        if opts.access_key_id and opts.secret_access_key:
+            return {"AWS_ACCESS_KEY_ID": opts.access_key_id, "AWS_SECRET_ACCESS_KEY": opts.secret_access_key}
+        return {}
 
 def resolve_data_store(name: str | None) -> DataStore:
     """A saved block by name, or the embedded default when no name is given."""

@@ -308,7 +308,7 @@ def _serve(args: argparse.Namespace, pod: Any) -> list[dict[str, Any]]:
     store = _store(args) if (args.store_uri or args.data_store) else None
     secret_keys = [k for k in _secret_keys(args, store.root if store else "") if k not in env]
     if store is not None:
-        env.update({k: v for k, v in store.workload_env().items() if k == "GPUFLOW_STORE_URI"})
+        env.update(store.workload_env())
     server_args = list(args.server_args)
     if server_args[:1] == ["--"]:
         server_args = server_args[1:]

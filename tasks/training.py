@@ -103,9 +103,8 @@ def trainer_spec(
 
     ``telemetry_interval`` None leaves the trainer's default (``GPUFLOW_TELEMETRY_INTERVAL``, else 1 s).
     """
-    store_env = store.workload_env()
-    plain = {"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_RUN_ID": run_id, "GPUFLOW_STORE_URI": store.root}
-    secret = {k: v for k, v in store_env.items() if k not in plain}
+    plain = {"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_RUN_ID": run_id, **store.workload_env()}
+    secret = store.workload_secrets()
     options = {
         "--dataset-uri": dataset_uri,
         "--training-id": training_id,

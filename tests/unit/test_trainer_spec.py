@@ -34,15 +34,15 @@ def make_spec() -> WorkloadSpec:
     )
 
 
-def test_credentials_travel_only_as_secret_env() -> None:
+def test_credentials_travel_only_as_secret_env_and_the_endpoint_as_plain_config() -> None:
     spec = make_spec()
     assert spec.env == {
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "MLFLOW_RUN_ID": "run-123",
         "GPUFLOW_STORE_URI": "s3://bucket/gpuflow",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
     }
-    assert spec.secret_env["AWS_SECRET_ACCESS_KEY"] == "very-secret"
-    assert spec.secret_env["AWS_ACCESS_KEY_ID"] == "AKIA-test"
+    assert spec.secret_env == {"AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": "very-secret"}
     assert "very-secret" not in repr(spec) and "very-secret" not in " ".join(spec.args)
 
 
