@@ -55,6 +55,11 @@ class PipelineResult(BaseModel):
     cost: dict[str, Any] = Field(default_factory=dict, description="Cost per stage and for the run.")
     stage_seconds: dict[str, float] = Field(description="Wall time of each stage as the pipeline saw it.")
     stage_work_seconds: dict[str, float] = Field(description="Time each stage spent on its own work.")
+    time_to_start: dict[str, float] = Field(
+        default_factory=dict,
+        description="Where the trainer waited before working: k8s_queue_seconds (Job created -> pod on a node), "
+        "k8s_start_seconds (node -> container running: image pull and start); empty on the local backend.",
+    )
     total_seconds: float
 
 
@@ -225,6 +230,7 @@ def ml_pipeline(
         cost=cost,
         stage_seconds=walls,
         stage_work_seconds={k: round(float(v), 3) for k, v in work.items()},
+        time_to_start=dict(trained.timings),
         total_seconds=round(time.perf_counter() - started, 3),
     )
     now = int(time.time() * 1000)

@@ -391,6 +391,8 @@ def _convergence_lines(data: RunData) -> list[str]:
 def _startup_lines(data: RunData) -> list[str]:
     m = data.train_metrics
     rows = [
+        ("Kubernetes: Job created to pod on a node (queueing for a GPU)", m.get("k8s_queue_seconds")),
+        ("Kubernetes: pod on a node to container running (image pull, start)", m.get("k8s_start_seconds")),
         ("trainer start to data loaded", m.get("time_to_data_loaded_seconds")),
         ("of which loading the data", m.get(DATA_LOADING_SECONDS)),
         ("trainer start to first optimizer step", m.get("time_to_first_step_seconds")),
