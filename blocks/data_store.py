@@ -73,6 +73,7 @@ class DataStore(Block):
             return {"AWS_ACCESS_KEY_ID": opts.access_key_id, "AWS_SECRET_ACCESS_KEY": opts.secret_access_key}
         return {}
 
+
 def resolve_data_store(name: str | None) -> DataStore:
     """A saved block by name, or the embedded default when no name is given."""
     return DataStore.load(name) if name else DataStore.embedded()  # type: ignore[return-value]
