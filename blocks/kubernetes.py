@@ -89,25 +89,7 @@ class KubernetesGPUJob(ComputeTarget):
 
     def pod_settings(self) -> PodSettings:
         """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
-        return PodSettings(
-            image=self.image,
-            namespace=self.namespace,
-            service_account=self.service_account,
-            cpu_request=self.cpu_request,
-            cpu_limit=self.cpu_limit,
-            memory_request=self.memory_request,
-            memory_limit=self.memory_limit,
-            gpus=self.gpus,
-            gpu_resource=self.gpu_resource,
-            node_selector=dict(self.node_selector),
-            tolerations=[dict(t) for t in self.tolerations],
-            priority_class=self.priority_class or None,
-            image_pull_secrets=list(self.image_pull_secrets),
-            secret_name=self.secret_name or None,
-            scratch_size=self.scratch_size,
-            shm_size=self.shm_size,
-            labels=dict(self.labels),
-        )
+        return PodSettings.from_block(self)
 
     def job_settings(self) -> JobSettings:
         """Everything the Job manifests are built from, checked (raises ConfigurationError on a bad value)."""

@@ -118,23 +118,7 @@ class KubernetesServing(Block):
 
     def pod_settings(self) -> PodSettings:
         """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
-        return PodSettings(
-            image=self.image,
-            namespace=self.namespace,
-            service_account=self.service_account,
-            cpu_request=self.cpu_request,
-            cpu_limit=self.cpu_limit,
-            memory_request=self.memory_request,
-            memory_limit=self.memory_limit,
-            gpus=self.gpus,
-            gpu_resource=self.gpu_resource,
-            node_selector=dict(self.node_selector),
-            tolerations=[dict(t) for t in self.tolerations],
-            priority_class=self.priority_class or None,
-            image_pull_secrets=list(self.image_pull_secrets),
-            secret_name=self.secret_name or None,
-            labels=dict(self.labels),
-        )
+        return PodSettings.from_block(self)
 
     def check(self) -> None:
         """Refuse settings that cannot work together, naming them (before anything is created)."""

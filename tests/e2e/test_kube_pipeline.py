@@ -24,23 +24,10 @@ from flows.pipeline import PipelineResult, ml_pipeline
 from tasks import settings
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
+from tests.integration.test_kube_canary import FAST as FAST_POLICY
 
 IMAGE = "gpuflow/workloads:test"
 MANAGED = "app.kubernetes.io/managed-by=gpuflow"
-FAST_POLICY = {
-    "analysis_seconds": 2.0,
-    "check_interval_seconds": 0.5,
-    "min_requests": 15,
-    "local_requests_per_second": 120,
-    "local_concurrency": 4,
-    "local_request_timeout_seconds": 5.0,
-    "min_accuracy": 0.8,
-    "min_agreement": 0.8,
-    "max_error_rate": 0.05,
-    "max_p95_latency_ratio": 3.0,
-    "latency_tolerance_seconds": 0.05,
-    "server_start_timeout_seconds": 120.0,
-}
 
 
 def _save_blocks(cluster: KubeCluster) -> dict[str, str]:
