@@ -25,7 +25,6 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
-from prefect.workers.process import ProcessWorker
 
 from blocks.canary_policy import CanaryPolicy
 from blocks.compute import LocalProcess
@@ -35,6 +34,7 @@ from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from blocks.quality_gate import QualityGate
 from deployments import PROJECT_ROOT
+from deployments.worker_settings import process_base_job_template
 from tasks.errors import ConfigurationError
 from tasks.tracking import pipeline_version
 
@@ -94,7 +94,7 @@ def ensure_work_pool(report: BootstrapReport, name: str = PROCESS_POOL) -> None:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
-            template = ProcessWorker.get_default_base_job_template()
+            template = process_base_job_template()
             client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
             report.created["work_pools"].append(name)
         else:

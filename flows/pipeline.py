@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from mlflow.entities import Metric
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
@@ -233,6 +232,8 @@ def ml_pipeline(
         time_to_start=dict(trained.timings),
         total_seconds=round(time.perf_counter() - started, 3),
     )
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     client.log_batch(
         parent,

@@ -7,16 +7,12 @@ with contexts train/val/test) and emits ``gpuflow.dataset.prepared``.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.types import ColSpec, DataType, Schema
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +25,9 @@ from tasks.dataset import PrepareResult, prepare_dataset
 from tasks.demo_data import resolve_data_uri
 from tasks.schema import DatasetSchema, PrepareParams
 from workloads.dataset import DatasetManifest
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: loading the prepare flow stays cheap
+    from mlflow.entities import DatasetInput
 
 TAG_DATASET_URI = "gpuflow.dataset_uri"
 TAG_CACHE_HIT = "gpuflow.dataset_cache_hit"
@@ -95,6 +94,8 @@ def prepare_dataset_task(
 def log_prepared(tracking: MLflowTracking, run_id: str, result: PrepareResult, seconds: float) -> None:
     """Params, metrics, tags, the manifest as an artifact, and one ``mlflow.data`` input per split."""
     manifest = result.manifest
+    from mlflow.entities import Metric, Param, RunTag
+
     client = runs.client_for(tracking)
     params = {
         "dataset_name": manifest.name,
@@ -129,6 +130,11 @@ def log_prepared(tracking: MLflowTracking, run_id: str, result: PrepareResult, s
 
 def dataset_inputs(manifest: DatasetManifest) -> list[DatasetInput]:
     """One MLflow dataset per split (name ``<name>-<split>``, digest = version, source = the raw file URI)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
     with warnings.catch_warnings():  # "" and "file" schemes both map to the local source: harmless
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         source = resolve_dataset_source(manifest.source_uri)
@@ -137,7 +143,7 @@ def dataset_inputs(manifest: DatasetManifest) -> list[DatasetInput]:
     schema = Schema([*columns, ColSpec(DataType.long, manifest.label)])
     inputs = []
     for split, rows in manifest.rows.items():
-        dataset = _SplitDataset(
+        dataset = _split_dataset_class()(
             source=source,
             name=f"{manifest.name}-{split}",
             digest=manifest.version,
@@ -154,21 +160,29 @@ def dataset_inputs(manifest: DatasetManifest) -> list[DatasetInput]:
     return inputs
 
 
-class _SplitDataset(MetaDataset):
-    """A metadata-only MLflow dataset that also reports its profile (rows, class balance)."""
+@functools.cache
+def _split_dataset_class() -> type[Any]:
+    """``SplitDataset``, defined on first use: subclassing MLflow's MetaDataset needs MLflow imported."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema
 
-    def __init__(self, *, source: Any, name: str, digest: str, schema: Schema, profile: dict[str, Any]) -> None:
-        self._profile = profile
-        super().__init__(source=source, name=name, digest=digest, schema=schema)
+    class SplitDataset(MetaDataset):
+        """A metadata-only MLflow dataset that also reports its profile (rows, class balance)."""
 
-    @property
-    def profile(self) -> Any | None:
-        return self._profile
+        def __init__(self, *, source: Any, name: str, digest: str, schema: Schema, profile: dict[str, Any]) -> None:
+            self._profile = profile
+            super().__init__(source=source, name=name, digest=digest, schema=schema)
 
-    def to_dict(self) -> dict[str, str]:
-        config = super().to_dict()
-        config["profile"] = json.dumps(self._profile)
-        return config
+        @property
+        def profile(self) -> Any | None:
+            return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            config: dict[str, str] = super().to_dict()
+            config["profile"] = json.dumps(self._profile)
+            return config
+
+    return SplitDataset
 
 
 def emit_prepared(result: PreparedDataset) -> None:

@@ -17,16 +17,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
@@ -36,6 +32,10 @@ from tasks.registry import model_location
 from tasks.tracking import client_for
 from workloads.dataset import DatasetCorrupt, DatasetNotFound, load_manifest, read_split
 from workloads.store import ObjectStore
+
+if TYPE_CHECKING:  # torch, matplotlib and scikit-learn are imported where used: loading the flow stays cheap
+    import torch
+    from matplotlib.figure import Figure
 
 TAG_GATE_PASSED = "gpuflow.gate.passed"
 TAG_GATE_REASONS = "gpuflow.gate.reasons"
@@ -154,6 +154,8 @@ def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, n_
 
 def classification_metrics(probabilities: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     """accuracy, macro-F1, log loss and ECE of class probabilities against true class indices."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
     probs = np.asarray(probabilities, dtype=np.float64)
     predicted = probs.argmax(axis=1)
     return {
@@ -183,6 +185,8 @@ def label_indices(values: Sequence[Any] | np.ndarray, model_labels: Sequence[Any
 
 
 def _forward(model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.cat([model(features[i : i + BATCH_ROWS]) for i in range(0, features.shape[0], BATCH_ROWS)])
 
 
@@ -198,6 +202,9 @@ def score(
     warm-up row) divided by its rows; ``latency_p50_ms`` is the median of single-row forward passes over
     the first ``LATENCY_ROWS`` rows, the figure a server answering one request at a time would see.
     """
+    import torch
+    from sklearn.metrics import confusion_matrix
+
     y_true = label_indices(labels, model_labels)
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     n = x.shape[0]
@@ -235,6 +242,7 @@ def load_model(tracking: MLflowTracking, model_uri: str) -> torch.nn.Module:
     """Download a logged or registered PyTorch model through this tracking store and load it."""
     import mlflow.artifacts
     import mlflow.pytorch
+    import torch
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="gpuflow-model-") as tmp:
@@ -299,6 +307,9 @@ def read_test_split(store: ObjectStore, dataset_uri: str) -> LabelledSplit:
 
 def confusion_figure(result: ModelScore, title: str) -> Figure:
     """The confusion matrix as a heat map with counts, drawn on an Agg canvas (no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     matrix = np.asarray(result.confusion)
     size = max(4.0, 0.5 * len(result.labels) + 2.0)
     figure = Figure(figsize=(size, size), dpi=100)

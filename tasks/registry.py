@@ -14,9 +14,8 @@ is the stage's last registry write, so a failure never leaves aliases half moved
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.errors import ConfigurationError, RetryableError
 from tasks.tracking import TAG_DATASET_VERSION, client_for
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: loading the evaluate flow stays cheap
+    from mlflow import MlflowClient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -78,6 +80,8 @@ def _parse_labels(raw: str | None, where: str) -> list[str]:
 
 def read_trained_model(client: MlflowClient, run_id: str) -> TrainedModel:
     """The model a training run logged; a missing run or tag is a ``ConfigurationError`` naming it."""
+    from mlflow.exceptions import MlflowException
+
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -102,6 +106,8 @@ def read_trained_model(client: MlflowClient, run_id: str) -> TrainedModel:
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     """The version an alias points at, or ``None`` when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
@@ -177,6 +183,8 @@ def register_version(
     Idempotent per training run: evaluating the same run again reuses its version and updates its tags
     instead of registering a duplicate (so a retried flow does not inflate version numbers).
     """
+    from mlflow.exceptions import MlflowException
+
     if "'" in name:
         raise ConfigurationError(f"model name {name!r} contains a quote, which MLflow filters cannot express")
     client = client_for(tracking)

@@ -26,9 +26,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -38,6 +37,9 @@ from tasks.cost import CostBreakdown, run_cost, stage_cost
 from tasks.tracking import client_for
 from workloads.telemetry import GpuSampler, TelemetrySummary
 from workloads.trainer.telemetry import RUN_PREFIX, SERIES_ARTIFACT, SUMMARY_ARTIFACT, summary_document
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient  # clients come from tasks.tracking.client_for
 
 TAG_TELEMETRY = "gpuflow.telemetry"
 TAG_MISSING = "gpuflow.telemetry.missing"

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING
 
 from blocks.mlflow_tracking import MLflowTracking
 from tasks import settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 TAG_FLOW_RUN = "gpuflow.prefect_flow_run_id"
 TAG_PIPELINE_VERSION = "gpuflow.pipeline_version"
@@ -50,6 +52,9 @@ def pipeline_version() -> str:
 
 
 def client_for(tracking: MLflowTracking) -> MlflowClient:
+    """Imports MLflow on first use: loading a flow module must stay cheap (a triggered run is Running sooner)."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
 
 

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mlflow.entities import Metric, RunTag
-from mlflow.exceptions import MlflowException
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
@@ -201,6 +199,9 @@ def run_trainer(target: ComputeTarget, spec: WorkloadSpec) -> WorkloadResult:
 
 def record_workload_timings(tracking: MLflowTracking, run_id: str, result: WorkloadResult) -> None:
     """The backend's name as a tag and its timings (``k8s_queue_seconds``, ...) as metrics on the stage's run."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, 0) for key, value in sorted(result.timings.items())]
     try:
@@ -226,6 +227,8 @@ def read_trained_model(
 
     The compute backend's timings (``result.timings``) are logged on the run first, and shown.
     """
+    from mlflow.exceptions import MlflowException
+
     record_workload_timings(tracking, run_id, result)
     if result.timings:
         shown = ", ".join(f"{key}={value:.1f}" for key, value in sorted(result.timings.items()))
