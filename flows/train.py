@@ -97,6 +97,8 @@ def train(
             early_stop=early_stop,
             patience=patience,
             telemetry_interval=telemetry_interval,
+            dataset_version=manifest.version,
+            pipeline_run=parent_run_id or run_id,
         )
         result = run_trainer(target, spec)
         telemetry = read_train_telemetry(tracking_cfg, run_id)

@@ -96,8 +96,13 @@ def trainer_spec(
     early_stop: str = "off",
     patience: int = 5,
     telemetry_interval: float | None = None,
+    dataset_version: str = "",
+    pipeline_run: str = "",
 ) -> WorkloadSpec:
     """The trainer's command line and environment; store credentials go into ``secret_env`` only.
+
+    ``dataset_version`` and ``pipeline_run`` (the pipeline's MLflow run) only label the workload, so a cluster's
+    cost tools can allocate a Job to the run, dataset and model it served.
 
     ``telemetry_interval`` None leaves the trainer's default (``GPUFLOW_TELEMETRY_INTERVAL``, else 1 s).
     """
@@ -123,7 +128,13 @@ def trainer_spec(
         args=[part for option in options.items() for part in option],
         env=plain,
         secret_env=secret,
-        labels={"gpuflow.stage": "train", "gpuflow.training-id": training_id, "gpuflow.model": model_name},
+        labels={
+            "gpuflow.stage": "train",
+            "gpuflow.training-id": training_id,
+            "gpuflow.model": model_name,
+            **({"gpuflow.dataset-version": dataset_version} if dataset_version else {}),
+            **({"gpuflow.pipeline-run": pipeline_run} if pipeline_run else {}),
+        },
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import SecretStr
 
 from blocks.compute import WorkloadSpec
@@ -11,7 +13,7 @@ from tasks.training import trainer_spec
 from workloads.trainer.config import parse_config
 
 
-def make_spec() -> WorkloadSpec:
+def make_spec(**extra: Any) -> WorkloadSpec:
     store = DataStore(
         root_uri="s3://bucket/gpuflow",
         s3_endpoint_url="http://minio:9000",
@@ -31,6 +33,7 @@ def make_spec() -> WorkloadSpec:
         tracking=MLflowTracking(tracking_uri="http://mlflow:5000"),
         store=store,
         model_name="digits",
+        **extra,
     )
 
 
@@ -54,3 +57,16 @@ def test_the_trainer_accepts_the_command_line_the_flow_builds() -> None:
     assert config.hyper.learning_rate == 0.003
     assert config.checkpoint_uri == "s3://bucket/gpuflow/checkpoints/train-1"
     assert config.run_id == "run-123"
+
+
+def test_the_training_job_is_labelled_with_pipeline_run_stage_dataset_and_model_for_cost_allocation() -> None:
+    from tasks.kube.manifests import JobSettings, PodSettings, training_manifests
+
+    spec = make_spec(dataset_version="abc123", pipeline_run="run-999")
+    (job,) = training_manifests(spec, JobSettings(pod=PodSettings(image="reg/gpuflow:1", secret_name="store")))
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["gpuflow.io/pipeline-run"] == "run-999"
+        assert labels["gpuflow.io/stage"] == "train"
+        assert labels["gpuflow.io/dataset-version"] == "abc123"
+        assert labels["gpuflow.io/model"] == "digits"
+        assert labels["app.kubernetes.io/component"] == "trainer"
