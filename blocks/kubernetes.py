@@ -85,6 +85,12 @@ class KubernetesGPUJob(ComputeTarget):
     image_pull_grace_seconds: float = Field(
         default=120, ge=0, description="How long an image that cannot be pulled is waited for before failing."
     )
+    unschedulable_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a pod may wait for a node (no free GPU) before the Job is deleted and the stage "
+        "fails; empty: until active_deadline_seconds (a cluster autoscaler may need minutes to add a GPU node).",
+    )
     poll_interval_seconds: float = Field(default=2, gt=0, description="How often the Job's state is read.")
 
     def pod_settings(self) -> PodSettings:

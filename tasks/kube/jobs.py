@@ -50,6 +50,7 @@ from tasks.kube.diagnosis import (
     progress,
     start_problem,
     startup_timings,
+    unschedulable_message,
     workload_error,
 )
 from tasks.kube.manifests import LABEL_JOB, JobSettings, Manifest, training_manifests
@@ -69,6 +70,7 @@ class KubeTarget(Protocol):
     credentials: KubernetesCredentials
     delete_failed_jobs: bool
     image_pull_grace_seconds: float
+    unschedulable_timeout_seconds: float | None
     poll_interval_seconds: float
 
     def job_settings(self) -> JobSettings: ...
@@ -149,6 +151,7 @@ class JobFollower:
         self.shown: dict[str, str] = {}  # last progress line shown per pod
         self.streams: dict[str, asyncio.Task[None]] = {}
         self.problem_since: dict[str, float] = {}
+        self.unschedulable_since: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self._events: queue.Queue[tuple[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -396,16 +399,26 @@ class JobFollower:
         return lambda text: self.line(prefix + text)
 
     def _start_problem(self) -> Failure | None:
-        """A pod that cannot start for ``image_pull_grace_seconds`` (at once for an invalid image name)."""
+        """A pod that cannot start for ``image_pull_grace_seconds`` (at once for an invalid image name), or has
+        no node for ``unschedulable_timeout_seconds`` when the block sets one."""
         now = time.monotonic()
         for name, pod in self.pods.items():
             problem = start_problem(pod)
-            if problem is None:
-                self.problem_since.pop(name, None)
+            if problem is not None:
+                text, at_once = problem
+                since = self.problem_since.setdefault(name, now)
+                if at_once or now - since >= self.target.image_pull_grace_seconds:
+                    return Failure(text, None, permanent=True, pod=name)
                 continue
-            text, at_once = problem
-            since = self.problem_since.setdefault(name, now)
-            if at_once or now - since >= self.target.image_pull_grace_seconds:
+            self.problem_since.pop(name, None)
+            waiting = unschedulable_message(pod)
+            limit = self.target.unschedulable_timeout_seconds
+            if waiting is None or limit is None:
+                self.unschedulable_since.pop(name, None)
+                continue
+            since = self.unschedulable_since.setdefault(name, now)
+            if now - since >= limit:
+                text = f"unschedulable: {waiting}; no node for {limit:g}s (unschedulable_timeout_seconds)"
                 return Failure(text, None, permanent=True, pod=name)
         return None
 

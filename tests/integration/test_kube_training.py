@@ -200,6 +200,21 @@ def test_unschedulable_job_fails_within_its_deadline_saying_no_node_has_the_gpus
     assert time.monotonic() - started < 15
 
 
+def test_unschedulable_timeout_fails_long_before_the_deadline_and_deletes_the_job(training: Training) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkloadFailed) as failed:
+        block = training.block(gpus=2, active_deadline_seconds=600, unschedulable_timeout_seconds=1)
+        block.run_workload(training.spec("no-gpu-soon"), lambda line: None)
+
+    assert isinstance(failed.value, PermanentError)
+    assert failed.value.reason == (
+        "unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu; "
+        "no node for 1s (unschedulable_timeout_seconds)"
+    )
+    assert time.monotonic() - started < 15
+    training.assert_nothing_left()
+
+
 def test_bad_image_fails_fast_naming_the_image_and_leaves_nothing(training: Training) -> None:
     notes: list[str] = []
     started = time.monotonic()
