@@ -385,6 +385,43 @@ def test_with_a_gateway_the_route_weights_split_the_traffic(
     assert champion != challenger
 
 
+def test_a_canary_that_crashes_mid_step_is_rolled_back_and_stable_keeps_serving(
+    home: Home, model_name: str, kube_cluster: KubeCluster
+) -> None:
+    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    server = server_name_for(model_name)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = rollout(
+            model_name=model_name,
+            dataset_uri=home.dataset_uri,
+            policy=_policy(step_weights=[50, 100], analysis_seconds=8.0),
+            serving=_serving(kube_cluster, replicas=2),
+        )
+
+    worker = threading.Thread(target=run, name="rollout")
+    worker.start()
+    kube_cluster.wait_for(
+        lambda: any(_ready(p) for p in _server_pods(kube_cluster, server, "canary")), 120, what="a ready canary pod"
+    )
+    time.sleep(1.0)  # the step's traffic is flowing
+    (canary_pod, *_) = [p["metadata"]["name"] for p in _server_pods(kube_cluster, server, "canary")]
+    kube_cluster.crash_container(canary_pod)
+    worker.join(timeout=180)
+    assert not worker.is_alive(), "the rollout did not end after its canary crashed"
+
+    result: RolloutResult = outcome["result"]
+    # Whichever the analysis sees first: the requests the dying pod dropped, or the container's restart.
+    assert result.decision == "rolled_back" and result.failed_check in ("error_rate", "canary_up"), result.reason
+    assert result.steps[-1].weight == 50, "rolled back in the step the crash happened in"
+    assert _aliases(model_name)["champion"] == champion
+    assert _deployment(kube_cluster, f"{server}-canary") is None
+    stable = _deployment(kube_cluster, f"{server}-stable")
+    assert stable is not None and stable.spec.replicas == 2
+    assert all(step.unanswered == 0 for step in result.steps), "stable answered what the crashed canary did not"
+
+
 def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
     home: Home, model_name: str, kube_cluster: KubeCluster, tmp_path: Any
 ) -> None:
