@@ -17,7 +17,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,10 +35,9 @@ from tasks.kube.serving import canary_replicas, server_name_for
 from tasks.kube.serving_metrics import TrackCounters
 from tasks.registry import model_location
 from tasks.serving import ServerNotReady
-from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway
-from tests.fixtures.models import log_training_run, train_digits_model
+from tests.fixtures.models import RolloutHome, rollout_home
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -60,25 +58,11 @@ FAST = {
 }
 
 
-@dataclass(frozen=True)
-class Home:
-    dataset_uri: str
-    good_run: str
-    shuffled_run: str
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutHome]:
     """One GPUFLOW_HOME for the module: the digits dataset and two logged models (good, shuffled labels)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPUFLOW_HOME", str(tmp_path_factory.mktemp("kube-rollout-home")))
-        for var in ("MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "MLFLOW_RUN_ID"):
-            patch.delenv(var, raising=False)
-        dataset = write_digits_dataset(settings.store_uri())
-        uri = settings.tracking_uri()
-        good = log_training_run(uri, train_digits_model(dataset, "good"))
-        shuffled = log_training_run(uri, train_digits_model(dataset, "shuffled-labels"))
-        yield Home(dataset, good, shuffled)
+    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home")) as made:
+        yield made
 
 
 @pytest.fixture
@@ -233,7 +217,7 @@ def test_track_counters_keep_what_gone_and_restarted_pods_served() -> None:
 
 
 def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     _, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
@@ -277,7 +261,7 @@ def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
 
 
 def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     client = _client()
     champion = _register(model_name, home.good_run)
@@ -304,7 +288,7 @@ def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
 
 
 def test_the_first_model_goes_straight_to_a_stable_deployment(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     version = _register(model_name, home.good_run)
     _client().set_registered_model_alias(model_name, "challenger", version)
@@ -327,7 +311,7 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 def test_with_a_gateway_the_route_weights_split_the_traffic(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
@@ -386,7 +370,7 @@ def test_with_a_gateway_the_route_weights_split_the_traffic(
 
 
 def test_a_canary_that_crashes_mid_step_is_rolled_back_and_stable_keeps_serving(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
@@ -423,7 +407,7 @@ def test_a_canary_that_crashes_mid_step_is_rolled_back_and_stable_keeps_serving(
 
 
 def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
-    home: Home, model_name: str, kube_cluster: KubeCluster, tmp_path: Any
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster, tmp_path: Any
 ) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -448,7 +432,7 @@ def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
 
 
 def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_canary(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     version = _register(model_name, home.good_run)
     _client().set_registered_model_alias(model_name, "challenger", version)
@@ -531,7 +515,7 @@ class FakePrometheus:
 
 
 def test_the_analysis_reads_the_figures_from_prometheus_when_given(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     _, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
     prometheus = FakePrometheus(kube_cluster)
@@ -556,7 +540,7 @@ def test_the_analysis_reads_the_figures_from_prometheus_when_given(
 
 
 def test_a_rollout_that_times_out_removes_the_canary_and_gives_stable_its_pods_back(
-    home: Home, model_name: str, kube_cluster: KubeCluster
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
     champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -32,8 +31,7 @@ from tasks.canary import artifact_key
 from tasks.errors import GateFailed
 from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
 from tasks.registry import model_location
-from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.models import log_training_run, train_digits_model
+from tests.fixtures.models import RolloutHome, log_training_run, rollout_home, train_digits_model
 from tests.fixtures.prefect_events import wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -53,25 +51,11 @@ FAST = {
 }
 
 
-@dataclass(frozen=True)
-class Home:
-    dataset_uri: str
-    good_run: str
-    shuffled_run: str
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutHome]:
     """One GPUFLOW_HOME for the module: the digits dataset and two logged models (good, shuffled labels)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPUFLOW_HOME", str(tmp_path_factory.mktemp("rollout-home")))
-        for var in ("MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "MLFLOW_RUN_ID"):
-            patch.delenv(var, raising=False)
-        dataset = write_digits_dataset(settings.store_uri())
-        uri = settings.tracking_uri()
-        good = log_training_run(uri, train_digits_model(dataset, "good"))
-        shuffled = log_training_run(uri, train_digits_model(dataset, "shuffled-labels"))
-        yield Home(dataset, good, shuffled)
+    with rollout_home(tmp_path_factory.mktemp("rollout-home")) as made:
+        yield made
 
 
 def _server_processes() -> list[str]:
@@ -160,7 +144,7 @@ def _artifact(flow_run_id: UUID, key: str) -> str:
     return str(by_key[key].data)
 
 
-def test_a_good_challenger_from_evaluate_is_promoted_step_by_step(home: Home, model_name: str) -> None:
+def test_a_good_challenger_from_evaluate_is_promoted_step_by_step(home: RolloutHome, model_name: str) -> None:
     second_good = log_training_run(settings.tracking_uri(), train_digits_model(home.dataset_uri, "good"))
     first = evaluate(train_run_id=home.good_run, dataset_uri=home.dataset_uri, model_name=model_name)
     second = evaluate(
@@ -227,7 +211,7 @@ BAD_CANARIES = {
 
 @pytest.mark.parametrize("case", list(BAD_CANARIES))
 def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everything(
-    home: Home, model_name: str, case: str
+    home: RolloutHome, model_name: str, case: str
 ) -> None:
     kind, command, failing = BAD_CANARIES[case]
     champion, challenger = _champion_and_challenger(
@@ -265,7 +249,7 @@ def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everyt
     assert "ROLLED BACK" in markdown and f"**{failing}**" in markdown
 
 
-def test_a_canary_that_crashes_mid_step_is_a_failed_check_not_a_stuck_flow(home: Home, model_name: str) -> None:
+def test_a_canary_that_crashes_mid_step_is_a_failed_check_not_a_stuck_flow(home: RolloutHome, model_name: str) -> None:
     champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
     # The canary SIGKILLs itself on its 10th inference call, before a check has enough requests to judge it.
     policy = _policy(
@@ -287,7 +271,7 @@ def test_a_canary_that_crashes_mid_step_is_a_failed_check_not_a_stuck_flow(home:
     assert _aliases(model_name) == {"champion": champion}
 
 
-def test_the_first_model_is_promoted_without_a_canary(home: Home, model_name: str) -> None:
+def test_the_first_model_is_promoted_without_a_canary(home: RolloutHome, model_name: str) -> None:
     version = _register(model_name, home.good_run)
     _client().set_registered_model_alias(model_name, "challenger", version)
     since = datetime.now(UTC)
@@ -302,7 +286,7 @@ def test_the_first_model_is_promoted_without_a_canary(home: Home, model_name: st
     assert event["payload"]["decision"] == "promoted_without_canary"
 
 
-def test_a_version_that_failed_the_gate_is_refused_and_nothing_moves(home: Home, model_name: str) -> None:
+def test_a_version_that_failed_the_gate_is_refused_and_nothing_moves(home: RolloutHome, model_name: str) -> None:
     champion = _register(model_name, home.good_run)
     _client().set_registered_model_alias(model_name, "champion", champion)
     rejected = _register(model_name, home.shuffled_run, gate="false")
@@ -312,14 +296,14 @@ def test_a_version_that_failed_the_gate_is_refused_and_nothing_moves(home: Home,
     assert _aliases(model_name) == {"champion": champion}
 
 
-def test_a_rollout_waiting_longer_than_its_lock_timeout_fails_saying_why(home: Home, model_name: str) -> None:
+def test_a_rollout_waiting_longer_than_its_lock_timeout_fails_saying_why(home: RolloutHome, model_name: str) -> None:
     champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
     with rollout_lock(model_name, timeout_seconds=10), pytest.raises(RolloutLocked, match="another rollout"):
         rollout(model_name=model_name, dataset_uri=home.dataset_uri, lock_timeout_seconds=1)
     assert _aliases(model_name)["champion"] == champion
 
 
-def test_two_rollouts_of_one_model_run_one_after_the_other(home: Home, model_name: str) -> None:
+def test_two_rollouts_of_one_model_run_one_after_the_other(home: RolloutHome, model_name: str) -> None:
     champion = _register(model_name, home.good_run)
     _client().set_registered_model_alias(model_name, "champion", champion)
     candidates = [_register(model_name, home.good_run), _register(model_name, home.good_run)]
@@ -351,7 +335,7 @@ def test_two_rollouts_of_one_model_run_one_after_the_other(home: Home, model_nam
     assert later.previous_champion_version == earlier.candidate_version, "the second saw the first's promotion"
 
 
-def test_a_rollout_that_times_out_leaves_no_server_running(home: Home, model_name: str) -> None:
+def test_a_rollout_that_times_out_leaves_no_server_running(home: RolloutHome, model_name: str) -> None:
     champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
     policy = _policy(step_weights=[10, 100], analysis_seconds=120.0)  # far longer than the flow may run
     started = time.monotonic()

@@ -98,6 +98,21 @@ def run(setup: Setup, command: list[str], timeout: float = 90) -> subprocess.Com
     return subprocess.run(command, cwd=ROOT, env=setup.env(), capture_output=True, text=True, timeout=timeout)
 
 
+def start_two_nodes(setup: Setup, port: int, *trainer_args: str) -> list[subprocess.Popen[str]]:
+    """Node ranks 0 and 1 as two torchrun invocations meeting at 127.0.0.1:port, as two Job pods would."""
+    return [
+        subprocess.Popen(
+            setup.command(node(rank, port), *trainer_args),
+            cwd=ROOT,
+            env=setup.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+
+
 def kill_node(proc: subprocess.Popen[str]) -> None:
     """SIGKILL torchrun and its workers, as a node lost with its pod (each worker runs in a session of its own)."""
     tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
@@ -210,17 +225,7 @@ def test_killed_group_resumes_from_rank_0_checkpoint_into_the_same_run(setup: Se
 
 def test_two_nodes_rendezvous_at_node_0_and_both_exit_0(setup: Setup) -> None:
     port = free_port()
-    nodes = [
-        subprocess.Popen(
-            setup.command(node(rank, port), "--epochs", "1", *TRAIN),
-            cwd=ROOT,
-            env=setup.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
+    nodes = start_two_nodes(setup, port, "--epochs", "1", *TRAIN)
     outputs = [proc.communicate(timeout=90) for proc in nodes]
 
     assert [proc.returncode for proc in nodes] == [0, 0], [err for _, err in outputs]
@@ -232,17 +237,7 @@ def test_two_nodes_rendezvous_at_node_0_and_both_exit_0(setup: Setup) -> None:
 
 def test_a_lost_node_ends_the_other_instead_of_hanging(setup: Setup) -> None:
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            setup.command(node(rank, port), "--epochs", "20", *SLOW),
-            cwd=ROOT,
-            env=setup.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
+    procs = start_two_nodes(setup, port, "--epochs", "20", *SLOW)
     survivor, lost = procs
     assert lost.stdout is not None
     for line in lost.stdout:
