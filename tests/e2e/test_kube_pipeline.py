@@ -110,5 +110,12 @@ def test_two_pipeline_runs_on_kubernetes_train_distributed_and_roll_out_through_
     # Only the stable servers remain: no training Job, no canary, no pod of either.
     batch = kubernetes.client.BatchV1Api(kube_cluster.api)
     assert not batch.list_namespaced_job(kube_cluster.namespace, label_selector=MANAGED).items
-    assert not kube_cluster.pods("gpuflow.io/track=canary")
-    assert not kube_cluster.pods("app.kubernetes.io/component=trainer")
+    # Deleting a Deployment removes its pods asynchronously (garbage collection), as on a real cluster.
+    kube_cluster.wait_for(
+        lambda: (
+            not kube_cluster.pods("gpuflow.io/track=canary")
+            and not kube_cluster.pods("app.kubernetes.io/component=trainer")
+        ),
+        30,
+        what="the canary and trainer pods to be gone",
+    )
