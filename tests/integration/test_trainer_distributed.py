@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -259,8 +260,13 @@ def test_a_permanent_error_ends_every_rank_and_the_launcher_with_its_code(setup:
     done = run(setup, missing)
 
     assert done.returncode == 3  # plain torchrun would end with 1, hiding that no retry can help
-    assert sum("no prepared dataset" in line for line in errors(done.stderr)) == 2  # each rank found it missing
-    assert errors(done.stderr)[-1] == "error: training group failed (rank 0 exited 3, rank 1 exited 3); exit 3"
+    lines = errors(done.stderr)
+    assert any("no prepared dataset" in line for line in lines)
+    # Once the first rank has ended, torchrun may SIGTERM the other before it says so itself (CI saw it).
+    ended = re.fullmatch(
+        r"error: training group failed \(rank 0 exited (3|-15), rank 1 exited (3|-15)\); exit 3", lines[-1]
+    )
+    assert ended is not None and "3" in ended.groups(), lines[-1]
 
 
 def test_each_rank_samples_its_own_gpu_and_rank_0_logs_its_figures(
