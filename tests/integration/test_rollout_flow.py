@@ -226,7 +226,8 @@ def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everyt
     assert len(result.steps) == 1, "rolled back at the first step"
     step = result.steps[0]
     assert step.weight == 10 and step.decision == "roll_back"
-    assert result.time_to_decision_seconds is not None and result.time_to_decision_seconds <= WINDOW + 0.5
+    # Decided at the end of the first window: the scrape after it may be slow on a loaded machine, not a second window.
+    assert result.time_to_decision_seconds is not None and result.time_to_decision_seconds < 2 * WINDOW
     assert _aliases(model_name) == {"champion": champion}, "champion untouched, challenger removed"
     assert result.champion_version == champion
     # Every request routed to stable was answered, and canary failures were answered by stable.
