@@ -104,6 +104,12 @@ class KubernetesServing(Block):
         "(needs service_url, the gateway's address) and stable's Deployment is never scaled.",
     )
     gateway_namespace: str | None = Field(default=None, description="Namespace of the Gateway; empty: namespace.")
+    route_accept_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="How long the Gateway may take to accept each change of the HTTPRoute's weights (its "
+        "status.parents Accepted condition at the route's generation) before the step fails.",
+    )
     service_url: str | None = Field(
         default=None,
         description="Where clients reach the model (e.g. http://digits.gpuflow.svc, or the gateway's URL); the "

@@ -41,7 +41,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
-from tasks.errors import WorkloadFailed
+from tasks.errors import ConfigurationError, RetryableError, WorkloadFailed
 from tasks.kube import diagnosis
 from tasks.kube.manifests import (
     LABEL_MODEL_VERSION,
@@ -57,6 +57,7 @@ from tasks.kube.manifests import (
     track_name,
     track_service,
 )
+from tasks.kube.routes import route_status
 from tasks.kube.serving_metrics import TrackCounters, prometheus_samples, prometheus_startup
 from tasks.registry import RegisteredVersion
 from tasks.serving import ServerNotReady, ServerUnreachable
@@ -265,7 +266,7 @@ class ClusterServing:
         if self._canary_live:
             self._log(f"removing the canary of {self._name} (the rollout did not finish)")
             if self._gateway:
-                self._set_route({"stable": 100})
+                self._set_route({"stable": 100}, strict=False)
         self._restore_stable()
         if self._canary_live:
             self._remove_canary(wait=False)
@@ -447,7 +448,7 @@ class ClusterServing:
         if not self._canary_live:
             return
         if self._gateway:
-            self._set_route({"stable": 100})
+            self._set_route({"stable": 100}, strict=False)
         elif self._replicas("stable") != self._steady:
             self._scale("stable", self._steady, self._timeout())
         self._remove_canary(wait=True)
@@ -528,7 +529,12 @@ class ClusterServing:
         found = self._read_deployment(self._track_name(role)) or {}
         return int((found.get("spec") or {}).get("replicas") or 0)
 
-    def _set_route(self, weights: dict[str, int]) -> None:
+    def _set_route(self, weights: dict[str, int], *, strict: bool = True) -> None:
+        """Write the route's weights and wait until the Gateway accepted them (:mod:`tasks.kube.routes`).
+
+        ``strict``: a refusal or no answer in time raises; otherwise (taking a canary off) it is logged and the
+        caller goes on, since keeping a failed canary would be worse than a route that is late.
+        """
         assert self._block.gateway
         route = http_route(
             self._name,
@@ -543,6 +549,29 @@ class ClusterServing:
             self._created.append(("httproutes", self._name))
         else:
             self._request("PATCH", path, body={"spec": route["spec"]}, content_type=MERGE_PATCH)
+        try:
+            self._wait_route(path, self._block.route_accept_timeout_seconds)
+        except (ConfigurationError, RetryableError) as exc:
+            if strict:
+                raise
+            self._log(f"going on without the Gateway's answer: {exc}")
+
+    def _wait_route(self, path: str, timeout: float) -> None:
+        """Until the Gateway reports Accepted at the route's current generation; raises if it refuses or is silent."""
+        assert self._block.gateway
+        deadline = time.monotonic() + timeout
+        while True:
+            route = self._get(path) or {}
+            status = route_status(route, self._block.gateway, self._block.gateway_namespace)
+            what = f"HTTPRoute {self._ns}/{self._name}"
+            if status.state == "accepted":
+                return
+            if status.state == "rejected":
+                raise ConfigurationError(f"{what}: {status.detail}")
+            now = time.monotonic()
+            if now > deadline:
+                raise RetryableError(f"{what} was not accepted within {timeout:g}s: {status.detail}")
+            time.sleep(min(self._block.poll_interval_seconds, 0.2, max(0.05, deadline - now)))
 
     # -- waiting ----------------------------------------------------------------------------------------
 

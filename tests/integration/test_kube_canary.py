@@ -31,6 +31,7 @@ from blocks.kubernetes_serving import KubernetesServing
 from flows.rollout import RolloutResult, rollout
 from tasks import settings
 from tasks.canary import ServerSample
+from tasks.errors import ConfigurationError, RetryableError
 from tasks.kube.serving import canary_replicas, server_name_for
 from tasks.kube.serving_metrics import TrackCounters
 from tasks.registry import model_location
@@ -334,7 +335,9 @@ def test_with_a_gateway_the_route_weights_split_the_traffic(
                     weights_seen.append(weights)
             stop.wait(0.05)
 
-    with RouteGateway(kube_cluster, server) as gateway:
+    # The gateway takes each route change 1 s after it was written: a step whose traffic started before that would
+    # see about half its canary share.
+    with RouteGateway(kube_cluster, server, program_delay_seconds=1.0) as gateway:
         serving = _serving(kube_cluster, replicas=2, gateway="gpuflow-gateway", service_url=gateway.url)
         recorder = threading.Thread(target=record, daemon=True)
         recorder.start()
@@ -356,7 +359,7 @@ def test_with_a_gateway_the_route_weights_split_the_traffic(
     step = result.steps[0]
     assert step.effective_weight == 25.0
     assert abs(step.canary.routed / (step.canary.routed + step.stable.routed) - 0.25) < 0.1
-    assert gateway.forwarded[f"{server}-canary"] > 0
+    assert gateway.forwarded[f"{server}-canary"] > 0 and gateway.unrouted == 0
     route = custom.get_namespaced_custom_object(
         "gateway.networking.k8s.io", "v1", kube_cluster.namespace, "httproutes", server
     )
@@ -429,6 +432,46 @@ def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
     assert f"{server}-canary" not in _service_names(kube_cluster)
     stable = _deployment(kube_cluster, f"{server}-stable")
     assert stable is not None and stable.spec.replicas == 2
+
+
+ROUTE_TROUBLE = {
+    "refused by the gateway": (
+        {"refuse": "NotAllowedByListeners"},
+        {},
+        ConfigurationError,
+        r"HTTPRoute .* Gateway .*/gpuflow-gateway refused the route: NotAllowedByListeners",
+    ),
+    "attached to a gateway nobody runs": (
+        {},
+        {"gateway": "no-such-gateway", "route_accept_timeout_seconds": 1.0},
+        RetryableError,
+        r"was not accepted within 1s: Gateway .*/no-such-gateway has not reported on the route \(is its controller",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTE_TROUBLE))
+def test_a_route_the_gateway_does_not_accept_fails_the_stage_and_leaves_nothing(
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster, case: str
+) -> None:
+    gateway_options, block_options, error, message = ROUTE_TROUBLE[case]
+    champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    server = server_name_for(model_name)
+
+    with RouteGateway(kube_cluster, server, **gateway_options) as gateway:
+        fields = {"gateway": "gpuflow-gateway", **block_options}
+        serving = _serving(kube_cluster, replicas=2, service_url=gateway.url, **fields)
+        with pytest.raises(error, match=message):
+            rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=_policy(), serving=serving)
+
+    assert _aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
+    assert _deployment(kube_cluster, f"{server}-stable") is None, "the stable this rollout created is removed"
+    assert _deployment(kube_cluster, f"{server}-canary") is None
+    assert not {server, f"{server}-stable", f"{server}-canary"} & _service_names(kube_cluster)
+    with pytest.raises(kubernetes.client.exceptions.ApiException, match="Not Found"):
+        kubernetes.client.CustomObjectsApi(kube_cluster.api).get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", kube_cluster.namespace, "httproutes", server
+        )
 
 
 def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_canary(
