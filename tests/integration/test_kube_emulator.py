@@ -14,12 +14,25 @@ from kubernetes.client import ApiException
 from tests.fixtures.kube import KubeCluster
 
 IMAGE = "gpuflow/workloads:test"
+# What the "restricted" Pod Security level the fixture's namespace enforces asks of every pod and container.
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def job_manifest(name: str, code: str, **spec: Any) -> dict[str, Any]:
-    container = {"name": "main", "image": spec.pop("image", IMAGE), "command": ["python", "-c", code]}
+    container = {
+        "name": "main",
+        "image": spec.pop("image", IMAGE),
+        "command": ["python", "-c", code],
+        "securityContext": dict(RESTRICTED_CONTAINER),
+    }
     container.update(spec.pop("container", {}))
-    pod_spec = {"restartPolicy": "Never", "containers": [container], **spec.pop("pod", {})}
+    pod_spec = {
+        "restartPolicy": "Never",
+        "securityContext": dict(RESTRICTED_POD),
+        "containers": [container],
+        **spec.pop("pod", {}),
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -345,7 +358,9 @@ def deployment(replicas: int, greeting: str = "hello") -> dict[str, Any]:
         "env": [{"name": "GPUFLOW_SERVER_PORT", "value": "8080"}, {"name": "GREETING", "value": greeting}],
         "ports": [{"name": "http", "containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "securityContext": dict(RESTRICTED_CONTAINER),
     }
+    pod_spec = {"securityContext": dict(RESTRICTED_POD), "containers": [container]}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -353,7 +368,7 @@ def deployment(replicas: int, greeting: str = "hello") -> dict[str, Any]:
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [container]}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec},
         },
     }
 
@@ -662,3 +677,207 @@ def test_on_failure_restarts_count_against_the_backoff_limit(kube_cluster: KubeC
     manifest = job_manifest("restarts", "raise SystemExit(1)", backoffLimit=1, pod={"restartPolicy": "OnFailure"})
     batch(kube_cluster).create_namespaced_job(kube_cluster.namespace, manifest)
     assert wait_job(kube_cluster, "restarts", "Failed").reason == "BackoffLimitExceeded"
+
+
+# ---- the API server refusing pods: Pod Security, ResourceQuota, a validating webhook --------------------------
+
+
+def refusal(err: pytest.ExceptionInfo[ApiException]) -> tuple[int, dict[str, Any]]:
+    return err.value.status, json.loads(err.value.body)
+
+
+def test_pod_security_refuses_what_the_namespace_level_forbids_with_the_real_message(
+    kube_cluster: KubeCluster,
+) -> None:
+    api = core(kube_cluster)
+    root = {"privileged": True, "runAsUser": 0}
+    pod = {
+        "metadata": {"generateName": "train-abc-"},
+        "spec": {
+            "containers": [{"name": "trainer", "image": IMAGE, "command": ["python", "-c", "pass"]}],
+            "volumes": [{"name": "host", "hostPath": {"path": "/var/run"}}],
+        },
+    }
+    pod["spec"]["containers"][0]["securityContext"] = root
+    with pytest.raises(ApiException) as restricted:
+        api.create_namespaced_pod(kube_cluster.namespace, pod)
+    code, status = refusal(restricted)
+    name = status["details"]["name"]
+    assert (code, status["reason"]) == (403, "Forbidden") and name.startswith("train-abc-")
+    assert status["message"] == (
+        f'pods "{name}" is forbidden: violates PodSecurity "restricted:latest": '
+        'privileged (container "trainer" must not set securityContext.privileged=true), '
+        "allowPrivilegeEscalation != false "
+        '(container "trainer" must set securityContext.allowPrivilegeEscalation=false), '
+        'unrestricted capabilities (container "trainer" must set securityContext.capabilities.drop=["ALL"]), '
+        'restricted volume types (volume "host" uses restricted volume type "hostPath"), '
+        'runAsNonRoot != true (pod or container "trainer" must set securityContext.runAsNonRoot=true), '
+        'runAsUser=0 (container "trainer" must not set runAsUser=0), '
+        'seccompProfile (pod or container "trainer" must set securityContext.seccompProfile.type to "RuntimeDefault" '
+        'or "Localhost")'
+    )
+    assert api.list_namespaced_pod(kube_cluster.namespace).items == []
+
+    kube_cluster.create_namespace("base", {"pod-security.kubernetes.io/enforce": "baseline"})
+    with pytest.raises(ApiException) as baseline:
+        api.create_namespaced_pod("base", {**pod, "metadata": {"name": "root"}})
+    assert refusal(baseline)[1]["message"] == (
+        'pods "root" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes (volume "host"), '
+        'privileged (container "trainer" must not set securityContext.privileged=true)'
+    )
+    pod["spec"]["volumes"] = [{"name": "host", "emptyDir": {}}]
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 0}
+    assert api.create_namespaced_pod("base", pod).metadata.name.startswith("train-abc-"), "root alone is baseline"
+
+    kube_cluster.create_namespace("open")  # no enforce label: no check
+    pod["spec"]["containers"][0]["securityContext"] = root
+    assert api.create_namespaced_pod("open", pod).spec.containers[0].security_context.privileged is True
+
+
+def test_a_job_whose_pods_pod_security_refuses_is_admitted_and_says_why_in_a_warning_event(
+    kube_cluster: KubeCluster,
+) -> None:
+    manifest = job_manifest("rooted", "pass", container={"securityContext": {}}, pod={"securityContext": {}})
+    batch(kube_cluster).create_namespaced_job(kube_cluster.namespace, manifest)  # workloads are not refused
+
+    event = kube_cluster.wait_for(lambda: failed_create(kube_cluster, "rooted"), 10, "a FailedCreate event")
+    assert event.type == "Warning" and event.involved_object.kind == "Job"
+    assert event.message.startswith('Error creating: pods "rooted-')
+    assert event.message.endswith(
+        '" is forbidden: violates PodSecurity "restricted:latest": '
+        'allowPrivilegeEscalation != false (container "main" must set securityContext.allowPrivilegeEscalation=false), '
+        'unrestricted capabilities (container "main" must set securityContext.capabilities.drop=["ALL"]), '
+        'runAsNonRoot != true (pod or container "main" must set securityContext.runAsNonRoot=true), '
+        'seccompProfile (pod or container "main" must set securityContext.seccompProfile.type to "RuntimeDefault" '
+        'or "Localhost")'
+    )
+    assert job_pods(kube_cluster, "rooted") == []
+
+
+def failed_create(cluster: KubeCluster, name: str) -> Any:
+    events = core(cluster).list_namespaced_event(cluster.namespace, field_selector=f"involvedObject.name={name}")
+    refused = [e for e in events.items if e.reason == "FailedCreate"]
+    return refused[-1] if refused else None
+
+
+def gpu_pod(name: str, code: str) -> dict[str, Any]:
+    container = {
+        "name": "main",
+        "image": IMAGE,
+        "command": ["python", "-c", code],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    spec = {"restartPolicy": "Never", "securityContext": RESTRICTED_POD, "containers": [container]}
+    return {"metadata": {"name": name}, "spec": {**spec, "tolerations": [toleration]}}
+
+
+def gpu_quota(cluster: KubeCluster) -> None:
+    quota = {"metadata": {"name": "gpu-quota"}, "spec": {"hard": {"requests.nvidia.com/gpu": "1", "pods": "10"}}}
+    core(cluster).create_namespaced_resource_quota(cluster.namespace, quota)
+
+
+def exceeded(name: str) -> str:
+    return (
+        f'pods "{name}" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1, '
+        "used: requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1"
+    )
+
+
+def test_a_gpu_quota_refuses_a_second_gpu_pod_until_the_first_ends_or_is_deleted(kube_cluster: KubeCluster) -> None:
+    api, ns = core(kube_cluster), kube_cluster.namespace
+    kube_cluster.gpu_node(gpus=2)  # the node has room: only the quota refuses
+    gpu_quota(kube_cluster)
+    api.create_namespaced_pod(ns, gpu_pod("first", "import time; time.sleep(3)"))
+    with pytest.raises(ApiException) as full:
+        api.create_namespaced_pod(ns, gpu_pod("second", "import time; time.sleep(60)"))
+    code, status = refusal(full)
+    assert (code, status["reason"], status["message"]) == (403, "Forbidden", exceeded("second"))
+
+    def quota_used() -> dict[str, str]:
+        status = api.read_namespaced_resource_quota("gpu-quota", ns).status
+        return dict(status.used or {}) if status else {}
+
+    kube_cluster.wait_for(lambda: quota_used() == {"requests.nvidia.com/gpu": "1", "pods": "1"}, 5, "quota usage")
+    kube_cluster.wait_for(
+        lambda: api.read_namespaced_pod("first", ns).status.phase == "Succeeded", 15, "the first pod to end"
+    )
+    api.create_namespaced_pod(ns, gpu_pod("second", "import time; time.sleep(60)"))  # an ended pod uses no quota
+
+    with pytest.raises(ApiException) as again:
+        api.create_namespaced_pod(ns, gpu_pod("third", "pass"))
+    assert refusal(again)[1]["message"] == exceeded("third")
+    kube_cluster.delete_pod("second")
+
+    def third_admitted() -> bool:
+        try:
+            api.create_namespaced_pod(ns, gpu_pod("third", "pass"))
+        except ApiException as err:
+            assert json.loads(err.body)["message"] == exceeded("third")
+            return False
+        return True
+
+    kube_cluster.wait_for(third_admitted, 15, "the deleted pod to free the quota")
+
+
+def test_a_job_refused_by_a_full_quota_warns_and_gets_its_pod_once_the_quota_frees(kube_cluster: KubeCluster) -> None:
+    api, ns = core(kube_cluster), kube_cluster.namespace
+    kube_cluster.gpu_node(gpus=2)
+    gpu_quota(kube_cluster)
+    api.create_namespaced_pod(ns, gpu_pod("holder", "import time; time.sleep(60)"))
+    gpu = {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
+    toleration = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    batch(kube_cluster).create_namespaced_job(
+        ns, job_manifest("queued", "print('trained')", container=gpu, pod={"tolerations": toleration})
+    )
+
+    event = kube_cluster.wait_for(lambda: failed_create(kube_cluster, "queued"), 10, "a FailedCreate event")
+    assert (event.type, event.involved_object.kind, event.source.component) == ("Warning", "Job", "job-controller")
+    prefix = 'Error creating: pods "queued-'
+    assert event.message.startswith(prefix)
+    pod_name = event.message.removeprefix("Error creating: pods ").split('"')[1]
+    assert event.message == f"Error creating: {exceeded(pod_name)}"
+    assert job_pods(kube_cluster, "queued") == []
+
+    kube_cluster.delete_pod("holder")
+    wait_job(kube_cluster, "queued", "Complete", timeout=30)
+    (pod,) = job_pods(kube_cluster, "queued")
+    assert kube_cluster.pod_log(pod.metadata.name) == "trained\n"
+
+
+def test_a_webhook_denial_refuses_pods_and_a_deployment_shows_replica_failure_until_lifted(
+    kube_cluster: KubeCluster,
+) -> None:
+    api, apps, ns = core(kube_cluster), kubernetes.client.AppsV1Api(kube_cluster.api), kube_cluster.namespace
+    denied = 'admission webhook "policy.example.com" denied the request: pods need a cost-center label'
+    kube_cluster.deny_pods("policy.example.com", "pods need a cost-center label")
+    with pytest.raises(ApiException) as direct:
+        api.create_namespaced_pod(ns, gpu_pod("direct", "pass"))
+    code, status = refusal(direct)
+    assert (code, status["message"], status.get("reason")) == (400, denied, None)
+
+    apps.create_namespaced_deployment(ns, deployment(1))
+
+    def replica_failure(kind: str) -> Any:
+        read = apps.read_namespaced_deployment if kind == "Deployment" else apps.read_namespaced_replica_set
+        name = "web" if kind == "Deployment" else apps.list_namespaced_replica_set(ns).items[0].metadata.name
+        conds = read(name, ns).status.conditions or []
+        return next((c for c in conds if c.type == "ReplicaFailure"), None)
+
+    cond = kube_cluster.wait_for(lambda: replica_failure("Deployment"), 10, "the Deployment's ReplicaFailure")
+    assert (cond.status, cond.reason, cond.message) == ("True", "FailedCreate", denied)
+    rs_cond = replica_failure("ReplicaSet")
+    assert (rs_cond.status, rs_cond.reason, rs_cond.message) == ("True", "FailedCreate", denied)
+    rs_name = apps.list_namespaced_replica_set(ns).items[0].metadata.name
+    event = failed_create(kube_cluster, rs_name)
+    assert (event.type, event.message) == ("Warning", f"Error creating: {denied}")
+    assert kube_cluster.pods("app=web") == []
+
+    kube_cluster.allow_pods()
+    kube_cluster.wait_for(lambda: kube_cluster.pods("app=web"), 15, "the ReplicaSet's pod once the denial is lifted")
+    kube_cluster.wait_for(
+        lambda: replica_failure("Deployment") is None and replica_failure("ReplicaSet") is None,
+        5,
+        "ReplicaFailure to be removed",
+    )
