@@ -13,10 +13,13 @@ all fail again; a crash of unknown cause or a lost pod may not. :func:`workload_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
+
+from kubernetes.utils import parse_quantity
 
 from tasks.errors import PermanentError, RetryableError, WorkloadFailed
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED
@@ -155,6 +158,75 @@ def unschedulable_message(pod: Obj) -> str | None:
 def is_scheduled(pod: Obj) -> bool:
     condition = _condition(pod, "PodScheduled")
     return bool(condition and condition.get("status") == "True") or bool((pod.get("spec") or {}).get("nodeName"))
+
+
+# --------------------------------------------------------------------------------------------- pods refused
+
+_POD_NAME = re.compile(r'pods "[^"]*"')
+_QUOTA = re.compile(
+    r"exceeded quota: (?P<quota>[^,]+), requested: (?P<requested>.+?), used: .+?, limited: (?P<limited>.+)$"
+)
+
+
+def creation_refusal(events: Iterable[Obj], uid: str | None = None) -> tuple[str, bool] | None:
+    """Why the cluster refuses to create a controller's pods, from its newest ``FailedCreate`` Warning event
+    (``uid``: only events about that object): the sentence, and whether waiting can never fix it.
+
+    The API server refuses a pod before it exists, so no pod status tells it: only the Job's (or ReplicaSet's)
+    events do. A quota that the pod fits once other pods end may pass by waiting; a pod that alone asks more than
+    the quota, Pod Security, an admission webhook or a LimitRange will refuse it again.
+    """
+    about = [e for e in events if uid is None or (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+    refused = [e for e in about if e.get("reason") == "FailedCreate" and e.get("type", "Warning") == "Warning"]
+    if not refused:
+        return None
+    newest = max(refused, key=_event_time)
+    created = [_event_time(e) for e in about if e.get("reason") == "SuccessfulCreate"]
+    if created and max(created) >= _event_time(newest):
+        return None  # it has created a pod since: whatever refused it then has passed
+    return _refused(str(newest.get("message") or ""))
+
+
+def replica_failure(deployment: Obj) -> tuple[str, bool] | None:
+    """The same for a Deployment, from the ``ReplicaFailure`` condition its controller copies from its
+    ReplicaSet; None while it can create its pods."""
+    condition = _condition(deployment, "ReplicaFailure")
+    if not condition or condition.get("status") != "True":
+        return None
+    return _refused(str(condition.get("message") or condition.get("reason") or "FailedCreate"))
+
+
+def _refused(message: str) -> tuple[str, bool]:
+    message = message.strip().removeprefix("(combined from similar events): ").removeprefix("Error creating: ")
+    quota = _QUOTA.search(message)
+    hopeless = quota is None or _asks_more_than_limited(quota["requested"], quota["limited"])
+    return f"the cluster refuses to create its pods: {message}", hopeless
+
+
+def same_refusal(text: str, other: str | None) -> bool:
+    """Whether two refusals say the same but for the pod's generated name (each retry has a new one)."""
+    return other is not None and _POD_NAME.sub("pods", text) == _POD_NAME.sub("pods", other)
+
+
+def _event_time(event: Obj) -> datetime:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        found = parse_time(event.get(key))
+        if found is not None:
+            return found
+    return parse_time(_meta(event).get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC)
+
+
+def _asks_more_than_limited(requested: str, limited: str) -> bool:
+    """Whether a pod's own request (``requests.nvidia.com/gpu=2,pods=1``) is above a quota's hard limit."""
+    asked, hard = _quantities(requested), _quantities(limited)
+    try:
+        return any(key in hard and parse_quantity(value) > parse_quantity(hard[key]) for key, value in asked.items())
+    except ValueError:
+        return False
+
+
+def _quantities(text: str) -> dict[str, str]:
+    return dict(item.strip().split("=", 1) for item in text.split(",") if "=" in item)
 
 
 # --------------------------------------------------------------------------------------------- while it runs

@@ -42,12 +42,14 @@ from tasks.errors import ConfigurationError, ServiceUnavailable
 from tasks.kube.diagnosis import (
     Failure,
     RetryableWorkloadFailure,
+    creation_refusal,
     exit_meanings,
     job_failure,
     job_finished,
     pod_index,
     pod_name,
     progress,
+    same_refusal,
     start_problem,
     startup_timings,
     unschedulable_message,
@@ -152,6 +154,8 @@ class JobFollower:
         self.streams: dict[str, asyncio.Task[None]] = {}
         self.problem_since: dict[str, float] = {}
         self.unschedulable_since: dict[str, float] = {}
+        self.refused: str | None = None  # why the cluster refuses to create the Job's pods, while it does
+        self.refused_since: float | None = None
         self.timings: dict[str, float] = {}
         self._events: queue.Queue[tuple[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -357,7 +361,7 @@ class JobFollower:
             self._observe(pods)
             if not self.timings.keys() >= {"k8s_queue_seconds", "k8s_start_seconds"}:
                 self.timings = {**startup_timings(job, self.pods.values()), **self.timings}
-            problem = self._start_problem()
+            problem = self._start_problem() or await self._creation_problem(pods)
             if problem is not None:
                 return problem, True
             finished = job_finished(job)
@@ -365,7 +369,10 @@ class JobFollower:
                 self.note(f"job {self.name} completed")
                 return Completed(0.0), False
             if finished == "Failed":
-                return job_failure(job, self.pods.values(), meanings, self.settings.permanent_exit_codes), False
+                failure = job_failure(job, self.pods.values(), meanings, self.settings.permanent_exit_codes)
+                if self.refused is not None and not self.pods:
+                    failure = Failure(f"{self.refused}; {failure.reason}", None, True)
+                return failure, False
             await asyncio.sleep(self.poll)
 
     async def _list_pods(self) -> list[dict[str, Any]]:
@@ -420,6 +427,33 @@ class JobFollower:
             if now - since >= limit:
                 text = f"unschedulable: {waiting}; no node for {limit:g}s (unschedulable_timeout_seconds)"
                 return Failure(text, None, permanent=True, pod=name)
+        return None
+
+    async def _creation_problem(self, pods: list[dict[str, Any]]) -> Failure | None:
+        """Pods the cluster refuses to create (Job events): at once when waiting cannot help, after
+        ``unschedulable_timeout_seconds`` for a quota that is full for now (like a GPU node that is missing)."""
+        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp") and not _ended(p)]
+        if len(live) >= self.settings.nodes:
+            self.refused, self.refused_since = None, None
+            return None
+        events = await self._get_json(
+            self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={self.name}", **_raw())
+        )
+        refusal = creation_refusal((events or {}).get("items") or [], self.uid)
+        if refusal is None:
+            self.refused, self.refused_since = None, None
+            return None
+        text, hopeless = refusal
+        if not same_refusal(text, self.refused):
+            self.note(f"job {self.name}: {text}")
+        self.refused = text
+        if hopeless:
+            return Failure(text, None, permanent=True)
+        now = time.monotonic()
+        self.refused_since = self.refused_since or now
+        limit = self.target.unschedulable_timeout_seconds
+        if limit is not None and now - self.refused_since >= limit:
+            return Failure(f"{text}; still refused after {limit:g}s (unschedulable_timeout_seconds)", None, True)
         return None
 
     async def _drain_streams(self) -> None:
@@ -493,6 +527,10 @@ class JobFollower:
 def _raw() -> dict[str, Any]:
     """Read raw JSON: API objects as the server sends them, as :mod:`tasks.kube.diagnosis` expects."""
     return {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+
+
+def _ended(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _container_started(pod: dict[str, Any]) -> bool:

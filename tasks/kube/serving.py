@@ -594,9 +594,19 @@ class ClusterServing:
                     continue
                 first_seen.setdefault(pod.name, now)
                 self._check_starting(what, pod, now - first_seen[pod.name])
+            refused = self._refused(role) if len(pods) < desired else None
+            if refused is not None and refused[1]:
+                raise ServerNotReady(what, None, [], reason=refused[0], blameless=True)
             if now > deadline:
+                if refused is not None:  # a quota still full at the deadline
+                    reason = f"{refused[0]}; still after {timeout:g}s"
+                    raise ServerNotReady(what, None, [], reason=reason, blameless=True)
                 raise self._not_ready(what, pods, desired, len(ready), timeout)
             time.sleep(min(self._block.poll_interval_seconds, max(0.05, deadline - now)))
+
+    def _refused(self, role: Track) -> tuple[str, bool] | None:
+        """Why the track's Deployment cannot create its pods (quota, Pod Security, a webhook), if it cannot."""
+        return diagnosis.replica_failure(self._read_deployment(self._track_name(role)) or {})
 
     def _check_starting(self, what: str, pod: PodView, waited: float) -> None:
         """Fail at once on a pod that crashed before it was ready, or that cannot pull its image past the grace."""

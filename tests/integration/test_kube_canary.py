@@ -474,6 +474,29 @@ def test_a_route_the_gateway_does_not_accept_fails_the_stage_and_leaves_nothing(
         )
 
 
+def test_server_pods_the_cluster_refuses_fail_the_stage_at_once_saying_why_and_leave_nothing(
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
+) -> None:
+    champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    server = server_name_for(model_name)
+    kube_cluster.deny_pods("policy.example.com", "model servers need a cost-center label")
+    started = time.monotonic()
+
+    with pytest.raises(ServerNotReady) as refused:
+        rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=_policy(), serving=_serving(kube_cluster))
+
+    assert refused.value.blameless, "the cluster's policy is not the candidate's fault: an error, not a verdict"
+    assert f"stable Deployment {server}-stable" in str(refused.value)
+    assert refused.value.reason == (
+        'the cluster refuses to create its pods: admission webhook "policy.example.com" denied the request: '
+        "model servers need a cost-center label"
+    )
+    assert time.monotonic() - started < 30, "not the readiness timeout"
+    assert _aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
+    assert _deployment(kube_cluster, f"{server}-stable") is None, "the stable this rollout created is removed"
+    assert not {server, f"{server}-stable", f"{server}-canary"} & _service_names(kube_cluster)
+
+
 def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_canary(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:

@@ -215,6 +215,76 @@ def test_unschedulable_timeout_fails_long_before_the_deadline_and_deletes_the_jo
     training.assert_nothing_left()
 
 
+def _gpu_quota(cluster: KubeCluster, gpus: int) -> None:
+    import kubernetes
+
+    quota = {"metadata": {"name": "gpu-quota"}, "spec": {"hard": {"requests.nvidia.com/gpu": str(gpus)}}}
+    kubernetes.client.CoreV1Api(cluster.api).create_namespaced_resource_quota(cluster.namespace, quota)
+
+
+def _pending_gpu_pod(cluster: KubeCluster) -> None:
+    """Another team's pod holding the quota's one GPU (pending: the emulated node has no GPU; quota counts it)."""
+    import kubernetes
+
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    pod = {
+        "metadata": {"name": "other-team"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": ["python", "-c", "pass"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    "securityContext": security,
+                }
+            ],
+        },
+    }
+    kubernetes.client.CoreV1Api(cluster.api).create_namespaced_pod(cluster.namespace, pod)
+
+
+def test_a_full_gpu_quota_is_waited_on_then_fails_after_the_unschedulable_timeout(training: Training) -> None:
+    _gpu_quota(training.cluster, 1)
+    _pending_gpu_pod(training.cluster)
+    notes: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(WorkloadFailed) as failed:
+        block = training.block(gpus=1, active_deadline_seconds=600, unschedulable_timeout_seconds=2)
+        block.run_workload(training.spec("quota-full"), notes.append)
+
+    assert isinstance(failed.value, PermanentError)
+    assert failed.value.reason.startswith("the cluster refuses to create its pods: pods ")
+    assert failed.value.reason.endswith(
+        "is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1, "
+        "used: requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1; "
+        "still refused after 2s (unschedulable_timeout_seconds)"
+    )
+    assert any("exceeded quota: gpu-quota" in note for note in notes), "said while waiting, not only at the end"
+    assert 2 <= time.monotonic() - started < 20
+    training.assert_nothing_left()
+
+
+def test_pods_no_quota_or_policy_will_ever_admit_fail_at_once_and_leave_nothing(training: Training) -> None:
+    _gpu_quota(training.cluster, 1)
+    started = time.monotonic()
+    with pytest.raises(WorkloadFailed) as above_quota:
+        training.block(gpus=2).run_workload(training.spec("quota-too-small"), lambda line: None)
+    training.cluster.deny_pods("policy.example.com", "pods in this namespace need a cost-center label")
+    with pytest.raises(WorkloadFailed) as denied:
+        training.block().run_workload(training.spec("denied"), lambda line: None)
+
+    assert isinstance(above_quota.value, PermanentError) and isinstance(denied.value, PermanentError)
+    assert "requested: requests.nvidia.com/gpu=2, used: requests.nvidia.com/gpu=0" in above_quota.value.reason
+    assert denied.value.reason == (
+        'the cluster refuses to create its pods: admission webhook "policy.example.com" denied the request: '
+        "pods in this namespace need a cost-center label"
+    )
+    assert time.monotonic() - started < 20, "neither waited for its deadline"
+    training.assert_nothing_left()
+
+
 def test_bad_image_fails_fast_naming_the_image_and_leaves_nothing(training: Training) -> None:
     notes: list[str] = []
     started = time.monotonic()

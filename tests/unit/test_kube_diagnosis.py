@@ -10,11 +10,14 @@ from tasks.errors import PermanentError, RetryableError, WorkloadFailed
 from tasks.kube.diagnosis import (
     TRAINER_EXIT_MEANINGS,
     Failure,
+    creation_refusal,
     job_failure,
     job_finished,
     parse_time,
     pod_index,
     progress,
+    replica_failure,
+    same_refusal,
     start_problem,
     startup_timings,
     unschedulable_message,
@@ -322,3 +325,82 @@ def test_prefect_retries_the_trainer_only_after_a_retryable_failure() -> None:
     assert retried(workload_error("trainer", Failure("exit code 1 (crash)", 1, False), []))
     assert not retried(workload_error("trainer", Failure("exit code 2 (configuration)", 2, True), []))
     assert not retried(WorkloadFailed("trainer", 1, []))  # a local process: its one attempt was the whole try
+
+
+# -- pods the cluster refuses to create ---------------------------------------------------------------------
+
+POD_SECURITY = (
+    'Error creating: pods "gpuflow-train-abc-x7k2p" is forbidden: violates PodSecurity "restricted:latest": '
+    'allowPrivilegeEscalation != false (container "trainer" must set securityContext.allowPrivilegeEscalation=false)'
+)
+
+
+def event(reason: str, message: str, at: str, uid: str = "job-uid", kind: str = "Warning") -> dict[str, Any]:
+    return {
+        "type": kind,
+        "reason": reason,
+        "message": message,
+        "lastTimestamp": at,
+        "involvedObject": {"kind": "Job", "name": "gpuflow-train-abc", "uid": uid},
+        "metadata": {"name": "gpuflow-train-abc.17c2", "creationTimestamp": at},
+    }
+
+
+def quota(requested: int, used: int, limited: int) -> str:
+    gpu = "requests.nvidia.com/gpu"
+    return (
+        f'Error creating: pods "gpuflow-train-abc-x7k2p" is forbidden: exceeded quota: gpu-quota, '
+        f"requested: {gpu}={requested}, used: {gpu}={used}, limited: {gpu}={limited}"
+    )
+
+
+def test_a_pod_security_refusal_is_told_without_the_prefix_and_waiting_cannot_fix_it() -> None:
+    refusal = creation_refusal([event("FailedCreate", POD_SECURITY, "2024-05-01T10:00:02Z")], "job-uid")
+
+    assert refusal == (
+        "the cluster refuses to create its pods: " + POD_SECURITY.removeprefix("Error creating: "),
+        True,
+    )
+
+
+def test_a_full_quota_may_free_up_but_a_pod_above_the_quota_never_fits() -> None:
+    full = creation_refusal([event("FailedCreate", quota(1, 1, 1), "2024-05-01T10:00:02Z")])
+    too_big = creation_refusal([event("FailedCreate", quota(2, 0, 1), "2024-05-01T10:00:02Z")])
+
+    assert full is not None and full[1] is False
+    assert full[0].endswith(
+        "exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1, "
+        "used: requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1"
+    )
+    assert too_big is not None and too_big[1] is True
+
+
+def test_a_refusal_older_than_the_last_created_pod_or_about_another_job_is_not_one() -> None:
+    refused = event("FailedCreate", quota(1, 1, 1), "2024-05-01T10:00:02Z")
+    created = event("SuccessfulCreate", "Created pod: gpuflow-train-abc-x7k2p", "2024-05-01T10:00:09Z", kind="Normal")
+    refused_again = event("FailedCreate", POD_SECURITY, "2024-05-01T10:00:15Z")
+
+    assert creation_refusal([refused, created]) is None
+    assert creation_refusal([refused, created, refused_again]) is not None
+    assert creation_refusal([event("FailedCreate", POD_SECURITY, "2024-05-01T10:00:02Z", uid="old")], "job-uid") is None
+    assert creation_refusal([]) is None
+
+
+def test_a_deployment_that_cannot_create_pods_says_why_from_its_replica_failure_condition() -> None:
+    message = POD_SECURITY.removeprefix("Error creating: ")
+    failing = {"status": {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                          "message": message}]}}  # fmt: skip
+
+    assert replica_failure(failing) == ("the cluster refuses to create its pods: " + message, True)
+    assert replica_failure({"status": {"conditions": [{"type": "Available", "status": "True"}]}}) is None
+
+
+def test_refusals_that_differ_only_in_the_pods_generated_name_are_the_same_and_combined_events_read_alike() -> None:
+    first = creation_refusal([event("FailedCreate", quota(1, 1, 1), "2024-05-01T10:00:02Z")])
+    combined = "(combined from similar events): " + quota(1, 1, 1).replace("x7k2p", "q9z4m")
+    later = creation_refusal([event("FailedCreate", combined, "2024-05-01T10:05:00Z")])
+
+    assert first is not None and later is not None
+    assert later[0].startswith('the cluster refuses to create its pods: pods "gpuflow-train-abc-q9z4m" is forbidden')
+    assert same_refusal(later[0], first[0]) and not same_refusal(later[0], None)
+    assert not same_refusal(later[0], "the cluster refuses to create its pods: " + POD_SECURITY)
