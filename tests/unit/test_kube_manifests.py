@@ -25,6 +25,7 @@ from deployments import PROJECT_ROOT
 from deployments.kubernetes_template import TEMPLATE_PATH, gpu_base_job_template, render
 from tasks.errors import ConfigurationError
 from tasks.kube import manifests as m
+from tests.fixtures.kube import pod_security
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
 
 K8S_VERSION = "1.37.0"
@@ -516,6 +517,7 @@ def test_base_job_template_renders_gpu_values_into_a_valid_job() -> None:
     # server drops them as unknown fields with a warning. Everything else must pass the strict schema.
     assert pod.pop("parallelism") == 1 and pod.pop("completions") == 1
     validate(manifest)
+    assert pod_security.violations(pod, "restricted") == [], "admitted where Pod Security enforces restricted"
 
     cpu = _rendered_job_manifest({"image": "img:1", "tolerations": []})
     cpu_pod = cpu["spec"]["template"]["spec"]
