@@ -156,6 +156,7 @@ class JobFollower:
         self.unschedulable_since: dict[str, float] = {}
         self.refused: str | None = None  # why the cluster refuses to create the Job's pods, while it does
         self.refused_since: float | None = None
+        self.events_readable = True
         self.timings: dict[str, float] = {}
         self._events: queue.Queue[tuple[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -433,12 +434,20 @@ class JobFollower:
         """Pods the cluster refuses to create (Job events): at once when waiting cannot help, after
         ``unschedulable_timeout_seconds`` for a quota that is full for now (like a GPU node that is missing)."""
         live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp") and not _ended(p)]
-        if len(live) >= self.settings.nodes:
+        if len(live) >= self.settings.nodes or not self.events_readable:
             self.refused, self.refused_since = None, None
             return None
-        events = await self._get_json(
-            self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={self.name}", **_raw())
-        )
+        try:
+            events = await self._get_json(
+                self.core.list_namespaced_event(
+                    self.namespace, field_selector=f"involvedObject.name={self.name}", **_raw()
+                )
+            )
+        except (ConfigurationError, ServiceUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+            # Events only explain; following the Job does not need them (an older Role may lack `events list`).
+            self.events_readable = False
+            self.note(f"cannot read job {self.name}'s events ({exc}): pods the cluster refuses show at the deadline")
+            return None
         refusal = creation_refusal((events or {}).get("items") or [], self.uid)
         if refusal is None:
             self.refused, self.refused_since = None, None
