@@ -527,7 +527,9 @@ class JobFollower:
             if response.status >= 500 or response.status == 429:
                 raise ServiceUnavailable(f"Kubernetes API answered {response.status}: {body[:200]!r}")
             if response.status >= 400:
-                raise _api_error(ApiException(status=response.status, reason=body.decode(errors="replace")), "read")
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = body  # the Status JSON: _api_error reads its message
+                raise _api_error(error, "read")
             return cast(dict[str, Any], json.loads(body))
         finally:
             response.release()

@@ -285,6 +285,19 @@ def test_pods_no_quota_or_policy_will_ever_admit_fail_at_once_and_leave_nothing(
     training.assert_nothing_left()
 
 
+def test_without_permission_to_read_events_a_refused_job_is_still_followed_to_its_deadline(training: Training) -> None:
+    training.cluster.forbid("list", "events")  # a Role from before gpuflow read events
+    training.cluster.deny_pods("policy.example.com", "pods in this namespace need a cost-center label")
+    notes: list[str] = []
+    with pytest.raises(WorkloadFailed) as failed:
+        training.block(active_deadline_seconds=3).run_workload(training.spec("no-events"), notes.append)
+
+    assert failed.value.reason == "deadline exceeded after 3s (activeDeadlineSeconds)"
+    unreadable = [note for note in notes if "cannot read job" in note]
+    assert len(unreadable) == 1, notes
+    assert 'cannot list resource "events"' in unreadable[0] and "show at the deadline" in unreadable[0]
+
+
 def test_bad_image_fails_fast_naming_the_image_and_leaves_nothing(training: Training) -> None:
     notes: list[str] = []
     started = time.monotonic()
