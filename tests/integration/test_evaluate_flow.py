@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -24,7 +23,7 @@ from tasks import settings
 from tasks.errors import ConfigurationError
 from tasks.events import MODEL_EVALUATED
 from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.models import log_training_run, train_digits_model
+from tests.fixtures.models import aliases, log_training_run, registry_client, train_digits_model
 from tests.fixtures.prefect_events import wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -39,11 +38,6 @@ def dataset_uri(gpuflow_home: Path) -> str:
 def model_name() -> str:
     """Unique per test: the Prefect API (and its events) is shared by the whole session."""
     return f"digits-{uuid.uuid4().hex[:8]}"
-
-
-def _client() -> MlflowClient:
-    uri = settings.tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _train_run(dataset_uri: str, kind: str = "good") -> str:
@@ -63,10 +57,6 @@ def _prefect_artifacts(flow_run_id: UUID) -> dict[str, Any]:
     return {artifact.key: artifact for artifact in found if artifact.key}
 
 
-def _aliases(name: str) -> dict[str, str]:
-    return {alias: str(version) for alias, version in _client().get_registered_model(name).aliases.items()}
-
-
 def test_good_model_becomes_champion_and_a_worse_one_is_held_back(dataset_uri: str, model_name: str) -> None:
     good_run = _train_run(dataset_uri)
     since = datetime.now(UTC)
@@ -81,9 +71,9 @@ def test_good_model_becomes_champion_and_a_worse_one_is_held_back(dataset_uri: s
     assert 0.0 <= first.metrics["ece"] < 0.1
     assert first.metrics["inference_ms_per_sample"] > 0 and first.metrics["latency_p50_ms"] > 0
     assert first.champion_metrics is None and first.regression is None
-    assert _aliases(model_name) == {"champion": "1", "challenger": "1"}
+    assert aliases(model_name) == {"champion": "1", "challenger": "1"}
 
-    client = _client()
+    client = registry_client()
     run = client.get_run(first.evaluate_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(first.metrics["accuracy"])
@@ -130,7 +120,7 @@ def test_good_model_becomes_champion_and_a_worse_one_is_held_back(dataset_uri: s
     )
     assert any("below the champion (version 1)'s" in r for r in second.gate.reasons)
     assert (second.champion_version, second.previous_champion_version) == ("1", "1")
-    assert _aliases(model_name) == {"champion": "1", "challenger": "2"}
+    assert aliases(model_name) == {"champion": "1", "challenger": "2"}
     assert client.get_model_version_by_alias(model_name, "champion").run_id == good_run
     rejected = client.get_model_version(model_name, "2")
     assert rejected.tags["gpuflow.gate.passed"] == "false"
@@ -166,8 +156,11 @@ def test_a_passing_challenger_replaces_the_champion_and_a_rerun_reuses_its_versi
     assert [c.name for c in second.gate.checks] == ["min_accuracy", "max_regression"]
     assert (second.model_version, second.previous_champion_version, second.champion_version) == ("2", "1", "2")
     assert again.model_version == "2"
-    assert sorted(str(v.version) for v in _client().search_model_versions(f"name = '{model_name}'")) == ["1", "2"]
-    assert _aliases(model_name) == {"champion": "2", "challenger": "2"}
+    assert sorted(str(v.version) for v in registry_client().search_model_versions(f"name = '{model_name}'")) == [
+        "1",
+        "2",
+    ]
+    assert aliases(model_name) == {"champion": "2", "challenger": "2"}
 
 
 def test_without_promote_on_pass_a_passing_model_stays_challenger(dataset_uri: str, model_name: str) -> None:
@@ -177,7 +170,7 @@ def test_without_promote_on_pass_a_passing_model_stays_challenger(dataset_uri: s
 
     assert result.gate.passed and not result.promoted
     assert result.champion_version is None
-    assert _aliases(model_name) == {"challenger": "1"}
+    assert aliases(model_name) == {"challenger": "1"}
 
 
 def test_a_saved_gate_block_with_an_ece_cap_rejects_a_poorly_calibrated_model(
@@ -194,7 +187,7 @@ def test_a_saved_gate_block_with_an_ece_cap_rejects_a_poorly_calibrated_model(
     assert [c.name for c in result.gate.checks if not c.passed] == ["max_ece"]
     assert result.gate.reasons[0].endswith("is above the maximum 0.000")
     assert result.champion_version is None
-    assert _aliases(model_name) == {"challenger": "1"}
+    assert aliases(model_name) == {"challenger": "1"}
 
 
 def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name: str) -> None:
@@ -214,7 +207,7 @@ def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name
     with pytest.raises(ConfigurationError, match=r"no prepared dataset at .*/0000deadbeef"):
         evaluate(train_run_id=good_run, dataset_uri=nowhere, model_name=model_name)
 
-    assert _client().search_registered_models(f"name = '{model_name}'") == []
+    assert registry_client().search_registered_models(f"name = '{model_name}'") == []
 
 
 def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
@@ -223,7 +216,7 @@ def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
     from tasks.tracking import start_run
 
     run_id = start_run(MLflowTracking.embedded(), "train", stage="train")
-    client = _client()
+    client = registry_client()
     client.set_tag(run_id, "gpuflow.model_uri", "models:/m-0123")
     client.set_tag(run_id, "gpuflow.labels", "0,1,2")
 
@@ -235,7 +228,7 @@ def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(gpuflow
     from blocks.mlflow_tracking import MLflowTracking
     from tasks.registry import ChampionMoved, move_aliases
 
-    client = _client()
+    client = registry_client()
     client.create_registered_model(model_name)
     for _ in range(3):
         client.create_model_version(model_name, source=(gpuflow_home / "model").as_uri())
@@ -244,9 +237,9 @@ def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(gpuflow
 
     with pytest.raises(ChampionMoved, match="moved from version 1 to 2"):
         move_aliases.fn(tracking, model_name, "3", promote=True, expected_champion="1")
-    assert _aliases(model_name) == {"champion": "2"}
+    assert aliases(model_name) == {"champion": "2"}
 
     assert move_aliases.fn(tracking, model_name, "3", promote=False, expected_champion="1") == "2"
-    assert _aliases(model_name) == {"champion": "2", "challenger": "3"}
+    assert aliases(model_name) == {"champion": "2", "challenger": "3"}
     assert move_aliases.fn(tracking, model_name, "3", promote=True, expected_champion="2") == "3"
-    assert _aliases(model_name) == {"champion": "3", "challenger": "3"}
+    assert aliases(model_name) == {"champion": "3", "challenger": "3"}

@@ -23,22 +23,26 @@ from urllib.parse import parse_qs, urlsplit
 
 import kubernetes
 import pytest
-from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from blocks.canary_policy import CanaryPolicy
 from blocks.kubernetes_serving import KubernetesServing
 from flows.rollout import RolloutResult, rollout
-from tasks import settings
 from tasks.canary import ServerSample
 from tasks.errors import ConfigurationError, RetryableError
 from tasks.kube.serving import canary_replicas, server_name_for
 from tasks.kube.serving_metrics import TrackCounters
-from tasks.registry import model_location
 from tasks.serving import ServerNotReady
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway
-from tests.fixtures.models import RolloutHome, rollout_home
+from tests.fixtures.models import (
+    RolloutHome,
+    aliases,
+    champion_and_challenger,
+    register_version,
+    registry_client,
+    rollout_home,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -69,44 +73,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutHome]:
 @pytest.fixture
 def model_name() -> str:
     return f"digits-{uuid.uuid4().hex[:8]}"
-
-
-def _client() -> MlflowClient:
-    uri = settings.tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _register(name: str, run_id: str | None, *, source: str | None = None) -> str:
-    """A gated registry version of the run's model (or of ``source``), tagged as evaluate tags one."""
-    client = _client()
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    tags = client.get_run(run_id).data.tags if run_id else {}
-    version = client.create_model_version(
-        name,
-        source=source or model_location(client, tags["gpuflow.model_uri"]),
-        run_id=run_id,
-        tags={
-            "gpuflow.labels": tags.get("gpuflow.labels", "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"),
-            "gpuflow.gate.passed": "true",
-            "gpuflow.gate.reasons": "[]",
-            "gpuflow.dataset_version": tags.get("gpuflow.dataset_version", "unknown"),
-        },
-    )
-    return str(version.version)
-
-
-def _champion_and_challenger(name: str, champion_run: str, challenger_run: str | None, **kw: Any) -> tuple[str, str]:
-    client = _client()
-    champion = _register(name, champion_run)
-    challenger = _register(name, challenger_run, **kw)
-    client.set_registered_model_alias(name, "champion", champion)
-    client.set_registered_model_alias(name, "challenger", challenger)
-    return champion, challenger
-
-
-def _aliases(name: str) -> dict[str, str]:
-    return {alias: str(version) for alias, version in _client().get_registered_model(name).aliases.items()}
 
 
 def _policy(**fields: Any) -> str:
@@ -220,7 +186,7 @@ def test_track_counters_keep_what_gone_and_restarted_pods_served() -> None:
 def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    _, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    _, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
     serving = _serving(kube_cluster, replicas=3)
 
@@ -233,7 +199,7 @@ def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
         )
 
     assert (result.decision, result.failed_check, result.backend) == ("promoted", None, "kubernetes"), result.reason
-    assert _aliases(model_name) == {"champion": challenger, "challenger": challenger}
+    assert aliases(model_name) == {"champion": challenger, "challenger": challenger}
     # 3 pods in all: 10% rounds to 0.3 pod -> 1 canary (never 0), 50% -> 1.5 -> 2, 100% -> all 3.
     assert [round(s.effective_weight or 0, 1) for s in result.steps] == [33.3, 66.7, 100.0]
     assert _in_order([(3, 1), (2, 1), (1, 2), (0, 3), (3, 0)], recorder.pairs), recorder.pairs
@@ -256,7 +222,7 @@ def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
     kube_cluster.wait_for(lambda: not _server_pods(kube_cluster, server, "canary"), 30, what="canary pods gone")
     pods = _server_pods(kube_cluster, server, "stable")
     assert len(pods) == 3 and {p["metadata"]["labels"]["gpuflow.io/model-version"] for p in pods} == {challenger}
-    run = _client().get_run(result.rollout_run_id)
+    run = registry_client().get_run(result.rollout_run_id)
     assert run.data.tags["gpuflow.rollout.backend"] == "kubernetes"
     assert run.data.tags["gpuflow.rollout.decision"] == "promoted"
 
@@ -264,8 +230,8 @@ def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
 def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    client = _client()
-    champion = _register(model_name, home.good_run)
+    client = registry_client()
+    champion = register_version(model_name, home.good_run)
     client.set_registered_model_alias(model_name, "challenger", champion)
     serving = _serving(kube_cluster, replicas=2)
     policy = _policy(step_weights=[50, 100])
@@ -275,7 +241,7 @@ def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
     before = _deployment(kube_cluster, f"{server}-stable")
     assert before is not None
 
-    challenger = _register(model_name, home.shuffled_run)
+    challenger = register_version(model_name, home.shuffled_run)
     client.set_registered_model_alias(model_name, "challenger", challenger)
     result = rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=policy, serving=serving)
 
@@ -284,21 +250,21 @@ def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
     assert after is not None
     assert after.spec.template == before.spec.template, "a rollback never touches stable's pod template"
     assert after.spec.replicas == before.spec.replicas == 2
-    assert _aliases(model_name) == {"champion": champion}
+    assert aliases(model_name) == {"champion": champion}
     assert _deployment(kube_cluster, f"{server}-canary") is None
 
 
 def test_the_first_model_goes_straight_to_a_stable_deployment(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    version = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "challenger", version)
+    version = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "challenger", version)
     server = server_name_for(model_name)
 
     result = rollout(model_name=model_name, dataset_uri=home.dataset_uri, serving=_serving(kube_cluster, replicas=2))
 
     assert result.decision == "promoted_without_canary" and result.steps == []
-    assert _aliases(model_name)["champion"] == version
+    assert aliases(model_name)["champion"] == version
     stable = _deployment(kube_cluster, f"{server}-stable")
     assert stable is not None and _model_uri_of(stable) == f"models:/{model_name}/{version}"
     assert len([p for p in _server_pods(kube_cluster, server, "stable") if _ready(p)]) == 2
@@ -314,7 +280,7 @@ def _ready(pod: dict[str, Any]) -> bool:
 def test_with_a_gateway_the_route_weights_split_the_traffic(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
     custom = kubernetes.client.CustomObjectsApi(kube_cluster.api)
     weights_seen: list[dict[str, int]] = []
@@ -368,14 +334,14 @@ def test_with_a_gateway_the_route_weights_split_the_traffic(
     stable = _deployment(kube_cluster, f"{server}-stable")
     assert stable is not None and _model_uri_of(stable) == f"models:/{model_name}/{challenger}"
     assert _deployment(kube_cluster, f"{server}-canary") is None
-    assert _aliases(model_name)["champion"] == challenger
+    assert aliases(model_name)["champion"] == challenger
     assert champion != challenger
 
 
 def test_a_canary_that_crashes_mid_step_is_rolled_back_and_stable_keeps_serving(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
     outcome: dict[str, Any] = {}
 
@@ -402,7 +368,7 @@ def test_a_canary_that_crashes_mid_step_is_rolled_back_and_stable_keeps_serving(
     # Whichever the analysis sees first: the requests the dying pod dropped, or the container's restart.
     assert result.decision == "rolled_back" and result.failed_check in ("error_rate", "canary_up"), result.reason
     assert result.steps[-1].weight == 50, "rolled back in the step the crash happened in"
-    assert _aliases(model_name)["champion"] == champion
+    assert aliases(model_name)["champion"] == champion
     assert _deployment(kube_cluster, f"{server}-canary") is None
     stable = _deployment(kube_cluster, f"{server}-stable")
     assert stable is not None and stable.spec.replicas == 2
@@ -414,7 +380,7 @@ def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
 ) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    champion, _ = _champion_and_challenger(model_name, home.good_run, None, source=str(empty))
+    champion, _ = champion_and_challenger(model_name, home.good_run, None, source=str(empty))
     server = server_name_for(model_name)
 
     result = rollout(
@@ -427,7 +393,7 @@ def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
     assert (result.decision, result.failed_check) == ("rolled_back", "canary_ready")
     assert f"pod {server}-canary-" in result.reason and "exit code 2" in result.reason, result.reason
     assert "is not an MLflow model" in result.reason, "the pod's last log lines say why"
-    assert _aliases(model_name) == {"champion": champion}
+    assert aliases(model_name) == {"champion": champion}
     assert _deployment(kube_cluster, f"{server}-canary") is None
     assert f"{server}-canary" not in _service_names(kube_cluster)
     stable = _deployment(kube_cluster, f"{server}-stable")
@@ -455,7 +421,7 @@ def test_a_route_the_gateway_does_not_accept_fails_the_stage_and_leaves_nothing(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster, case: str
 ) -> None:
     gateway_options, block_options, error, message = ROUTE_TROUBLE[case]
-    champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
 
     with RouteGateway(kube_cluster, server, **gateway_options) as gateway:
@@ -464,7 +430,7 @@ def test_a_route_the_gateway_does_not_accept_fails_the_stage_and_leaves_nothing(
         with pytest.raises(error, match=message):
             rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=_policy(), serving=serving)
 
-    assert _aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
+    assert aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
     assert _deployment(kube_cluster, f"{server}-stable") is None, "the stable this rollout created is removed"
     assert _deployment(kube_cluster, f"{server}-canary") is None
     assert not {server, f"{server}-stable", f"{server}-canary"} & _service_names(kube_cluster)
@@ -477,7 +443,7 @@ def test_a_route_the_gateway_does_not_accept_fails_the_stage_and_leaves_nothing(
 def test_server_pods_the_cluster_refuses_fail_the_stage_at_once_saying_why_and_leave_nothing(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    champion, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
     kube_cluster.deny_pods("policy.example.com", "model servers need a cost-center label")
     started = time.monotonic()
@@ -492,7 +458,7 @@ def test_server_pods_the_cluster_refuses_fail_the_stage_at_once_saying_why_and_l
         "model servers need a cost-center label"
     )
     assert time.monotonic() - started < 30, "not the readiness timeout"
-    assert _aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
+    assert aliases(model_name) == {"champion": champion, "challenger": challenger}, "no alias moved"
     assert _deployment(kube_cluster, f"{server}-stable") is None, "the stable this rollout created is removed"
     assert not {server, f"{server}-stable", f"{server}-canary"} & _service_names(kube_cluster)
 
@@ -500,12 +466,12 @@ def test_server_pods_the_cluster_refuses_fail_the_stage_at_once_saying_why_and_l
 def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_canary(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    version = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "challenger", version)
+    version = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "challenger", version)
     serving = _serving(kube_cluster, replicas=2)
     rollout(model_name=model_name, dataset_uri=home.dataset_uri, serving=serving)  # stable runs the image
-    challenger = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "challenger", challenger)
+    challenger = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "challenger", challenger)
     kube_cluster.known_images.discard(IMAGE)  # the registry lost it: new pods (as on a new node) cannot pull it
     server = server_name_for(model_name)
     started = time.monotonic()
@@ -516,7 +482,7 @@ def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_can
         rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=_policy(), serving=serving)
 
     assert time.monotonic() - started < 60, "an image that cannot be pulled fails fast"
-    assert _aliases(model_name) == {"champion": version, "challenger": challenger}, "no alias moved"
+    assert aliases(model_name) == {"champion": version, "challenger": challenger}, "no alias moved"
     assert _deployment(kube_cluster, f"{server}-canary") is None
     assert f"{server}-canary" not in _service_names(kube_cluster)
     kube_cluster.wait_for(
@@ -583,7 +549,7 @@ class FakePrometheus:
 def test_the_analysis_reads_the_figures_from_prometheus_when_given(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    _, challenger = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    _, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
     prometheus = FakePrometheus(kube_cluster)
     try:
         result = rollout(
@@ -602,13 +568,13 @@ def test_the_analysis_reads_the_figures_from_prometheus_when_given(
     # Server-side figures came from Prometheus's series: they count what the driver saw answered.
     assert step.canary.requests >= step.canary.answered > 0 and step.stable.requests >= step.stable.answered > 0
     assert set(result.server_startup) >= {"stable_model_load_seconds", "canary_model_load_seconds"}
-    assert _aliases(model_name)["champion"] == challenger
+    assert aliases(model_name)["champion"] == challenger
 
 
 def test_a_rollout_that_times_out_removes_the_canary_and_gives_stable_its_pods_back(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
-    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     server = server_name_for(model_name)
     policy = _policy(step_weights=[50, 100], analysis_seconds=300.0)  # far longer than the flow may run
 
@@ -621,7 +587,7 @@ def test_a_rollout_that_times_out_removes_the_canary_and_gives_stable_its_pods_b
     )
 
     assert state.name == "TimedOut", state.message
-    assert _aliases(model_name)["champion"] == champion
+    assert aliases(model_name)["champion"] == champion
     assert _deployment(kube_cluster, f"{server}-canary") is None
     assert f"{server}-canary" not in _service_names(kube_cluster)
     stable = _deployment(kube_cluster, f"{server}-stable")

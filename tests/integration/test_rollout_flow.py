@@ -19,7 +19,6 @@ from uuid import UUID
 
 import psutil
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -30,8 +29,16 @@ from tasks import settings
 from tasks.canary import artifact_key
 from tasks.errors import GateFailed
 from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
-from tasks.registry import model_location
-from tests.fixtures.models import RolloutHome, log_training_run, rollout_home, train_digits_model
+from tests.fixtures.models import (
+    RolloutHome,
+    aliases,
+    champion_and_challenger,
+    log_training_run,
+    register_version,
+    registry_client,
+    rollout_home,
+    train_digits_model,
+)
 from tests.fixtures.prefect_events import wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -85,44 +92,6 @@ def model_name() -> str:
     return f"digits-{uuid.uuid4().hex[:8]}"
 
 
-def _client() -> MlflowClient:
-    uri = settings.tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _register(name: str, run_id: str, *, gate: str = "true") -> str:
-    """A registry version of the run's model, tagged as evaluate tags a gated version."""
-    client = _client()
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    tags = client.get_run(run_id).data.tags
-    version = client.create_model_version(
-        name,
-        source=model_location(client, tags["gpuflow.model_uri"]),
-        run_id=run_id,
-        tags={
-            "gpuflow.labels": tags["gpuflow.labels"],
-            "gpuflow.gate.passed": gate,
-            "gpuflow.gate.reasons": "[]" if gate == "true" else '["test accuracy 0.1 is below the minimum 0.9"]',
-            "gpuflow.dataset_version": tags["gpuflow.dataset_version"],
-        },
-    )
-    return str(version.version)
-
-
-def _champion_and_challenger(name: str, champion_run: str, challenger_run: str) -> tuple[str, str]:
-    client = _client()
-    champion = _register(name, champion_run)
-    challenger = _register(name, challenger_run)
-    client.set_registered_model_alias(name, "champion", champion)
-    client.set_registered_model_alias(name, "challenger", challenger)
-    return champion, challenger
-
-
-def _aliases(name: str) -> dict[str, str]:
-    return {alias: str(version) for alias, version in _client().get_registered_model(name).aliases.items()}
-
-
 def _policy(**fields: Any) -> str:
     name = f"rollout-test-{uuid.uuid4().hex[:8]}"
     CanaryPolicy(**{**FAST, **fields}).save(name)
@@ -158,7 +127,7 @@ def test_a_good_challenger_from_evaluate_is_promoted_step_by_step(home: RolloutH
 
     assert (result.decision, result.failed_check) == ("promoted", None)
     assert (result.candidate_version, result.previous_champion_version, result.champion_version) == ("2", "1", "2")
-    assert _aliases(model_name) == {"champion": "2", "challenger": "2"}
+    assert aliases(model_name) == {"champion": "2", "challenger": "2"}
     assert [(s.weight, s.decision) for s in result.steps] == [
         (10, "continue"),
         (25, "continue"),
@@ -185,7 +154,7 @@ def test_a_good_challenger_from_evaluate_is_promoted_step_by_step(home: RolloutH
     assert "promoted" in markdown and markdown.count("## Step") == 4
     assert "| figure | stable v1 | canary v2 |" in markdown
 
-    client = _client()
+    client = registry_client()
     run = client.get_run(result.rollout_run_id)
     assert run.data.tags["gpuflow.rollout.decision"] == "promoted"
     assert run.data.tags["gpuflow.stage"] == "rollout"
@@ -214,7 +183,7 @@ def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everyt
     home: RolloutHome, model_name: str, case: str
 ) -> None:
     kind, command, failing = BAD_CANARIES[case]
-    champion, challenger = _champion_and_challenger(
+    champion, challenger = champion_and_challenger(
         model_name, home.good_run, home.good_run if kind == "good" else home.shuffled_run
     )
     policy = _policy(step_weights=[10, 50, 100], local_server_commands={"canary": command} if command else {})
@@ -228,7 +197,7 @@ def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everyt
     assert step.weight == 10 and step.decision == "roll_back"
     # Decided at the end of the first window: the scrape after it may be slow on a loaded machine, not a second window.
     assert result.time_to_decision_seconds is not None and result.time_to_decision_seconds < 2 * WINDOW
-    assert _aliases(model_name) == {"champion": champion}, "champion untouched, challenger removed"
+    assert aliases(model_name) == {"champion": champion}, "champion untouched, challenger removed"
     assert result.champion_version == champion
     # Every request routed to stable was answered, and canary failures were answered by stable.
     assert step.stable.routed > 0 and step.stable.answered == step.stable.routed
@@ -251,7 +220,7 @@ def test_a_bad_canary_is_rolled_back_at_the_first_step_and_stable_answers_everyt
 
 
 def test_a_canary_that_crashes_mid_step_is_a_failed_check_not_a_stuck_flow(home: RolloutHome, model_name: str) -> None:
-    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     # The canary SIGKILLs itself on its 10th inference call, before a check has enough requests to judge it.
     policy = _policy(
         step_weights=[10, 100],
@@ -269,12 +238,12 @@ def test_a_canary_that_crashes_mid_step_is_a_failed_check_not_a_stuck_flow(home:
     step = result.steps[0]
     assert step.unanswered == 0 and step.stable.errors == 0
     assert step.retried_on_stable >= 1, "the request the canary died on was answered by stable"
-    assert _aliases(model_name) == {"champion": champion}
+    assert aliases(model_name) == {"champion": champion}
 
 
 def test_the_first_model_is_promoted_without_a_canary(home: RolloutHome, model_name: str) -> None:
-    version = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "challenger", version)
+    version = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "challenger", version)
     since = datetime.now(UTC)
 
     result, _ = _rollout(model_name=model_name, dataset_uri=home.dataset_uri)
@@ -282,32 +251,32 @@ def test_the_first_model_is_promoted_without_a_canary(home: RolloutHome, model_n
     assert result.decision == "promoted_without_canary"
     assert "without a canary" in result.reason
     assert (result.champion_version, result.previous_champion_version, result.steps) == (version, None, [])
-    assert _aliases(model_name)["champion"] == version
+    assert aliases(model_name)["champion"] == version
     event = wait_for_event(MODEL_PROMOTED, resource_id=f"gpuflow.model.{model_name}", since=since)
     assert event["payload"]["decision"] == "promoted_without_canary"
 
 
 def test_a_version_that_failed_the_gate_is_refused_and_nothing_moves(home: RolloutHome, model_name: str) -> None:
-    champion = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "champion", champion)
-    rejected = _register(model_name, home.shuffled_run, gate="false")
+    champion = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "champion", champion)
+    rejected = register_version(model_name, home.shuffled_run, gate=False)
 
     with pytest.raises(GateFailed, match="below the minimum"):
         rollout(model_name=model_name, candidate_version=rejected, dataset_uri=home.dataset_uri)
-    assert _aliases(model_name) == {"champion": champion}
+    assert aliases(model_name) == {"champion": champion}
 
 
 def test_a_rollout_waiting_longer_than_its_lock_timeout_fails_saying_why(home: RolloutHome, model_name: str) -> None:
-    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     with rollout_lock(model_name, timeout_seconds=10), pytest.raises(RolloutLocked, match="another rollout"):
         rollout(model_name=model_name, dataset_uri=home.dataset_uri, lock_timeout_seconds=1)
-    assert _aliases(model_name)["champion"] == champion
+    assert aliases(model_name)["champion"] == champion
 
 
 def test_two_rollouts_of_one_model_run_one_after_the_other(home: RolloutHome, model_name: str) -> None:
-    champion = _register(model_name, home.good_run)
-    _client().set_registered_model_alias(model_name, "champion", champion)
-    candidates = [_register(model_name, home.good_run), _register(model_name, home.good_run)]
+    champion = register_version(model_name, home.good_run)
+    registry_client().set_registered_model_alias(model_name, "champion", champion)
+    candidates = [register_version(model_name, home.good_run), register_version(model_name, home.good_run)]
     policy = _policy(step_weights=[50], analysis_seconds=1.0)
     results: list[RolloutResult] = []
     errors: list[BaseException] = []
@@ -328,7 +297,7 @@ def test_two_rollouts_of_one_model_run_one_after_the_other(home: RolloutHome, mo
     assert errors == [] and len(results) == 2
     assert {r.decision for r in results} == {"promoted"}
 
-    runs = [_client().get_run(r.rollout_run_id).info for r in results]
+    runs = [registry_client().get_run(r.rollout_run_id).info for r in results]
     (first, second) = sorted(runs, key=lambda info: info.start_time)
     assert first.end_time is not None and first.end_time <= second.start_time, "the two rollouts overlapped"
     later = next(r for r in results if r.rollout_run_id == second.run_id)
@@ -337,7 +306,7 @@ def test_two_rollouts_of_one_model_run_one_after_the_other(home: RolloutHome, mo
 
 
 def test_a_rollout_that_times_out_leaves_no_server_running(home: RolloutHome, model_name: str) -> None:
-    champion, _ = _champion_and_challenger(model_name, home.good_run, home.good_run)
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     policy = _policy(step_weights=[10, 100], analysis_seconds=120.0)  # far longer than the flow may run
     started = time.monotonic()
 
@@ -347,5 +316,5 @@ def test_a_rollout_that_times_out_leaves_no_server_running(home: RolloutHome, mo
 
     assert state.name == "TimedOut", state.message
     assert time.monotonic() - started < 60
-    assert _aliases(model_name)["champion"] == champion
+    assert aliases(model_name)["champion"] == champion
     # The autouse fixture then checks that neither server process is left.

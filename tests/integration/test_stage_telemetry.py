@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -27,7 +26,7 @@ from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.fake_nvml.harness import FakeNvml
 from tests.fixtures.fake_nvml.script import Device, Script
-from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
+from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait, sqlite_run  # noqa: F401
 from tests.fixtures.stage_runs import FAKE_MEM_MIB, FAKE_POWER_W, FAKE_UTIL, fake_gpu_compute, run_stages
 from workloads.telemetry import TelemetrySummary
 from workloads.telemetry import read_series as decode_series
@@ -160,14 +159,11 @@ def test_the_gpus_a_stage_is_tagged_with_are_the_ones_telemetry_measures(fake_nv
 @pytest.fixture
 def trainer_setup(tmp_path: Path, mlflow_db_template: Path) -> dict[str, str]:  # noqa: F811
     uri = write_digits_dataset(tmp_path / "store")
-    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("stop", artifact_location=(tmp_path / "artifacts").as_uri())
+    tracking_uri, _, run_id = sqlite_run(tmp_path, mlflow_db_template, "stop")
     return {
         "dataset_uri": uri,
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_RUN_ID": client.create_run(experiment).info.run_id,
+        "MLFLOW_RUN_ID": run_id,
         "GPUFLOW_STORE_URI": str(tmp_path / "store"),
     }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from mlflow import MlflowClient
 from tests.conftest import ROOT, free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.fake_nvml.script import Device, Script, Step
-from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
 from workloads.dataset import read_split
 
 pytest_plugins = ("tests.fixtures.fake_nvml.plugin",)
@@ -87,11 +86,7 @@ def node(rank: int, port: int, module: str = "torch.distributed.run") -> list[st
 def setup(tmp_path: Path, mlflow_db_template: Path) -> Setup:  # noqa: F811
     store = tmp_path / "store"
     uri = write_digits_dataset(store)
-    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("distributed", artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    tracking_uri, experiment, run_id = sqlite_run(tmp_path, mlflow_db_template, "distributed")
     return Setup(dataset_uri=uri, store=store, tracking_uri=tracking_uri, experiment_id=experiment, run_id=run_id)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT, S3Server
 from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
 from workloads.dataset import read_split
 from workloads.store import ObjectStore, S3Options
 
@@ -55,11 +54,7 @@ class Setup:
 def setup(tmp_path: Path, mlflow_db_template: Path) -> Setup:  # noqa: F811
     store = tmp_path / "store"
     uri = write_digits_dataset(store)
-    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("resume", artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    tracking_uri, _, run_id = sqlite_run(tmp_path, mlflow_db_template, "resume")
     return Setup(dataset_uri=uri, store=store, tracking_uri=tracking_uri, run_id=run_id)
 
 
@@ -153,10 +148,7 @@ def test_trainer_reads_and_checkpoints_on_s3(
     )
     store = ObjectStore(options)
     uri = write_digits_dataset("s3://trainer-s3/gpuflow", store=store, limit=600)
-    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri)
-    run_id = client.create_run(client.create_experiment("s3", (tmp_path / "artifacts").as_uri())).info.run_id
+    tracking_uri, _, run_id = sqlite_run(tmp_path, mlflow_db_template, "s3")
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
