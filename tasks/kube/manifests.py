@@ -15,9 +15,11 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
+
+from kubernetes.utils import parse_quantity
 
 from blocks.compute import WorkloadSpec
 from tasks.errors import ConfigurationError
@@ -58,12 +60,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 _MIG = re.compile(r"^nvidia\.com/mig-\d+g\.\d+gb$")
-_SUFFIX: dict[str, Decimal | int] = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 _EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
 
@@ -695,16 +692,13 @@ def gpu_resource_name(name: str) -> str:
 
 def quantity(text: str, what: str) -> Decimal:
     """Parse a Kubernetes quantity (``500m``, ``4``, ``16Gi``, ``1e3``); a clear error names the field."""
-    match = _QUANTITY.match(str(text).strip()) if isinstance(text, str) else None
-    if not match:
-        raise ConfigurationError(f"{what} must be a Kubernetes quantity such as 500m, 2, 512Mi or 16Gi, got {text!r}")
-    number, suffix = match.group(1), match.group(3) or ""
     try:
-        if suffix[:1] in ("e", "E"):
-            return Decimal(number + suffix)
-        return Decimal(number) * Decimal(_SUFFIX[suffix])
-    except (InvalidOperation, KeyError):  # pragma: no cover - the pattern admits only known suffixes
-        raise ConfigurationError(f"{what} is not a quantity: {text!r}") from None
+        value = parse_quantity(text.strip()) if isinstance(text, str) else None
+    except ValueError:
+        value = None
+    if value is None or value < 0:
+        raise ConfigurationError(f"{what} must be a Kubernetes quantity such as 500m, 2, 512Mi or 16Gi, got {text!r}")
+    return Decimal(value)
 
 
 def _not_above(request: str, limit: str, resource: str) -> None:

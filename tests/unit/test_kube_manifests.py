@@ -280,9 +280,15 @@ def test_bad_job_settings_are_refused(job: dict[str, Any], message: str) -> None
         m.JobSettings(pod=pod, **job)
 
 
-@pytest.mark.parametrize("text", ["500m", "2", "0.5", "16Gi", "1e3", "128974848", "129M"])
+@pytest.mark.parametrize("text", ["500m", "2", "0.5", "16Gi", "1e3", "128974848", "129M", "2E"])
 def test_quantities_kubernetes_accepts_are_accepted(text: str) -> None:
     m.quantity(text, "q")
+
+
+@pytest.mark.parametrize("text", ["16GB", "1 core", "-1", "", "2Gb"])
+def test_anything_else_is_refused_naming_the_field_and_the_form_expected(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape("q must be a Kubernetes quantity such as 500m, 2, 512Mi")):
+        m.quantity(text, "q")
 
 
 # --- the block ---------------------------------------------------------------------------------------------------
