@@ -29,7 +29,6 @@ from prefect.exceptions import ObjectNotFound
 from blocks.canary_policy import CanaryPolicy
 from blocks.compute import LocalProcess
 from blocks.data_store import DataStore
-from blocks.kubernetes_serving import KubernetesServing
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from blocks.quality_gate import QualityGate
@@ -103,7 +102,8 @@ def ensure_work_pool(report: BootstrapReport, name: str = PROCESS_POOL) -> None:
 
 def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL) -> None:
     """The Kubernetes work pool for running flows on a cluster, with gpuflow's GPU base job template."""
-    from blocks.kubernetes import KubernetesGPUJob
+    from blocks.kubernetes import KubernetesGPUJob  # prefect-kubernetes: about 1 s to import, only for --kubernetes
+    from blocks.kubernetes_serving import KubernetesServing
 
     with get_client(sync_client=True) as client:
         try:
@@ -114,29 +114,28 @@ def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL)
             report.created["work_pools"].append(name)
         else:
             report.existing["work_pools"].append(name)
-        slug = KubernetesGPUJob.get_block_type_slug()
+    for cls in (KubernetesGPUJob, KubernetesServing):
+        register_block_type(cls, report)
+
+
+def register_block_type(cls: type[Block], report: BootstrapReport) -> str:
+    """Register (or update in place) a block type's schema, reported as created or existing; returns its slug."""
+    slug = cls.get_block_type_slug()
+    with get_client(sync_client=True) as client:
         try:
             client.read_block_type_by_slug(slug)
             had_type = True
         except ObjectNotFound:
             had_type = False
-    KubernetesGPUJob.register_type_and_schema()
+    cls.register_type_and_schema()
     (report.existing if had_type else report.created)["block_types"].append(slug)
-    KubernetesServing.register_type_and_schema()
+    return slug
 
 
 def ensure_blocks(report: BootstrapReport) -> None:
     """Register each block type (schemas are updated in place) and save a ``default`` block where none is."""
     for cls in BLOCK_CLASSES:
-        slug = cls.get_block_type_slug()
-        with get_client(sync_client=True) as client:
-            try:
-                client.read_block_type_by_slug(slug)
-                had_type = True
-            except ObjectNotFound:
-                had_type = False
-        cls.register_type_and_schema()
-        (report.existing if had_type else report.created)["block_types"].append(slug)
+        slug = register_block_type(cls, report)
         qualified = f"{slug}/{DEFAULT_BLOCK_NAME}"
         try:
             cls.load(DEFAULT_BLOCK_NAME)

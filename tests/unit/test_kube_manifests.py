@@ -576,7 +576,8 @@ def test_bootstrap_creates_the_kubernetes_pool_with_the_gpu_template_once() -> N
     ensure_kubernetes_pool(first)
     ensure_kubernetes_pool(second)
     assert first.created["work_pools"] == [KUBERNETES_POOL] and second.existing["work_pools"] == [KUBERNETES_POOL]
-    assert "gpuflow-kubernetes-gpu-job" in first.created["block_types"] + first.existing["block_types"]
+    for slug in ("gpuflow-kubernetes-gpu-job", "gpuflow-kubernetes-serving"):
+        assert slug in first.created["block_types"] + first.existing["block_types"]
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool(KUBERNETES_POOL)
     assert pool.type == "kubernetes"
