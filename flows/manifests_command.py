@@ -103,8 +103,13 @@ def add_manifests_parser(subparsers: argparse._SubParsersAction[argparse.Argumen
 
 
 def _pod_options(parser: argparse.ArgumentParser) -> None:
-    pod = parser.add_argument_group("pod (default: the KubernetesGPUJob block's defaults)")
-    pod.add_argument("--block", metavar="NAME", help="take the settings from this saved KubernetesGPUJob block")
+    pod = parser.add_argument_group("pod (default: the block's defaults: KubernetesGPUJob, KubernetesServing)")
+    pod.add_argument(
+        "--block",
+        metavar="NAME",
+        help="take the settings from this saved block (train: KubernetesGPUJob, serve: "
+        "KubernetesServing, whose env, secret_keys, server_args and server_name are used too)",
+    )
     pod.add_argument("--image", help="workloads image (required unless --block gives one)")
     pod.add_argument("--namespace")
     pod.add_argument("--service-account")
@@ -196,28 +201,34 @@ def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
     target = _target(args)
     if args.manifest_kind == "train":
         return manifests.training_manifests(_trainer_spec(args), target.job_settings())
-    return _serve(args, target.pod_settings())
+    return _serve(args, target)
 
 
 def _target(args: argparse.Namespace) -> Any:
-    """A KubernetesGPUJob from --block (if any) with the given flags over it: the runner's own settings path."""
+    """The block the stage would use, from --block (if any) with the given flags over it: a KubernetesGPUJob for
+    ``train``, a KubernetesServing for ``serve`` (the runner's and the rollout's own settings paths)."""
     from pydantic import ValidationError
 
     from blocks.kubernetes import KubernetesGPUJob
+    from blocks.kubernetes_serving import KubernetesServing, resolve_kubernetes_serving
     from tasks.errors import ConfigurationError
 
+    serve = args.manifest_kind == "serve"
+    cls = KubernetesServing if serve else KubernetesGPUJob
+    settable = set(_POD_FLAGS + _JOB_FLAGS) & set(cls.model_fields)
     fields: dict[str, Any] = {}
     if args.block:
-        fields = _load_block(args.block).model_dump(include=set(_POD_FLAGS + _JOB_FLAGS))
-    for name in _POD_FLAGS + _JOB_FLAGS:
+        block = resolve_kubernetes_serving(args.block) if serve else _load_block(args.block)
+        fields = block.model_dump(include=set(cls.model_fields) - {"credentials"})
+    for name in settable:
         value = getattr(args, name, None)
         if value is None:
             continue
         fields[name] = dict(value) if name in ("node_selector", "labels") else value
     if not fields.get("image"):
-        raise ConfigurationError("--image is required (or --block naming a KubernetesGPUJob block with an image)")
+        raise ConfigurationError(f"--image is required (or --block naming a {cls.__name__} block with an image)")
     try:
-        return KubernetesGPUJob(**fields)
+        return cls(**fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigurationError(f"bad Kubernetes settings: {problems}") from None
@@ -298,20 +309,24 @@ def _trainer_spec(args: argparse.Namespace) -> Any:
     return dataclasses.replace(spec, secret_env={**spec.secret_env, **extra}) if extra else spec
 
 
-def _serve(args: argparse.Namespace, pod: Any) -> list[dict[str, Any]]:
+def _serve(args: argparse.Namespace, block: Any) -> list[dict[str, Any]]:
     from tasks.errors import ConfigurationError
     from tasks.kube import manifests
+    from tasks.kube.serving import block_server_name
 
+    pod = block.pod_settings()
     model, version = _model_and_version(args.model_uri, args.model_version, "--model-uri")
-    name = args.name or manifests.label_value(model.lower().replace("_", "-").replace(".", "-"))
-    env = {"MLFLOW_TRACKING_URI": _tracking(args).uri}
+    name = manifests.server_name(args.name) if args.name else block_server_name(block, model)
+    env = {"MLFLOW_TRACKING_URI": _tracking(args).uri, **block.env}
     store = _store(args) if (args.store_uri or args.data_store) else None
     secret_keys = [k for k in _secret_keys(args, store.root if store else "") if k not in env]
+    secret_keys += [k for k in block.secret_keys if k not in secret_keys]
     if store is not None:
         env.update(store.workload_env())
     server_args = list(args.server_args)
     if server_args[:1] == ["--"]:
         server_args = server_args[1:]
+    server_args = [*block.server_args, *server_args]
     common = {"settings": pod, "server_args": server_args, "env": env, "secret_keys": secret_keys}
     documents = [
         manifests.server_deployment(

@@ -99,6 +99,11 @@ def server_name_for(model_name: str) -> str:
     return server_name(slug)
 
 
+def block_server_name(block: KubernetesServing, model_name: str) -> str:
+    """The objects' base name: the block's ``server_name``, else the model's name made a DNS label."""
+    return server_name(block.server_name) if block.server_name else server_name_for(model_name)
+
+
 def canary_replicas(total: int, weight: int) -> int:
     """Canary pods for ``weight`` percent of ``total`` pods: rounded half up, never 0 during a step, and
     leaving at least one stable pod until the weight is 100."""
@@ -225,7 +230,7 @@ class ClusterServing:
         self._block = block
         self._pod = block.pod_settings()
         self._ns = self._pod.namespace
-        self._name = server_name(block.server_name) if block.server_name else server_name_for(model_name)
+        self._name = block_server_name(block, model_name)
         self._env = {"MLFLOW_TRACKING_URI": block.tracking_uri or tracking_uri, **block.env}
         self._log = log
         self._api = api or api_client(block.credentials)

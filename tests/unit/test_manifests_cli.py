@@ -13,10 +13,12 @@ import yaml
 
 from blocks.data_store import DataStore
 from blocks.kubernetes import KubernetesGPUJob
+from blocks.kubernetes_serving import KubernetesServing
 from blocks.mlflow_tracking import MLflowTracking
 from deployments import PROJECT_ROOT
 from flows.cli import main
 from tasks.kube.manifests import job_name, rbac_manifests
+from tasks.kube.serving import server_name_for
 from tasks.training import trainer_spec
 
 TRAIN = [
@@ -134,6 +136,37 @@ def test_serve_with_a_gateway_prints_deployments_services_and_a_weighted_route(
     assert stable["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--max-wait-us", "200"]
     weights = [ref["weight"] for ref in documents[-1]["spec"]["rules"][0]["backendRefs"]]
     assert weights == [90, 10]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_serve_prints_what_the_rollout_would_create_from_a_serving_block(capsys: pytest.CaptureFixture[str]) -> None:
+    long_model = "A_very_long_model_name_for_the_digits_classifier_v2"
+    base = ["manifests", "serve", "--model-uri", f"models:/{long_model}/3", "--tracking-uri", "http://m:5000"]
+    code, documents, err = run([*base, "--image", "i:1"], capsys)
+    assert code == 0, err
+    stable = documents[0]
+    assert stable["metadata"]["name"] == f"{server_name_for(long_model)}-stable", "named as the rollout names it"
+    limits = stable["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    defaults = KubernetesServing(image="i:1")
+    assert (limits["cpu"], limits["memory"]) == (defaults.cpu_limit, defaults.memory_limit)
+
+    KubernetesServing(
+        image="registry.example.com/gpuflow:0.2.0",
+        namespace="team-a",
+        server_name="digits",
+        env={"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
+        server_args=["--max-batch-size", "64"],
+    ).save("manifests-serve-test", overwrite=True)
+    code, documents, err = run([*base, "--block", "manifests-serve-test", "--", "--max-wait-us", "200"], capsys)
+    assert code == 0, err
+    stable = documents[0]
+    (box,) = stable["spec"]["template"]["spec"]["containers"]
+    assert stable["metadata"]["name"] == "digits-stable" and stable["metadata"]["namespace"] == "team-a"
+    assert box["image"] == "registry.example.com/gpuflow:0.2.0"
+    assert {"name": "MLFLOW_S3_ENDPOINT_URL", "value": "http://minio:9000"} in box["env"]
+    assert box["command"][-4:] == ["--max-batch-size", "64", "--max-wait-us", "200"]
+    code, _, err = run([*base, "--block", "no-such-block"], capsys)
+    assert code == 2 and "no gpuflow-kubernetes-serving block named 'no-such-block'" in err
 
 
 def test_rbac_prints_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
