@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from deployments.cli import add_bootstrap_parser, add_emit_parser
+from flows.arguments import add_trainer_options, positive_float
 from flows.lineage import add_lineage_parser
 from flows.manifests_command import add_manifests_parser
 from flows.report_command import add_report_parser
@@ -69,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default="demo", help="raw CSV/Parquet: path, file://, s3://bucket/key, or 'demo'")
     run.add_argument("--dataset-name", default=None, help="prepared dataset name (default: digits)")
     run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")
-    run.add_argument("--epochs", type=_positive_int, default=20)
-    run.add_argument("--batch-size", type=_positive_int, default=64)
-    run.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    run.add_argument("--hidden-size", type=_positive_int, default=128)
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_trainer_options(run)
     run.add_argument("--drop-duplicates", action="store_true", help="drop duplicate rows instead of failing")
     run.add_argument("--no-promote", action="store_true", help="register the model but never roll it out")
     run.add_argument("--data-store", metavar="BLOCK", help="saved DataStore block name")
@@ -87,17 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", metavar="BLOCK", help="saved CanaryPolicy block name")
     run.add_argument(
         "--canary-seconds",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="analysis window per canary step (default: the policy's, 60 s)",
     )
-    run.add_argument(
-        "--early-stop",
-        choices=["off", "plateau", "divergence", "both"],
-        default="off",
-        help="stop training early on a validation plateau, a diverging loss, or both",
-    )
-    run.add_argument("--patience", type=_positive_int, default=5, help="epochs without improvement that make a plateau")
     run.add_argument("--pricing", metavar="BLOCK", help="saved GpuPricing block name")
     run.add_argument("--json", action="store_true", help="end stdout with one JSON object describing the run")
     serve = commands.add_parser(
@@ -127,20 +116,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if "--tracking-uri" not in args.server_args:
         argv += ["--tracking-uri", settings.tracking_uri()]
     return server_main(argv + list(args.server_args))
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
-    return value
 
 
 def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:

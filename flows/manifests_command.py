@@ -18,6 +18,8 @@ import argparse
 import sys
 from typing import Any
 
+from flows.arguments import add_trainer_options
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # KubernetesGPUJob fields a flag can set; the flag's dest is the field name.
@@ -58,14 +60,7 @@ def add_manifests_parser(subparsers: argparse._SubParsersAction[argparse.Argumen
     trainer.add_argument("--run-id", required=True, help="MLflow run the trainer logs into (the stage creates one)")
     trainer.add_argument("--training-id", help="checkpoint folder name (default: train-<run id>)")
     trainer.add_argument("--model-name", help="model name label (default gpuflow-digits)")
-    trainer.add_argument("--epochs", type=int, default=20)
-    trainer.add_argument("--batch-size", type=int, default=64)
-    trainer.add_argument("--learning-rate", type=float, default=1e-3)
-    trainer.add_argument("--hidden-size", type=int, default=128)
-    trainer.add_argument("--seed", type=int, default=42)
-    trainer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    trainer.add_argument("--early-stop", choices=["off", "plateau", "divergence", "both"], default="off")
-    trainer.add_argument("--patience", type=int, default=5)
+    add_trainer_options(trainer)
     trainer.add_argument("--telemetry-interval", type=float, help="seconds between GPU samples (trainer default 1)")
     _service_options(train)
 

@@ -227,3 +227,17 @@ def test_the_installed_command_prints_yaml_and_fails_cleanly() -> None:
     assert bad.stderr.strip().splitlines() == [
         "gpuflow: error: namespace must be 1-63 lowercase letters, digits or '-' (a DNS label), got 'Not_A_Namespace'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--epochs", "0", "expected a whole number of at least 1, got 0"), ("--learning-rate", "-1", "above 0")],
+)
+def test_trainer_options_are_checked_as_gpuflow_run_checks_them(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*TRAIN, flag, value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("gpuflow manifests train: error: ") and f"argument {flag}: " in last and message in last
