@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from workloads.telemetry.milestones import Milestones
-from workloads.trainer.config import EXIT_FAILED, EXIT_OK, TrainerError, parse_config
+from workloads.trainer.config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, TrainerError, parse_config
 from workloads.trainer.reporting import quiet_mlflow
 from workloads.trainer.telemetry import TrainingTelemetry, own_device_environ
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"error: {prefix}interrupted", file=sys.stderr, flush=True)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # unexpected: worth a retry (it resumes); keep the traceback for the logs
         traceback.print_exc()
         print(f"error: {prefix}training failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

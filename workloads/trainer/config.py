@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # unexpected error (service unreachable, crash): a retry may pass
 EXIT_CONFIG = 2  # bad arguments or environment: permanent
 EXIT_DATA = 3  # dataset missing or not usable: permanent
+EXIT_INTERRUPTED = 130  # SIGINT / KeyboardInterrupt, the shell's 128 + 2
 
 DEVICES = ("auto", "cpu", "cuda")
 EARLY_STOP = ("off", "plateau", "divergence", "both")

@@ -23,16 +23,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from workloads.trainer.config import DIST_TIMEOUT_ENV, EXIT_FAILED, GroupError, Ranks, TrainerError
-
-INTERRUPTED = 130
+from workloads.trainer.config import DIST_TIMEOUT_ENV, EXIT_FAILED, EXIT_INTERRUPTED, GroupError, Ranks, TrainerError
 
 
 def exit_code_of(exc: BaseException) -> int:
     """The exit code the program will end with for ``exc`` (see ``cli.main``)."""
     if isinstance(exc, TrainerError):
         return exc.exit_code
-    return INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED
+    return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED
 
 
 def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
