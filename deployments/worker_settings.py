@@ -48,9 +48,3 @@ def process_base_job_template(python: str | None = None) -> dict[str, Any]:
         "interpreter gpuflow is installed in (one Python start instead of two); empty lets Prefect choose."
     )
     return template
-
-
-def worker_start_line(pool: str = "gpuflow-process") -> str:
-    """The documented way to start a worker with these settings (README and docs/deployments.md)."""
-    env = " ".join(f"{key}={value}" for key, value in WORKER_ENV.items())
-    return f"GPUFLOW_PROJECT_DIR=$PWD {env} prefect worker start --pool {pool}"

@@ -9,7 +9,9 @@ from typing import Any
 from prefect.utilities.templating import apply_values
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
-from deployments.worker_settings import WORKER_ENV, engine_command, process_base_job_template, worker_start_line
+from deployments import PROJECT_ROOT
+from deployments.bootstrap import PROCESS_POOL
+from deployments.worker_settings import WORKER_ENV, engine_command, process_base_job_template
 
 
 def test_the_pool_command_defaults_to_this_interpreters_engine() -> None:
@@ -40,5 +42,7 @@ def test_the_poll_is_faster_than_prefects_default() -> None:
     from prefect.settings.models.worker import WorkerSettings
 
     assert float(WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]) < WorkerSettings.model_fields["query_seconds"].default
-    assert "PREFECT_WORKER_QUERY_SECONDS=0.5" in worker_start_line()
-    assert worker_start_line().endswith("prefect worker start --pool gpuflow-process")
+    for document in ("README.md", "docs/deployments.md"):  # the documented worker start uses these settings
+        text = (PROJECT_ROOT / document).read_text()
+        assert all(f"{key}={value}" in text for key, value in WORKER_ENV.items()), document
+        assert f"prefect worker start --pool {PROCESS_POOL}" in text, document
