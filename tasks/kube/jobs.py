@@ -42,6 +42,7 @@ from tasks.errors import ConfigurationError, ServiceUnavailable
 from tasks.kube.diagnosis import (
     Failure,
     RetryableWorkloadFailure,
+    api_error,
     creation_refusal,
     exit_meanings,
     job_failure,
@@ -267,10 +268,12 @@ class JobFollower:
                 self.created = True
                 await job.atrigger()
         except ApiException as exc:
-            raise _api_error(exc, what) from None
+            raise api_error(exc, what) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServiceUnavailable(f"could not {what}: the Kubernetes API did not answer: {exc}") from exc
-        found = await self._get_json(self.batch.read_namespaced_job(self.name, self.namespace, **_raw()))
+        found = await self._get_json(
+            self.batch.read_namespaced_job(self.name, self.namespace, **_raw()), f"read job {self.name}"
+        )
         if found is None:
             raise RetryableWorkloadFailure(
                 self.spec.name, None, [], reason=f"job {self.name} vanished right after creation"
@@ -288,7 +291,9 @@ class JobFollower:
 
     async def _replace_leftover(self) -> None:
         """A Job of the same name exists: the same training id ran before. Finished: replace it; running: refuse."""
-        old = await self._get_json(self.batch.read_namespaced_job(self.name, self.namespace, **_raw()))
+        old = await self._get_json(
+            self.batch.read_namespaced_job(self.name, self.namespace, **_raw()), f"read job {self.name}"
+        )
         if old is not None and job_finished(old) is None:
             self.created = False
             created = old["metadata"].get("creationTimestamp", "?")
@@ -322,7 +327,7 @@ class JobFollower:
                 if exc.status == 409 and attempt == 1:  # left by an earlier Job of this name
                     await self._delete_service()
                     continue
-                raise _api_error(exc, f"create headless service {self.name}") from None
+                raise api_error(exc, f"create headless service {self.name}") from None
 
     # --- follow -----------------------------------------------------------------------------------------------
 
@@ -341,7 +346,9 @@ class JobFollower:
                 )
                 return Failure(reason, None, False), True
             try:
-                job = await self._get_json(self.batch.read_namespaced_job(self.name, self.namespace, **_raw()))
+                job = await self._get_json(
+                    self.batch.read_namespaced_job(self.name, self.namespace, **_raw()), f"read job {self.name}"
+                )
                 pods = await self._list_pods()
             except (aiohttp.ClientError, TimeoutError, ServiceUnavailable) as exc:
                 now = time.monotonic()
@@ -378,7 +385,8 @@ class JobFollower:
 
     async def _list_pods(self) -> list[dict[str, Any]]:
         found = await self._get_json(
-            self.core.list_namespaced_pod(self.namespace, label_selector=f"{LABEL_JOB}={self.name}", **_raw())
+            self.core.list_namespaced_pod(self.namespace, label_selector=f"{LABEL_JOB}={self.name}", **_raw()),
+            f"list the pods of job {self.name}",
         )
         return [p for p in (found or {}).get("items") or [] if self._owned(p)]
 
@@ -441,7 +449,8 @@ class JobFollower:
             events = await self._get_json(
                 self.core.list_namespaced_event(
                     self.namespace, field_selector=f"involvedObject.name={self.name}", **_raw()
-                )
+                ),
+                f"list the events of job {self.name}",
             )
         except (ConfigurationError, ServiceUnavailable, aiohttp.ClientError, TimeoutError) as exc:
             # Events only explain; following the Job does not need them (an older Role may lack `events list`).
@@ -497,7 +506,9 @@ class JobFollower:
         deadline = time.monotonic() + DELETE_WAIT_SECONDS
         left: list[str] = []
         while time.monotonic() < deadline:
-            job = await self._get_json(self.batch.read_namespaced_job(self.name, self.namespace, **_raw()))
+            job = await self._get_json(
+                self.batch.read_namespaced_job(self.name, self.namespace, **_raw()), f"read job {self.name}"
+            )
             left = [pod_name(p) for p in await self._list_pods()]
             if job is None and not left:
                 self.created = False
@@ -517,7 +528,7 @@ class JobFollower:
     # --- API helpers ------------------------------------------------------------------------------------------
 
     @staticmethod
-    async def _get_json(call: Any) -> dict[str, Any] | None:
+    async def _get_json(call: Any, what: str) -> dict[str, Any] | None:
         """The JSON body of a raw (``_preload_content=False``) GET; None on 404."""
         response = raw(await call)
         try:
@@ -525,11 +536,11 @@ class JobFollower:
             if response.status == 404:
                 return None
             if response.status >= 500 or response.status == 429:
-                raise ServiceUnavailable(f"Kubernetes API answered {response.status}: {body[:200]!r}")
+                raise ServiceUnavailable(f"Kubernetes API answered {response.status} to {what}: {body[:200]!r}")
             if response.status >= 400:
                 error = ApiException(status=response.status, reason=response.reason)
                 error.body = body  # the Status JSON: _api_error reads its message
-                raise _api_error(error, "read")
+                raise api_error(error, what)
             return cast(dict[str, Any], json.loads(body))
         finally:
             response.release()
@@ -550,18 +561,3 @@ def _container_started(pod: dict[str, Any]) -> bool:
         if state.get("running") or state.get("terminated"):
             return True
     return False
-
-
-def _api_error(exc: ApiException, what: str) -> Exception:
-    """An API refusal as a gpuflow error: permission, namespace or schema problems are configuration errors."""
-    message = exc.reason or ""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        message = json.loads(exc.body or "").get("message") or message
-    if exc.status in (401, 403):
-        return ConfigurationError(
-            f"Kubernetes refused to {what}: {exc.status} {message}; the flow's service account needs the Role "
-            "from `gpuflow manifests rbac`"
-        )
-    if exc.status in (400, 404, 409, 422):
-        return ConfigurationError(f"Kubernetes refused to {what}: {exc.status} {message}")
-    return ServiceUnavailable(f"Kubernetes API failed to {what}: {exc.status} {message}")

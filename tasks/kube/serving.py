@@ -41,7 +41,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
-from tasks.errors import ConfigurationError, RetryableError, WorkloadFailed
+from tasks.errors import ConfigurationError, RetryableError, ServiceUnavailable, WorkloadFailed
 from tasks.kube import diagnosis
 from tasks.kube.manifests import (
     LABEL_MODEL_VERSION,
@@ -668,16 +668,28 @@ class ClusterServing:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = API_TIMEOUT_SECONDS,
+        raw_errors: bool = False,
     ) -> bytes:
-        """One API request; :class:`ApiException` with the server's message on a non-2xx answer."""
+        """One API request. A refusal is a gpuflow error (:func:`diagnosis.api_error`: the server's message, and
+        the Role to grant on a 403) and an unreachable API a ``ServiceUnavailable``; with ``raw_errors`` (or a
+        404, which callers read as "not there") the :class:`ApiException` itself, for callers that handle it."""
         headers = {"Accept": "application/json", "Content-Type": content_type} if body is not None else {}
         request = self._api.param_serialize(
             method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        response = self._api.call_api(*request, _request_timeout=timeout)
-        data = bytes(response.read() or b"")
+        try:
+            response = self._api.call_api(*request, _request_timeout=timeout)
+            data = bytes(response.read() or b"")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if raw_errors:
+                raise
+            raise ServiceUnavailable(f"the Kubernetes API did not answer {method} {path}: {exc}") from exc
         if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=f"{method} {path}: {data.decode(errors='replace')}")
+            error = ApiException(status=response.status, reason=f"{method} {path}")
+            error.body = data.decode(errors="replace")
+            if raw_errors or response.status == 404:
+                raise error
+            raise diagnosis.api_error(error, f"{method} {path}")
         return data
 
     def _get(self, path: str) -> dict[str, Any] | None:
@@ -697,7 +709,7 @@ class ClusterServing:
     def _scrape(self, role: Track, pod: PodView) -> str:
         path = self._path("pods", f"{pod.name}:{SERVER_PORT}", "proxy") + "/metrics"
         try:
-            data = self._request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS)
+            data = self._request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS, raw_errors=True)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerUnreachable(f"{role} pod {pod.name}: GET {path} failed: {exc}") from exc
         return data.decode("utf-8", errors="replace")
@@ -708,7 +720,7 @@ class ClusterServing:
             query = [("container", SERVER_CONTAINER), ("tailLines", str(LOG_TAIL_LINES)), ("previous", previous)]
             try:
                 return (
-                    self._request("GET", self._path("pods", pod.name, "log"), query=query)
+                    self._request("GET", self._path("pods", pod.name, "log"), query=query, raw_errors=True)
                     .decode("utf-8", errors="replace")
                     .splitlines()
                 )

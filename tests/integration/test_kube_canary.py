@@ -463,6 +463,21 @@ def test_server_pods_the_cluster_refuses_fail_the_stage_at_once_saying_why_and_l
     assert not {server, f"{server}-stable", f"{server}-canary"} & _service_names(kube_cluster)
 
 
+def test_a_role_without_a_needed_verb_fails_the_stage_naming_it_and_the_role_to_grant(
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
+) -> None:
+    champion_and_challenger(model_name, home.good_run, home.good_run)
+    kube_cluster.forbid("create", "deployments")
+
+    with pytest.raises(ConfigurationError) as refused:
+        rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=_policy(), serving=_serving(kube_cluster))
+
+    message = str(refused.value)
+    assert message.startswith("Kubernetes refused to POST /apis/apps/v1/namespaces/gpuflow-test/deployments: 403 ")
+    assert 'cannot create resource "deployments"' in message and "{" not in message, "the Status message, not JSON"
+    assert message.endswith("the flow's service account needs the Role from `gpuflow manifests rbac`")
+
+
 def test_a_canary_whose_image_cannot_be_pulled_fails_the_stage_and_leaves_no_canary(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
