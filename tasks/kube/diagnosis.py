@@ -157,6 +157,11 @@ def unschedulable_message(pod: Obj) -> str | None:
     return message.removesuffix(".")
 
 
+def pod_ended(pod: Obj) -> bool:
+    """Whether the pod has finished for good (Succeeded or Failed): it will run nothing more."""
+    return _status(pod).get("phase") in ("Succeeded", "Failed")
+
+
 def is_scheduled(pod: Obj) -> bool:
     condition = _condition(pod, "PodScheduled")
     return bool(condition and condition.get("status") == "True") or bool((pod.get("spec") or {}).get("nodeName"))

@@ -47,6 +47,7 @@ from tasks.kube.diagnosis import (
     exit_meanings,
     job_failure,
     job_finished,
+    pod_ended,
     pod_index,
     pod_name,
     progress,
@@ -441,7 +442,7 @@ class JobFollower:
     async def _creation_problem(self, pods: list[dict[str, Any]]) -> Failure | None:
         """Pods the cluster refuses to create (Job events): at once when waiting cannot help, after
         ``unschedulable_timeout_seconds`` for a quota that is full for now (like a GPU node that is missing)."""
-        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp") and not _ended(p)]
+        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp") and not pod_ended(p)]
         if len(live) >= self.settings.nodes or not self.events_readable:
             self.refused, self.refused_since = None, None
             return None
@@ -549,10 +550,6 @@ class JobFollower:
 def _raw() -> dict[str, Any]:
     """Read raw JSON: API objects as the server sends them, as :mod:`tasks.kube.diagnosis` expects."""
     return {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
-
-
-def _ended(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _container_started(pod: dict[str, Any]) -> bool:

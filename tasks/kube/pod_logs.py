@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 from kubernetes_asyncio.client import CoreV1Api
 
-from tasks.kube.diagnosis import last_termination
+from tasks.kube.diagnosis import last_termination, pod_ended
 
 REQUEST_TIMEOUT = 30.0  # seconds for a request that is not a stream
 
@@ -81,7 +81,7 @@ class PodLogFollower:
             pod: dict[str, Any] = json.loads(await response.read())
         finally:
             response.release()
-        ended = last_termination(pod) is not None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+        ended = last_termination(pod) is not None or pod_ended(pod)
         return "ended" if ended else "running"  # a terminating pod's log goes on until its container ends
 
     async def _read(self, *, follow: bool) -> bool:
