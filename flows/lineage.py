@@ -72,6 +72,7 @@ def render_table(lineage: Lineage) -> str:
         ("pipeline run", lineage.pipeline_run_id or "none (trained alone)"),
         ("evaluate run", lineage.evaluate_run_id or "unknown"),
         ("code version", lineage.code_version or "unknown"),
+        ("environment", lineage.environment or "unknown"),
         ("hyperparameters", ", ".join(f"{k}={v}" for k, v in lineage.hyperparameters.items()) or "unknown"),
         ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(lineage.test_metrics.items())) or "none"),
         ("quality gate", {True: "passed", False: "failed", None: "unknown"}[lineage.gate_passed]),

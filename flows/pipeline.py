@@ -33,6 +33,7 @@ class PipelineResult(BaseModel):
 
     pipeline_run_id: str = Field(description="MLflow parent run of this pipeline run.")
     pipeline_version: str
+    environment: str = Field(description="Digest of the requirements.lock the environment was installed from.")
     dataset_name: str
     dataset_version: str
     dataset_uri: str
@@ -122,7 +123,7 @@ def ml_pipeline(
     prices = resolve_pricing(pricing)  # a bad block name fails before any work
     parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
     client = runs.client_for(tracking_cfg)
-    logger.info("pipeline %s, MLflow run %s", runs.pipeline_version(), parent)
+    logger.info("pipeline %s (%s), MLflow run %s", runs.pipeline_version(), runs.environment_version(), parent)
     walls: dict[str, float] = {}
 
     def timed(stage: str, call: Any) -> Any:
@@ -210,6 +211,7 @@ def ml_pipeline(
     result = PipelineResult(
         pipeline_run_id=parent,
         pipeline_version=runs.pipeline_version(),
+        environment=runs.environment_version(),
         dataset_name=prepared.dataset_name,
         dataset_version=prepared.dataset_version,
         dataset_uri=prepared.dataset_uri,

@@ -25,7 +25,7 @@ from tasks.errors import ConfigurationError
 from tasks.registry import CHAMPION, TAG_TRAIN_RUN
 from tasks.report import stage_runs
 from tasks.telemetry import pipeline_gpu_and_cost, read_summary_document
-from tasks.tracking import TAG_DATASET_VERSION, TAG_PARENT, TAG_PIPELINE_VERSION, client_for
+from tasks.tracking import TAG_DATASET_VERSION, TAG_ENVIRONMENT, TAG_PARENT, TAG_PIPELINE_VERSION, client_for
 from workloads.trainer.reporting import TAG_STOP_REASON, TAG_TRAINING_ID
 
 HYPERPARAMETERS = (
@@ -56,6 +56,7 @@ class Lineage(BaseModel):
     pipeline_run_id: str | None
     evaluate_run_id: str | None
     code_version: str | None = Field(description="gpuflow.pipeline_version of the train run (package + git commit).")
+    environment: str | None = Field(description="gpuflow.environment of the train run: the lock file's digest.")
     hyperparameters: dict[str, str]
     test_metrics: dict[str, float]
     gate_passed: bool | None
@@ -182,6 +183,7 @@ def model_lineage(tracking: MLflowTracking, spec: str, pricing: GpuPricing | Non
         pipeline_run_id=train_tags.get(TAG_PARENT),
         evaluate_run_id=str(evaluate.info.run_id) if evaluate is not None else None,
         code_version=train_tags.get(TAG_PIPELINE_VERSION),
+        environment=train_tags.get(TAG_ENVIRONMENT),
         hyperparameters={k: params[k] for k in HYPERPARAMETERS if k in params},
         test_metrics=test_metrics,
         gate_passed=None if gate is None else gate == "true",

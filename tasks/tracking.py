@@ -7,6 +7,7 @@ tasks and nested flows never write into each other's runs.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 TAG_FLOW_RUN = "gpuflow.prefect_flow_run_id"
 TAG_PIPELINE_VERSION = "gpuflow.pipeline_version"
+TAG_ENVIRONMENT = "gpuflow.environment"
 TAG_DATASET_VERSION = "gpuflow.dataset_version"
 TAG_STAGE = "gpuflow.stage"
 TAG_PARENT = "mlflow.parentRunId"
@@ -49,6 +51,22 @@ def pipeline_version() -> str:
         except (OSError, subprocess.SubprocessError):
             commit = "nogit"
     return f"{base}+g{commit}"
+
+
+@functools.cache
+def environment_version() -> str:
+    """``lock-<sha256 prefix>`` of the requirements.lock this environment was installed from, or ``unlocked``.
+
+    The lock is found beside the sources (a checkout) or at ``GPUFLOW_LOCK_FILE`` (the image sets it), so a run
+    says which exact set of packages produced it, next to the code version.
+    """
+    configured = os.environ.get("GPUFLOW_LOCK_FILE")
+    lock = Path(configured) if configured else Path(__file__).resolve().parent.parent / "requirements.lock"
+    try:
+        digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    except OSError:
+        return "unlocked"
+    return f"lock-{digest[:16]}"
 
 
 def client_for(tracking: MLflowTracking) -> MlflowClient:
@@ -99,6 +117,7 @@ def start_run(
     tags = {
         TAG_STAGE: stage,
         TAG_PIPELINE_VERSION: pipeline_version(),
+        TAG_ENVIRONMENT: environment_version(),
         TAG_FLOW_RUN: current_flow_run_id(),
         "mlflow.runName": run_name,
     }

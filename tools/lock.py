@@ -108,11 +108,25 @@ def drop_platform_builds(text: str) -> tuple[str, list[str]]:
 
 def compile_lock(uv: str) -> None:
     started = time.monotonic()
-    command = [uv, "pip", "compile", str(PYPROJECT.name), "-", "--extra", "dev", "--universal",
-               "--python-version", PYTHON_VERSION, "--generate-hashes", "--no-header", "--quiet"]
+    command = [
+        uv,
+        "pip",
+        "compile",
+        str(PYPROJECT.name),
+        "-",
+        "--extra",
+        "dev",
+        "--universal",
+        "--python-version",
+        PYTHON_VERSION,
+        "--generate-hashes",
+        "--no-header",
+        "--quiet",
+    ]
     command += [f"--no-emit-package={name}" for name in UNLOCKED]
-    resolved = subprocess.run(command, cwd=ROOT, input="\n".join(BUILD_REQUIREMENTS) + "\n", text=True,
-                              capture_output=True)
+    resolved = subprocess.run(
+        command, cwd=ROOT, input="\n".join(BUILD_REQUIREMENTS) + "\n", text=True, capture_output=True
+    )
     if resolved.returncode != 0:
         sys.exit(f"lock: uv could not resolve pyproject.toml:\n{resolved.stderr.strip()}")
     body, dropped = drop_platform_builds(resolved.stdout)
@@ -120,7 +134,8 @@ def compile_lock(uv: str) -> None:
         "# The whole gpuflow environment (runtime and the dev extra) at exact versions, with hashes.",
         "# Written by `make lock` from pyproject.toml; do not edit by hand. `make install` replays it with",
         "# `pip install --no-deps --require-hashes`, then installs "
-        + ", ".join(pinned_requirements()) + " by its pin (the build that fits the machine).",
+        + ", ".join(pinned_requirements())
+        + " by its pin (the build that fits the machine).",
         f"# Left to the pinned packages' own install (platform builds): {', '.join(dropped) or 'none'}.",
         f"{DIGEST_PREFIX}{dependency_digest()}",
         "",
@@ -134,12 +149,20 @@ def check_lock() -> None:
     """Fail, naming the command to run, when pyproject.toml's dependencies changed after the lock was written."""
     if not LOCK.exists():
         sys.exit(f"lock: {LOCK.name} is missing; run `make lock` and commit it")
-    recorded = next((line[len(DIGEST_PREFIX) :].strip() for line in LOCK.read_text().splitlines()
-                     if line.startswith(DIGEST_PREFIX)), None)
+    recorded = next(
+        (
+            line[len(DIGEST_PREFIX) :].strip()
+            for line in LOCK.read_text().splitlines()
+            if line.startswith(DIGEST_PREFIX)
+        ),
+        None,
+    )
     current = dependency_digest()
     if recorded != current:
-        sys.exit(f"lock: {LOCK.name} is out of date with pyproject.toml (dependencies digest {recorded} in the lock, "
-                 f"{current} now); run `make lock` and commit requirements.lock")
+        sys.exit(
+            f"lock: {LOCK.name} is out of date with pyproject.toml (dependencies digest {recorded} in the lock, "
+            f"{current} now); run `make lock` and commit requirements.lock"
+        )
 
 
 def _phase(label: str, command: list[str]) -> None:

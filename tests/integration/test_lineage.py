@@ -8,6 +8,7 @@ gate, so ``champion`` ends on version 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from mlflow import MlflowClient
 
 from flows.lineage import add_lineage_parser, lineage_command
 from tasks import settings
+from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, module_home, run_stages
@@ -79,6 +81,9 @@ def test_a_version_names_its_dataset_training_run_code_and_cost(
     assert out["pipeline_run_id"] == registered.v1.pipeline_run_id
     assert out["evaluate_run_id"] == evaluation.evaluate_run_id
     assert out["code_version"] == train_run.data.tags["gpuflow.pipeline_version"]
+    # The environment is the digest of the checked-in lock this checkout was installed from.
+    lock_digest = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()[:16]
+    assert out["environment"] == train_run.data.tags["gpuflow.environment"] == f"lock-{lock_digest}"
     assert out["hyperparameters"] == {
         "epochs": "4", "batch_size": "64", "learning_rate": "0.003", "hidden_size": "32", "dropout": "0.0",
         "seed": "42", "optimizer": "adam", "early_stop": "plateau", "patience": "5", "device": "cpu",
