@@ -118,6 +118,44 @@ class CanaryPolicy(Block):
                 raise ValueError(f"local_server_commands[{role!r}] must start with a module name")
         return commands
 
+    def first_step_requests(self) -> float:
+        """Canary requests the first (smallest) step receives at most: rate x window x weight."""
+        return self.local_requests_per_second * self.analysis_seconds * self.step_weights[0] / 100
+
+    def check_reachable(self) -> None:
+        """Refuse a policy that can never promote: its smallest step cannot collect ``min_requests``.
+
+        Every step needs ``min_requests`` canary requests before its window ends, and the first step has the
+        smallest share of the replayed traffic; a window too short for it rolls back every candidate (a copy
+        of the champion included), which the user would otherwise learn only after servers started.
+        """
+        expected = self.first_step_requests()
+        if expected + 1e-9 >= self.min_requests:
+            return
+        weight = self.step_weights[0]
+        needed = self.min_requests * 100 / (self.local_requests_per_second * weight)
+        raise ConfigurationError(
+            f"this canary policy can never promote: step 1 gets {self.local_requests_per_second:g} req/s x "
+            f"{self.analysis_seconds:g} s x {weight} % = {expected:g} canary requests, fewer than min_requests "
+            f"{self.min_requests}; use an analysis window of at least {needed:g} s (--canary-seconds), a higher "
+            "local_requests_per_second or first step weight, or a lower min_requests"
+        )
+
+
+def rollout_policy(name: str | None, analysis_seconds: float | None = None) -> CanaryPolicy:
+    """The policy a rollout will use (``analysis_seconds`` overrides the window), refused if it can never promote.
+
+    The one place the rollout flow, ``ml_pipeline`` (before any work) and ``gpuflow run`` (before anything
+    starts) check a policy, so all three refuse the same configurations with the same figures.
+    """
+    policy = resolve_policy(name)
+    if analysis_seconds is not None:
+        if analysis_seconds <= 0:
+            raise ConfigurationError(f"analysis_seconds must be above 0, got {analysis_seconds}")
+        policy = policy.model_copy(update={"analysis_seconds": float(analysis_seconds)})
+    policy.check_reachable()
+    return policy
+
 
 def resolve_policy(name: str | None) -> CanaryPolicy:
     """A saved block by name, or the default policy when no name is given."""

@@ -11,9 +11,8 @@ import json
 import logging
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from deployments.cli import add_bootstrap_parser, add_emit_parser
@@ -221,37 +220,51 @@ def _print_result(result: Any, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-@contextmanager
-def _prefect_api(load: Callable[[], None]) -> Iterator[None]:
-    """Run the body against ``PREFECT_API_URL``, or a temporary Prefect server tuned for one command.
+def _prefect_api(load: Callable[[], None]) -> AbstractContextManager[None]:
+    """``PREFECT_API_URL``, or a temporary Prefect server this command owns (flows/prefect_server.py)."""
+    from flows.prefect_server import prefect_api
 
-    The temporary server boots on another core while ``load`` does the heavy imports (torch, MLflow), which
-    takes seconds off the wall time. Flow heartbeats are off: they let a long-lived server spot crashed runs,
-    and each flow run waits up to a second for its heartbeat thread. At the end the run's events and logs are
-    delivered and the server stops, so its goodbye line is not the command's last word.
+    return prefect_api(load)
+
+
+def _refuse_early(args: argparse.Namespace) -> int | None:
+    """What ``gpuflow run`` can refuse before any server boots or torch loads: a bad --data, a hopeless canary.
+
+    The same checks (and messages) as the flows, which still run them all: the file exists, is not empty and
+    its header has the schema's columns; the default canary policy can collect ``min_requests`` at step 1.
+    A named policy block is checked by ``ml_pipeline`` before any work (loading it needs the Prefect API).
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from tasks.errors import GpuflowError
 
-    if PREFECT_API_URL.value():
-        load()
-        yield
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    booting = threading.Thread(target=server.start, name="prefect-api-start", daemon=True)
-    booting.start()
-    load()
-    booting.join()
     try:
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-    finally:
-        EventsWorker.drain_all(timeout=10)
-        APILogWorker.drain_all(timeout=10)
-        server.stop()
+        if args.data.strip() != "demo":
+            from tasks.demo_data import digits_schema
+            from tasks.ingest import quick_check
+
+            quick_check(args.data, digits_schema())
+        if not args.no_promote and not args.policy:
+            from blocks.canary_policy import rollout_policy
+
+            rollout_policy(None, args.canary_seconds)
+    except GpuflowError as exc:
+        return _fail(args, exc)
+    return None
+
+
+def _fail(args: argparse.Namespace, outcome: BaseException | None, message: str | None = None) -> int:
+    from tasks.errors import GpuflowError
+
+    message = str(outcome) if outcome is not None else (message or "pipeline failed")
+    if args.json:
+        print(json.dumps({"error": message, "error_type": type(outcome).__name__}))
+    if not isinstance(outcome, GpuflowError):
+        message = f"{type(outcome).__name__}: {message}"
+    print(f"gpuflow: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _nothing() -> None:
+    return None
 
 
 def _import_pipeline() -> None:
@@ -267,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.pipeline import ml_pipeline
 
         state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
-    from tasks.errors import GateFailed, GpuflowError, ModelRejected
+    from tasks.errors import GateFailed, ModelRejected
 
     if state.is_completed():
         _print_result(state.result(), args.json)
@@ -277,13 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_result(outcome.result, args.json)
         print(f"gpuflow: {outcome}", file=sys.stderr)
         return EXIT_GATE if isinstance(outcome, GateFailed) else EXIT_ROLLED_BACK
-    message = str(outcome) if isinstance(outcome, BaseException) else (state.message or "pipeline failed")
-    if args.json:
-        print(json.dumps({"error": message, "error_type": type(outcome).__name__}))
-    if not isinstance(outcome, GpuflowError):
-        message = f"{type(outcome).__name__}: {message}"
-    print(f"gpuflow: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return _fail(args, outcome if isinstance(outcome, BaseException) else None, state.message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     if args.command == "serve":
         return cmd_serve(args)
-    if args.command in ("bootstrap", "emit"):
+    if args.command == "bootstrap":
         return int(args.handler(args))
     if args.command == "manifests":
         from flows.manifests_command import manifests_command
 
         return manifests_command(args)
+    if args.command == "run" and (refused := _refuse_early(args)) is not None:
+        return refused
     import prefect.logging.configuration
 
     prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
@@ -312,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "lineage":
             from flows.lineage import lineage_command
 
-            return lineage_command(args)
+            if not (args.tracking or args.pricing):  # no block to load: no Prefect API needed
+                return lineage_command(args)
+            with _prefect_api(_nothing):
+                return lineage_command(args)
+        if args.command == "emit":
+            with _prefect_api(_nothing):
+                return int(args.handler(args))
     except KeyboardInterrupt:
         print("gpuflow: interrupted; every process it started was stopped", file=sys.stderr)
         return 130

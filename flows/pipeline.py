@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
+from blocks.canary_policy import rollout_policy
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
 from flows.evaluate import evaluate
@@ -121,6 +122,8 @@ def ml_pipeline(
     started = time.perf_counter()
     tracking_cfg = resolve_tracking(tracking)
     prices = resolve_pricing(pricing)  # a bad block name fails before any work
+    if promote_on_pass:
+        rollout_policy(policy, canary_analysis_seconds)  # a canary that can never promote fails before any work
     parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
     client = runs.client_for(tracking_cfg)
     logger.info("pipeline %s (%s), MLflow run %s", runs.pipeline_version(), runs.environment_version(), parent)

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from blocks.canary_policy import CanaryPolicy, resolve_policy
+from blocks.canary_policy import CanaryPolicy, rollout_policy
 from blocks.data_store import DataStore, resolve_data_store
 from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
 from tasks import settings
@@ -476,11 +476,7 @@ def rollout(
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    policy_cfg = resolve_policy(policy)
-    if analysis_seconds is not None:
-        if analysis_seconds <= 0:
-            raise ConfigurationError(f"analysis_seconds must be above 0, got {analysis_seconds}")
-        policy_cfg = policy_cfg.model_copy(update={"analysis_seconds": float(analysis_seconds)})
+    policy_cfg = rollout_policy(policy, analysis_seconds)  # refuses a policy that can never promote
     tracking_cfg = resolve_tracking(tracking)
     store = resolve_data_store(data_store)
     cluster = resolve_serving(serving)  # a bad block name fails before the lock is taken

@@ -64,11 +64,7 @@ def open_raw(uri: str, store: ObjectStore) -> Iterator[RawFile]:
     """The raw file behind ``uri``, hashed; an S3 object lives in a temp file until the block exits."""
     uri = normalize_uri(uri)
     if not is_s3(uri):
-        path = local_path(uri)
-        if not path.exists():
-            raise DataNotFoundError(f"raw data not found: no file at {path}")
-        if not path.is_file():
-            raise DataNotFoundError(f"raw data {path} is a directory; expected a CSV or Parquet file")
+        path = _local_file(uri)
         try:
             with path.open("rb") as handle:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -80,6 +76,39 @@ def open_raw(uri: str, store: ObjectStore) -> Iterator[RawFile]:
         path = Path(tmp) / (uri.rsplit("/", 1)[-1] or "raw")
         digest, size = _spool_s3(uri, store, path)
         yield RawFile(uri=uri, path=path, sha256=digest, size=size, format=detect_format(uri, path))
+
+
+def _local_file(uri: str) -> Path:
+    path = local_path(uri)
+    if not path.exists():
+        raise DataNotFoundError(f"raw data not found: no file at {path}")
+    if not path.is_file():
+        raise DataNotFoundError(f"raw data {path} is a directory; expected a CSV or Parquet file")
+    return path
+
+
+def quick_check(uri: str, schema: DatasetSchema) -> None:
+    """The checks a local raw file allows without reading it: it exists, is not empty, its columns fit.
+
+    ``gpuflow run`` calls this before any server boots, so a bad ``--data`` is refused in a moment with the
+    same message the prepare flow would give; prepare still runs every check. An ``s3://`` object is left
+    to prepare (reaching it needs the data store block's credentials).
+    """
+    uri = normalize_uri(uri)
+    if is_s3(uri):
+        return
+    path = _local_file(uri)
+    raw = RawFile(uri=uri, path=path, sha256="", size=path.stat().st_size, format=detect_format(uri, path))
+    if raw.size == 0:
+        raise _empty(raw)
+    if raw.format == "csv":
+        check_columns(_csv_header(raw), schema, raw.uri)
+        return
+    try:
+        names = list(pq.read_schema(raw.path).names)
+    except (pa.ArrowException, OSError):
+        return  # unreadable: prepare says exactly how
+    check_columns(names, schema, raw.uri)
 
 
 def _spool_s3(uri: str, store: ObjectStore, dest: Path) -> tuple[str, int]:
@@ -143,12 +172,16 @@ def read_table(raw: RawFile, schema: DatasetSchema) -> pa.Table:
     The label column comes back as integers, or as floats from Parquet (checked later).
     """
     if raw.size == 0:
-        raise DataValidationError(
-            f"{raw.uri} is empty (0 bytes); expected {raw.format.upper()} with a header and data rows"
-        )
+        raise _empty(raw)
     if raw.format == "parquet":
         return _read_parquet(raw, schema)
     return _read_csv(raw, schema)
+
+
+def _empty(raw: RawFile) -> DataValidationError:
+    return DataValidationError(
+        f"{raw.uri} is empty (0 bytes); expected {raw.format.upper()} with a header and data rows"
+    )
 
 
 # --------------------------------------------------------------------------- columns
