@@ -91,9 +91,17 @@ def _ensure_limit(name: str) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
 
 
+FIRST_TRY_SECONDS = 2.0  # how long a rollout tries for the slot before it says it is waiting
+
+
 @contextlib.contextmanager
-def rollout_lock(model_name: str, timeout_seconds: float) -> Iterator[None]:
-    """Hold the model's rollout slot; :class:`RolloutLocked` after ``timeout_seconds`` of waiting."""
+def rollout_lock(
+    model_name: str, timeout_seconds: float, announce: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold the model's rollout slot; :class:`RolloutLocked` after ``timeout_seconds`` of waiting.
+
+    When the slot is taken, ``announce`` gets one line saying what the rollout waits for, once.
+    """
     from prefect.concurrency.sync import concurrency
 
     if timeout_seconds <= 0:
@@ -101,8 +109,22 @@ def rollout_lock(model_name: str, timeout_seconds: float) -> Iterator[None]:
     name = lock_name(model_name)
     _ensure_limit(name)
     acquired = False
+    first_try = min(FIRST_TRY_SECONDS, timeout_seconds)
     try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        with contextlib.ExitStack() as slot:
+            try:
+                slot.enter_context(concurrency(name, occupy=1, timeout_seconds=first_try, strict=True))
+            except TimeoutError:
+                if timeout_seconds <= first_try:
+                    raise
+                if announce is not None:
+                    announce(
+                        f"waiting for another rollout of {model_name!r} to finish: one rollout per model at a "
+                        f"time (Prefect concurrency limit {name!r}); waiting up to {timeout_seconds:g} s"
+                    )
+                slot.enter_context(
+                    concurrency(name, occupy=1, timeout_seconds=timeout_seconds - first_try, strict=True)
+                )
             acquired = True
             yield
     except TimeoutError as exc:  # Prefect's AcquireConcurrencySlotTimeoutError, or one from the body
@@ -481,7 +503,7 @@ def rollout(
     store = resolve_data_store(data_store)
     cluster = resolve_serving(serving)  # a bad block name fails before the lock is taken
 
-    with rollout_lock(model_name, lock_timeout_seconds):
+    with rollout_lock(model_name, lock_timeout_seconds, announce=logger.info):
         target = resolve_target(tracking_cfg, model_name, candidate_version)
         split = load_test_split(store, dataset_uri or _dataset_uri(store, target))
         previous = target.champion.version if target.champion else None

@@ -73,7 +73,31 @@ def client_for(tracking: MLflowTracking) -> MlflowClient:
     """Imports MLflow on first use: loading a flow module must stay cheap (a triggered run is Running sooner)."""
     from mlflow import MlflowClient
 
+    _create_sqlite_store_once(tracking.uri)
     return MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+
+
+@functools.cache
+def _create_sqlite_store_once(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock beside it, once per process.
+
+    MLflow creates the tables of an empty database on first use, and two commands doing so at once on one
+    home race. Later writes are safe: MLflow sets ``PRAGMA busy_timeout = 20000`` on every session, so a
+    writer waits up to 20 s for another instead of failing with "database is locked".
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    from filelock import FileLock
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path + ".lock"):
+        SqlAlchemyStore(uri, settings.artifact_root())
+        RegistryStore(uri)
 
 
 def experiment_id(tracking: MLflowTracking) -> str:
