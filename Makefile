@@ -32,11 +32,11 @@ run: $(STAMP)
 
 # The whole suite in parallel workers; the 15 slowest tests are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 # The unit tests only: the edit loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

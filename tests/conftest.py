@@ -22,6 +22,28 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_NVML = ROOT / "tests" / "fixtures" / "no_nvml"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Make a machine with a GPU look like one without, for every test but the GPU check.
+
+    The tests expect no NVML unless they bring the fake one; the loader reads LD_LIBRARY_PATH only at process start,
+    so the test process restarts itself once with a folder first on it whose libnvidia-ml.so.1 is not a library
+    (dlopen stops at the first file of that name). ``GPUFLOW_TEST_REAL_NVML=1`` keeps the real one (tests/gpu).
+    """
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if os.environ.get("GPUFLOW_TEST_REAL_NVML") == "1" or str(NO_NVML) in paths:
+        return
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([str(NO_NVML), *paths])
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # give the restarted process the real stdout and stderr
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 pytest_plugins = ("tests.fixtures.kube.plugin",)  # the kube_cluster fixture (emulated Kubernetes)
 
 # Keep every test run off the network and off the developer's own Prefect profile.

@@ -602,6 +602,9 @@ def test_a_rollout_that_times_out_removes_the_canary_and_gives_stable_its_pods_b
     )
 
     assert state.name == "TimedOut", state.message
+    # The canary's Deployment made pods before the timeout struck, or there was nothing to remove.
+    created = [e for e in kube_cluster.events(f"{server}-canary") if e["reason"] == "ScalingReplicaSet"]
+    assert created, "the flow timed out before the canary Deployment existed"
     assert aliases(model_name)["champion"] == champion
     assert _deployment(kube_cluster, f"{server}-canary") is None
     assert f"{server}-canary" not in _service_names(kube_cluster)

@@ -308,13 +308,27 @@ def test_two_rollouts_of_one_model_run_one_after_the_other(home: RolloutHome, mo
 def test_a_rollout_that_times_out_leaves_no_server_running(home: RolloutHome, model_name: str) -> None:
     champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run)
     policy = _policy(step_weights=[10, 100], analysis_seconds=120.0)  # far longer than the flow may run
-    started = time.monotonic()
+    seen: list[int] = []  # how many servers ran at once, sampled while the flow ran
+    done = threading.Event()
 
-    state = rollout.with_options(timeout_seconds=12)(
-        model_name=model_name, dataset_uri=home.dataset_uri, policy=policy, return_state=True
-    )
+    def watch() -> None:
+        while not done.wait(0.2):
+            seen.append(len(_server_processes()))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        state = rollout.with_options(timeout_seconds=30)(
+            model_name=model_name, dataset_uri=home.dataset_uri, policy=policy, return_state=True
+        )
+    finally:
+        done.set()
+        watcher.join()
 
     assert state.name == "TimedOut", state.message
-    assert time.monotonic() - started < 60
+    # The timeout must have struck while both servers ran, or there was nothing for it to clean up.
+    assert max(seen, default=0) >= 2, f"the flow timed out before stable and canary both started: {seen}"
+    assert time.monotonic() - started < 90
     assert aliases(model_name)["champion"] == champion
     # The autouse fixture then checks that neither server process is left.
