@@ -6,6 +6,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from tasks import settings
+from tasks.errors import ConfigurationError
 
 
 class MLflowTracking(Block):
@@ -39,4 +40,9 @@ class MLflowTracking(Block):
 
 def resolve_tracking(name: str | None) -> MLflowTracking:
     """A saved block by name, or the embedded default when no name is given."""
-    return MLflowTracking.load(name) if name else MLflowTracking.embedded()  # type: ignore[return-value]
+    if not name:
+        return MLflowTracking.embedded()
+    try:
+        return MLflowTracking.load(name)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ConfigurationError(f"no MLflow tracking block named {name!r}: {exc}") from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from tasks.errors import ConfigurationError
+
 
 class GpuPricing(Block):
     """Prices the cost report multiplies telemetry by (tasks/cost.py). Figures are per hour of wall time.
@@ -52,4 +54,9 @@ class GpuPricing(Block):
 
 def resolve_pricing(name: str | None) -> GpuPricing:
     """A saved block by name, or the default prices when no name is given."""
-    return GpuPricing.load(name) if name else GpuPricing()  # type: ignore[return-value]
+    if not name:
+        return GpuPricing()
+    try:
+        return GpuPricing.load(name)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ConfigurationError(f"no GPU pricing block named {name!r}: {exc}") from exc

@@ -61,20 +61,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def _die_with_parent() -> Callable[[], None]:
     """A ``preexec_fn`` that has Linux send SIGTERM to the child when gpuflow dies (a backstop only)."""
-    if not sys.platform.startswith("linux"):
-        return None
     import ctypes
 
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
-    except (OSError, AttributeError):
-        return None
+    prctl: Callable[[int, int], int] = lambda _option, _value: 0  # noqa: E731 - not Linux: no backstop
+    if sys.platform.startswith("linux"):
+        with suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
     parent = os.getpid()
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # the parent held it back during the fork
         prctl(pr_set_pdeathsig, int(signal.SIGTERM))
         if os.getppid() != parent:  # gpuflow already died between fork and prctl
             os._exit(1)
@@ -116,7 +115,11 @@ class TemporaryPrefectServer:
         return env
 
     def spawn(self) -> None:
-        """Start the server process (main thread) and its health check (background)."""
+        """Start the server process (main thread) and its health check (background).
+
+        SIGINT is held back while the process is created, so a Ctrl-C cannot land between the fork and
+        ``self.process`` knowing the child (it is raised right after, and the caller's cleanup stops it).
+        """
         import prefect
 
         self.port = _free_port()
@@ -124,34 +127,41 @@ class TemporaryPrefectServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = path.open("ab")
-        self._log.write(f"--- gpuflow pid {os.getpid()}: Prefect API on port {self.port}\n".encode())
-        self._log.flush()
         self._log_offset = self._log.tell()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(prefect.__module_path__.parent),
-                "--factory",
-                "prefect.server.api.server:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "error",
-                "--lifespan",
-                "on",
-            ],
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent(),  # only prctl and getppid run in the child
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process = subprocess.Popen(
+                command,
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),  # only prctl, getppid and sigmask run in the child
+            )
+            self._log.write(
+                f"--- gpuflow pid {os.getpid()}: Prefect API pid {self.process.pid} on port {self.port}\n".encode()
+            )
+            self._log.flush()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._health_outcome = None
         self._health = threading.Thread(target=self._wait_healthy, name="prefect-api-health", daemon=True)
         self._health.start()

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
+from tests.fixtures.cli_processes import announced_ports, leftovers
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -85,6 +87,12 @@ def noisy_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
 def test_successful_run_prints_no_warnings_errors_or_tracebacks(first_run: subprocess.CompletedProcess[str]) -> None:
     assert first_run.returncode == 0
     assert noisy_lines(first_run) == []
+
+
+def test_successful_run_leaves_no_process_behind(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
+    assert first_run.returncode == 0
+    assert len(announced_ports(home)) == 1  # gpuflow's own temporary Prefect server, stopped before it exited
+    assert leftovers(home) == []
 
 
 def test_worse_model_fails_the_gate_and_champion_stays(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
