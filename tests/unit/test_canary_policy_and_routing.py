@@ -7,7 +7,8 @@ from itertools import pairwise
 import pytest
 from pydantic import ValidationError
 
-from blocks.canary_policy import CanaryPolicy, resolve_policy
+from blocks.canary_policy import CanaryPolicy, resolve_policy, rollout_policy
+from tasks.errors import ConfigurationError
 from tasks.traffic import RowCycle, WeightedRouter
 
 
@@ -15,6 +16,20 @@ def test_default_policy_walks_10_25_50_100() -> None:
     policy = resolve_policy(None)
     assert policy.step_weights == [10, 25, 50, 100]
     assert policy.min_requests > 0 and 0 < policy.max_error_rate < 1
+
+
+def test_a_window_too_short_for_min_requests_is_refused_with_the_arithmetic() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        rollout_policy(None, analysis_seconds=4)
+    message = str(refused.value)
+    assert "200 req/s x 4 s x 10 % = 80 canary requests, fewer than min_requests 100" in message
+    assert "at least 5 s" in message
+    assert rollout_policy(None, analysis_seconds=5).analysis_seconds == 5.0  # exactly enough
+    assert rollout_policy(None).analysis_seconds == 60.0
+    with pytest.raises(ConfigurationError, match="= 20 canary requests"):
+        CanaryPolicy(step_weights=[50, 100], analysis_seconds=1, local_requests_per_second=40).check_reachable()
+    with pytest.raises(ConfigurationError, match="above 0"):
+        rollout_policy(None, analysis_seconds=0)
 
 
 @pytest.mark.parametrize(
