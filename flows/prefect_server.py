@@ -287,7 +287,7 @@ def prefect_api(load: Callable[[], None]) -> Iterator[None]:
             server.wait_ready()
         finally:
             release()
-        with _pointed_at(server.api_url), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with _pointed_at(server), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield
             finally:
@@ -303,16 +303,26 @@ def _nothing() -> None:
 
 
 @contextmanager
-def _pointed_at(api_url: str) -> Iterator[None]:
-    """Every Prefect client of this process (any thread) and its children use the owned server."""
+def _pointed_at(server: TemporaryPrefectServer) -> Iterator[None]:
+    """Every Prefect client of this process (any thread) and its children use the owned server.
+
+    Threads that copied the settings context before this point (Prefect's event-loop thread) would still see
+    no API URL and start Prefect's own temporary server, the one that leaked; so Prefect's helper for the
+    default port is pointed at ours as well, already running: it never starts a process.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    helper = SubprocessASGIServer()
+    helper.port, helper.server_process, helper.running = server.port, server.process, True
     before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url  # threads without the settings context read the environment
+    os.environ["PREFECT_API_URL"] = server.api_url  # threads without the settings context read the environment
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield
     finally:
+        helper.server_process, helper.running = None, False  # its atexit stop (if any) finds nothing to do
+        SubprocessASGIServer._instances.pop(None, None)
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:

@@ -91,7 +91,12 @@ def _ensure_limit(name: str) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
 
 
-FIRST_TRY_SECONDS = 2.0  # how long a rollout tries for the slot before it says it is waiting
+def _slot_taken(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    return limit.active_slots >= limit.limit
 
 
 @contextlib.contextmanager
@@ -100,7 +105,7 @@ def rollout_lock(
 ) -> Iterator[None]:
     """Hold the model's rollout slot; :class:`RolloutLocked` after ``timeout_seconds`` of waiting.
 
-    When the slot is taken, ``announce`` gets one line saying what the rollout waits for, once.
+    When the slot is taken, ``announce`` gets one line saying what the rollout waits for.
     """
     from prefect.concurrency.sync import concurrency
 
@@ -109,22 +114,14 @@ def rollout_lock(
     name = lock_name(model_name)
     _ensure_limit(name)
     acquired = False
-    first_try = min(FIRST_TRY_SECONDS, timeout_seconds)
     try:
         with contextlib.ExitStack() as slot:
-            try:
-                slot.enter_context(concurrency(name, occupy=1, timeout_seconds=first_try, strict=True))
-            except TimeoutError:
-                if timeout_seconds <= first_try:
-                    raise
-                if announce is not None:
-                    announce(
-                        f"waiting for another rollout of {model_name!r} to finish: one rollout per model at a "
-                        f"time (Prefect concurrency limit {name!r}); waiting up to {timeout_seconds:g} s"
-                    )
-                slot.enter_context(
-                    concurrency(name, occupy=1, timeout_seconds=timeout_seconds - first_try, strict=True)
+            if announce is not None and _slot_taken(name):
+                announce(
+                    f"waiting for another rollout of {model_name!r} to finish: one rollout per model at a "
+                    f"time (Prefect concurrency limit {name!r}); waiting up to {timeout_seconds:g} s"
                 )
+            slot.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True))
             acquired = True
             yield
     except TimeoutError as exc:  # Prefect's AcquireConcurrencySlotTimeoutError, or one from the body
