@@ -39,7 +39,7 @@ def _setup(home: Path) -> tuple[str, str]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     sys.path.insert(0, str(ROOT))
-    from tasks import settings
+    from tasks.core import settings
     from tests.fixtures.datasets import write_digits_dataset
     from tests.fixtures.models import log_training_run, train_digits_model
 
@@ -50,8 +50,8 @@ def _setup(home: Path) -> tuple[str, str]:
 def _register(name: str, run_id: str) -> None:
     from mlflow import MlflowClient
 
-    from tasks import settings
-    from tasks.registry import model_location
+    from tasks.core import settings
+    from tasks.tracking.registry import model_location
 
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     client.create_registered_model(name)

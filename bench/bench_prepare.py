@@ -5,7 +5,7 @@ Generates a digits-shaped CSV (``--rows`` x ``--features`` integer pixels in [0,
 reports wall time of the work (imports excluded) and the process's peak RSS (ru_maxrss, imports
 included) next to the file size:
 
-- ``gpuflow``: ``tasks.dataset.prepare_dataset`` (the task's logic: hash, read, validate, duplicates,
+- ``gpuflow``: ``tasks.data.publish.prepare_dataset`` (the task's logic: hash, read, validate, duplicates,
   stratified split, Parquet x3, manifest, atomic publish);
 - ``pandas``: ``pd.read_csv`` -> ``sklearn.model_selection.train_test_split`` (stratified, twice) ->
   ``DataFrame.to_parquet`` x3, with no validation at all;
@@ -72,8 +72,8 @@ def _rss_now() -> int:
 
 def child_gpuflow(csv: Path, out: Path, features: int) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
-    from tasks.dataset import prepare_dataset
-    from tasks.schema import DatasetSchema, PrepareParams
+    from tasks.data.publish import prepare_dataset
+    from tasks.data.schema import DatasetSchema, PrepareParams
     from workloads.store import ObjectStore
 
     schema = DatasetSchema(

@@ -1,7 +1,7 @@
 """The canary-policy block: how a challenger earns traffic, and what makes the rollout give up on it.
 
 The rollout stage (flows/rollout.py) walks ``step_weights``; at each step the canary gets that share of
-traffic for ``analysis_seconds`` and must pass every threshold here (rules in tasks/canary.py and
+traffic for ``analysis_seconds`` and must pass every threshold here (rules in tasks/rollout/canary.py and
 docs/rollout.md). The ``local_*`` traffic fields (rate, concurrency, timeout) set gpuflow's replay of the
 labelled test split, which both backends send: locally to the two processes, on a cluster through the
 Service or gateway clients use (the names predate the cluster backend and stay for saved blocks).
@@ -16,7 +16,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 
 Role = Literal["stable", "canary"]
 

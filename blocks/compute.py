@@ -28,7 +28,7 @@ from typing import IO
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.errors import ConfigurationError, WorkloadFailed
+from tasks.core.errors import ConfigurationError, WorkloadFailed
 
 LogFn = Callable[[str], None]
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks import settings
+from tasks.core import settings
 from workloads.store import ObjectStore, S3Options
 
 

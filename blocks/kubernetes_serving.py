@@ -1,7 +1,7 @@
 """The Kubernetes serving block: where the rollout runs stable and canary when they run on a cluster.
 
 The block only holds settings; the Deployments, Services and the HTTPRoute come from
-:mod:`tasks.kube.manifests` and the rollout on the cluster is :class:`tasks.kube.serving.ClusterServing`.
+:mod:`tasks.kube.manifests` and the rollout on the cluster is :class:`tasks.kube.cluster_serving.ClusterServing`.
 A rollout given this block leaves the promoted version serving in the stable Deployment (the local backend
 serves nothing after the stage).
 """
@@ -15,7 +15,7 @@ from prefect.blocks.core import Block
 from prefect_kubernetes.credentials import KubernetesCredentials
 from pydantic import Field
 
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 from tasks.kube.manifests import GPU_RESOURCE, PodSettings
 
 

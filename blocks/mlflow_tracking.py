@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks import settings
-from tasks.errors import ConfigurationError
+from tasks.core import settings
+from tasks.core.errors import ConfigurationError
 
 
 class MLflowTracking(Block):

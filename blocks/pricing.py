@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 
 
 class GpuPricing(Block):
-    """Prices the cost report multiplies telemetry by (tasks/cost.py). Figures are per hour of wall time.
+    """Prices the cost report multiplies telemetry by (tasks/reporting/cost.py). Figures are per hour of wall time.
 
     A GPU is priced by its NVML name (exact, then case-insensitive), a MIG instance by its profile; anything
     unlisted falls back to ``default_gpu_hour_price`` (a MIG instance to its share of it, compute slices / 7).

@@ -34,8 +34,8 @@ from blocks.pricing import GpuPricing
 from blocks.quality_gate import QualityGate
 from deployments import PROJECT_ROOT
 from deployments.worker_settings import process_base_job_template
-from tasks.errors import ConfigurationError
-from tasks.tracking import pipeline_version
+from tasks.core.errors import ConfigurationError
+from tasks.tracking.runs import pipeline_version
 
 PROCESS_POOL = "gpuflow-process"
 KUBERNETES_POOL = "gpuflow-kubernetes"

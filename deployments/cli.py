@@ -33,7 +33,7 @@ def add_bootstrap_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def bootstrap_command(args: argparse.Namespace) -> int:
     from deployments.bootstrap import bootstrap
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     try:
         report = bootstrap(args.project_dir, kubernetes=args.kubernetes)

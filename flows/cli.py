@@ -36,7 +36,7 @@ class _NoTracebackForGpuflowErrors(logging.Filter):
     """On the console, errors gpuflow raised on purpose show their message, not a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tasks.errors import GpuflowError
+        from tasks.core.errors import GpuflowError
 
         if record.exc_info and isinstance(record.exc_info[1], GpuflowError):
             record.exc_info = None
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the inference server in this process, on the embedded tracking store unless told otherwise."""
-    from tasks import settings
+    from tasks.core import settings
     from workloads.server import main as server_main
 
     argv = ["--model-uri", args.model_uri, "--port", str(args.port), "--host", args.host]
@@ -234,12 +234,12 @@ def _refuse_early(args: argparse.Namespace) -> int | None:
     its header has the schema's columns; the default canary policy can collect ``min_requests`` at step 1.
     A named policy block is checked by ``ml_pipeline`` before any work (loading it needs the Prefect API).
     """
-    from tasks.errors import GpuflowError
+    from tasks.core.errors import GpuflowError
 
     try:
         if args.data.strip() != "demo":
-            from tasks.demo_data import digits_schema
-            from tasks.ingest import quick_check
+            from tasks.data.demo import digits_schema
+            from tasks.data.ingest import quick_check
 
             quick_check(args.data, digits_schema())
         if not args.no_promote and not args.policy:
@@ -252,7 +252,7 @@ def _refuse_early(args: argparse.Namespace) -> int | None:
 
 
 def _fail(args: argparse.Namespace, outcome: BaseException | None, message: str | None = None) -> int:
-    from tasks.errors import GpuflowError
+    from tasks.core.errors import GpuflowError
 
     message = str(outcome) if outcome is not None else (message or "pipeline failed")
     if args.json:
@@ -280,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.pipeline import ml_pipeline
 
         state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
-    from tasks.errors import GateFailed, ModelRejected
+    from tasks.core.errors import GateFailed, ModelRejected
 
     if state.is_completed():
         _print_result(state.result(), args.json)

@@ -1,7 +1,7 @@
 """The evaluate stage: score a trained model on the test split, register it, gate it, move the aliases.
 
-Orchestration only: the metrics live in tasks/evaluation.py, the registry in tasks/registry.py and the
-gate's rules in tasks/gate.py. The flow returns its :class:`Evaluation` even when the gate fails;
+Orchestration only: the metrics live in tasks/evaluation/scoring.py, the registry in tasks/tracking/registry.py and the
+gate's rules in tasks/evaluation/gate.py. The flow returns its :class:`Evaluation` even when the gate fails;
 whoever called it (``ml_pipeline``, an automation) decides what a failed gate means.
 """
 
@@ -14,8 +14,9 @@ from prefect import flow, get_run_logger
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.quality_gate import resolve_gate
-from tasks import settings
-from tasks.evaluation import (
+from tasks.core import settings
+from tasks.evaluation.gate import GateDecision, decide, outcome, render_markdown
+from tasks.evaluation.scoring import (
     HEADLINE_METRICS,
     Evaluation,
     gate_tags,
@@ -24,11 +25,10 @@ from tasks.evaluation import (
     report_evaluation,
     score_model,
 )
-from tasks.events import MODEL_EVALUATED, emit, model_resource
-from tasks.gate import GateDecision, decide, outcome, render_markdown
-from tasks.registry import current_champion, move_aliases, register_version, trained_model
-from tasks.telemetry import stage_telemetry
-from tasks.tracking import TAG_DATASET_VERSION, client_for, record_gpu_inventory, stage_run
+from tasks.reporting.stage_telemetry import stage_telemetry
+from tasks.tracking.events import MODEL_EVALUATED, emit, model_resource
+from tasks.tracking.registry import current_champion, move_aliases, register_version, trained_model
+from tasks.tracking.runs import TAG_DATASET_VERSION, client_for, record_gpu_inventory, stage_run
 
 __all__ = ["Evaluation", "GateDecision", "evaluate"]
 

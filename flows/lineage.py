@@ -1,6 +1,6 @@
 """``gpuflow lineage MODEL[@ALIAS | /VERSION]``: the data, training, code, test figures and cost behind a version.
 
-Reads MLflow only (tasks/lineage.py). Exit code 1 with a message naming what exists when the model, alias or
+Reads MLflow only (tasks/reporting/lineage.py). Exit code 1 with a message naming what exists when the model, alias or
 version does not. Importing this module is cheap (argparse only), so ``gpuflow --help`` stays fast.
 
 Wiring (flows/cli.py)::
@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tasks.lineage import Lineage
+    from tasks.reporting.lineage import Lineage
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -92,8 +92,8 @@ def lineage_command(args: argparse.Namespace) -> int:
     """Run ``gpuflow lineage``; returns the exit code (1 when the model, alias or version does not exist)."""
     from blocks.mlflow_tracking import resolve_tracking
     from blocks.pricing import resolve_pricing
-    from tasks.errors import GpuflowError
-    from tasks.lineage import model_lineage
+    from tasks.core.errors import GpuflowError
+    from tasks.reporting.lineage import model_lineage
 
     try:
         lineage = model_lineage(resolve_tracking(args.tracking), args.model, resolve_pricing(args.pricing))

@@ -168,7 +168,7 @@ def _toleration(text: str) -> dict[str, str]:
 
 def manifests_command(args: argparse.Namespace, out: Any = None) -> int:
     """Print the manifests; 2 with one line on stderr for a bad option or block, 0 otherwise."""
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     stream = out or sys.stdout
     try:
@@ -206,7 +206,7 @@ def _target(args: argparse.Namespace) -> Any:
 
     from blocks.kubernetes import KubernetesGPUJob
     from blocks.kubernetes_serving import KubernetesServing, resolve_kubernetes_serving
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     serve = args.manifest_kind == "serve"
     cls = KubernetesServing if serve else KubernetesGPUJob
@@ -231,7 +231,7 @@ def _target(args: argparse.Namespace) -> Any:
 
 def _load_block(name: str) -> Any:
     from blocks.kubernetes import KubernetesGPUJob
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     slug = KubernetesGPUJob.get_block_type_slug()
     short = name.split("/", 1)[1] if name.startswith(f"{slug}/") else name
@@ -243,7 +243,7 @@ def _load_block(name: str) -> Any:
 
 def _tracking(args: argparse.Namespace) -> Any:
     from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     if not (args.tracking_uri or args.tracking):
         raise ConfigurationError(
@@ -257,7 +257,7 @@ def _tracking(args: argparse.Namespace) -> Any:
 
 def _store(args: argparse.Namespace) -> Any:
     from blocks.data_store import DataStore, resolve_data_store
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     if not (args.store_uri or args.data_store):
         raise ConfigurationError(
@@ -279,8 +279,8 @@ def _trainer_spec(args: argparse.Namespace) -> Any:
     """The train stage's own WorkloadSpec; secret keys the Secret must hold are added by name (no values)."""
     import dataclasses
 
-    from tasks.settings import DEFAULT_MODEL_NAME
-    from tasks.training import trainer_spec
+    from tasks.core.settings import DEFAULT_MODEL_NAME
+    from tasks.training.trainer_job import trainer_spec
 
     store = _store(args)
     spec = trainer_spec(
@@ -305,9 +305,9 @@ def _trainer_spec(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace, block: Any) -> list[dict[str, Any]]:
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
     from tasks.kube import manifests
-    from tasks.kube.serving import block_server_name
+    from tasks.kube.cluster_serving import block_server_name
 
     pod = block.pod_settings()
     model, version = _model_and_version(args.model_uri, args.model_version, "--model-uri")
@@ -364,7 +364,7 @@ def _serve(args: argparse.Namespace, block: Any) -> list[dict[str, Any]]:
 
 def _model_and_version(uri: str, given: str | None, what: str) -> tuple[str, str]:
     """``models:/<name>/<version>`` -> (name, version); other URIs need --model-version / --canary-version."""
-    from tasks.errors import ConfigurationError
+    from tasks.core.errors import ConfigurationError
 
     parts = uri[len("models:/") :].split("/") if uri.startswith("models:/") else []
     model = parts[0].split("@")[0] if parts else ""

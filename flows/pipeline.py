@@ -21,10 +21,10 @@ from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.rollout import rollout
 from flows.train import train
-from tasks import settings
-from tasks import tracking as runs
-from tasks.errors import GateFailed, ModelRejected, RolledBack
-from tasks.telemetry import pipeline_gpu_and_cost
+from tasks.core import settings
+from tasks.core.errors import GateFailed, ModelRejected, RolledBack
+from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
+from tasks.tracking import runs
 
 
 class PipelineResult(BaseModel):

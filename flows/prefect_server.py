@@ -37,8 +37,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from tasks import settings
-from tasks.errors import ServiceUnavailable
+from tasks.core import settings
+from tasks.core.errors import ServiceUnavailable
 
 DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 START_LOCK_TIMEOUT_SECONDS = 900.0  # other commands' servers starting first, one after the other

@@ -1,6 +1,6 @@
 """The ``prepare`` flow: raw CSV/Parquet -> validated, split, versioned dataset -> ``gpuflow.dataset.prepared``.
 
-Orchestration only: blocks are resolved here, the work is done by the tasks in ``tasks.data``.
+Orchestration only: blocks are resolved here, the work is done by the tasks in ``tasks.data.preparation``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pydantic import Field
 
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
-from tasks import settings
-from tasks import tracking as runs
-from tasks.data import PreparedDataset, emit_prepared, log_prepared, prepare_dataset_task, resolve_raw_data
-from tasks.demo_data import digits_schema
-from tasks.schema import DatasetSchema, PrepareParams
-from tasks.telemetry import stage_telemetry
+from tasks.core import settings
+from tasks.data.demo import digits_schema
+from tasks.data.preparation import PreparedDataset, emit_prepared, log_prepared, prepare_dataset_task, resolve_raw_data
+from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.reporting.stage_telemetry import stage_telemetry
+from tasks.tracking import runs
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 

@@ -2,8 +2,8 @@
 
 A flow so the report shows up in Prefect beside the runs it describes (and can be deployed, e.g. triggered by
 ``gpuflow.model.evaluated``) and its markdown artifact ``gpuflow-report`` belongs to a flow run. It only reads
-MLflow, so it runs any time after the pipeline, on any machine. The logic is in tasks/report.py (data and
-markdown) and tasks/report_plots.py (PNG plots); the command line is flows/report_command.py.
+MLflow, so it runs any time after the pipeline, on any machine. The logic is in tasks/reporting/report.py (data and
+markdown) and tasks/reporting/plots.py (PNG plots); the command line is flows/report_command.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
-from tasks.report import ReportResult, build_report
+from tasks.reporting.report import ReportResult, build_report
 
 
 @flow(name="report", log_prints=False)

@@ -43,8 +43,8 @@ def add_report_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 def report_command(args: argparse.Namespace) -> int:
     """Run ``gpuflow report``; returns the exit code (1 when the run cannot be found or read)."""
     from flows.report import report
-    from tasks.errors import GpuflowError
-    from tasks.report import ReportResult
+    from tasks.core.errors import GpuflowError
+    from tasks.reporting.report import ReportResult
 
     state = report(
         run_id=None if args.last else args.run_id,

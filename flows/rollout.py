@@ -1,12 +1,12 @@
 """The rollout stage: serve the champion (stable) and the challenger (canary), shift traffic step by step,
 judge each step from the servers' /metrics and the labelled traffic, then promote or roll back.
 
-Orchestration only: where the versions run is the ``Serving`` seam of tasks/serving.py (local processes, or
-Deployments on a cluster with ``serving=<KubernetesServing block>``, tasks/kube/serving.py), traffic is
-tasks/traffic.py, the rules and figures tasks/canary.py, the policy blocks/canary_policy.py. One rollout per
-registered model at a time (a Prefect global concurrency limit named ``gpuflow-rollout-<model>``). Locally no
-server outlives the stage; on a cluster the stable Deployment keeps serving and nothing else the rollout made
-is left.
+Orchestration only: where the versions run is the ``Serving`` seam of tasks/rollout/serving.py (local processes, or
+Deployments on a cluster with ``serving=<KubernetesServing block>``, tasks/kube/cluster_serving.py), traffic is
+tasks/rollout/traffic.py, the rules and figures tasks/rollout/canary.py, the policy blocks/canary_policy.py.
+One rollout per registered model at a time (a Prefect global concurrency limit named
+``gpuflow-rollout-<model>``). Locally no server outlives the stage; on a cluster the stable Deployment keeps
+serving and nothing else the rollout made is left.
 A rollback is a verdict, not a crash: the flow completes and returns it; errors (stable down, MLflow
 unreachable, lock timeout) fail the flow and leave every alias as it was.
 """
@@ -28,8 +28,11 @@ from pydantic import BaseModel, ConfigDict
 from blocks.canary_policy import CanaryPolicy, rollout_policy
 from blocks.data_store import DataStore, resolve_data_store
 from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
-from tasks import settings
-from tasks.canary import (
+from tasks.core import settings
+from tasks.core.errors import ConfigurationError, GateFailed, RetryableError
+from tasks.evaluation.scoring import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, load_test_split
+from tasks.reporting.stage_telemetry import stage_telemetry
+from tasks.rollout.canary import (
     EMPTY_SAMPLE,
     CheckName,
     Decision,
@@ -40,14 +43,11 @@ from tasks.canary import (
     artifact_key,
     render_markdown,
 )
-from tasks.errors import ConfigurationError, GateFailed, RetryableError
-from tasks.evaluation import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, load_test_split
-from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK, emit, model_resource
-from tasks.registry import CHALLENGER, CHAMPION, ChampionMoved, RegisteredVersion, alias_version, read_version
-from tasks.serving import LocalServers, ServerNotReady, ServerUnreachable, Serving
-from tasks.telemetry import stage_telemetry
-from tasks.tracking import TAG_DATASET_VERSION, client_for, stage_run
-from tasks.traffic import TrafficDriver
+from tasks.rollout.serving import LocalServers, ServerNotReady, ServerUnreachable, Serving
+from tasks.rollout.traffic import TrafficDriver
+from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK, emit, model_resource
+from tasks.tracking.registry import CHALLENGER, CHAMPION, ChampionMoved, RegisteredVersion, alias_version, read_version
+from tasks.tracking.runs import TAG_DATASET_VERSION, client_for, stage_run
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing
@@ -365,7 +365,7 @@ def _open_serving(
     """The backend for this rollout: local processes, or the cluster the block names."""
     if cluster is None:
         return LocalServers(tracking.uri, commands=policy.local_server_commands, log=logger.info)
-    from tasks.kube.serving import ClusterServing
+    from tasks.kube.cluster_serving import ClusterServing
 
     return ClusterServing(cluster, tracking_uri=tracking.uri, model_name=model_name, log=logger.info)
 

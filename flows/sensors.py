@@ -1,7 +1,7 @@
 """The storage sensor flow: poll a prefix, announce each complete new raw file as ``gpuflow.data.arrived``.
 
 Scheduled every few minutes by the ``storage-sensor`` deployment; the ``prepare`` deployment's trigger turns
-each announcement into a pipeline run. Orchestration only: the rules live in ``tasks.sensor``.
+each announcement into a pipeline run. Orchestration only: the rules live in ``tasks.data.sensor``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.data_store import resolve_data_store
-from tasks import sensor, settings
+from tasks.core import settings
+from tasks.data import sensor
 from workloads.store import is_s3, join, local_path
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]

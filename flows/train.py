@@ -10,11 +10,11 @@ from pydantic import Field
 from blocks.compute import resolve_compute
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
-from tasks import events
-from tasks.settings import DEFAULT_MODEL_NAME
-from tasks.telemetry import read_train_telemetry
-from tasks.tracking import record_gpu_inventory
-from tasks.training import (
+from tasks.core.settings import DEFAULT_MODEL_NAME
+from tasks.reporting.stage_telemetry import read_train_telemetry
+from tasks.tracking import events
+from tasks.tracking.runs import record_gpu_inventory
+from tasks.training.trainer_job import (
     TrainedModel,
     dataset_manifest,
     default_training_id,

@@ -1,8 +1,8 @@
 """EarlyStopper: the per-epoch "should training stop?" decision, shared by the trainer and the reports.
 
-Lives in workloads/ (no torch, no Prefect) so the trainer can call it in its pod, and tasks/convergence.py
-replays the same rules over finished runs, so a report's "plateau at epoch 9" is exactly what the trainer
-would have decided.
+Lives in workloads/ (no torch, no Prefect) so the trainer can call it in its pod, and
+tasks/reporting/convergence_figures.py replays the same rules over finished runs, so a report's "plateau at
+epoch 9" is exactly what the trainer would have decided.
 
 - plateau: the watched metric has not improved by more than ``min_delta`` for ``patience`` epochs;
 - divergence: a loss (or the metric) is NaN or infinite, or the loss rose ``rising_epochs`` epochs in a row.

@@ -7,8 +7,8 @@ like real Kubernetes ones and :mod:`tasks.kube.jobs` only has to fetch and act.
 A :class:`Failure` also says whether running the same thing again could pass (``permanent``): a bad image,
 a bad configuration, a dataset error, an out-of-memory kill, a deadline or no node with the GPUs asked for
 all fail again; a crash of unknown cause or a lost pod may not. :func:`workload_error` turns it into a
-:class:`~tasks.errors.WorkloadFailed` that is also a :class:`~tasks.errors.PermanentError` or a
-:class:`~tasks.errors.RetryableError`, which is what decides Prefect's retries.
+:class:`~tasks.core.errors.WorkloadFailed` that is also a :class:`~tasks.core.errors.PermanentError` or a
+:class:`~tasks.core.errors.RetryableError`, which is what decides Prefect's retries.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from kubernetes.utils import parse_quantity
 
-from tasks.errors import ConfigurationError, PermanentError, RetryableError, ServiceUnavailable, WorkloadFailed
+from tasks.core.errors import ConfigurationError, PermanentError, RetryableError, ServiceUnavailable, WorkloadFailed
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED
 
 Obj = Mapping[str, Any]

@@ -38,7 +38,7 @@ from prefect_kubernetes.credentials import KubernetesCredentials
 from prefect_kubernetes.jobs import KubernetesJob
 
 from blocks.compute import LogFn, WorkloadResult, WorkloadSpec
-from tasks.errors import ConfigurationError, ServiceUnavailable
+from tasks.core.errors import ConfigurationError, ServiceUnavailable
 from tasks.kube.diagnosis import (
     Failure,
     RetryableWorkloadFailure,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from kubernetes.utils import parse_quantity
 
 from blocks.compute import WorkloadSpec
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
 
 Manifest = dict[str, Any]

@@ -21,7 +21,7 @@ from blocks.canary_policy import CanaryPolicy
 from blocks.kubernetes import KubernetesGPUJob
 from blocks.kubernetes_serving import KubernetesServing
 from flows.pipeline import PipelineResult, ml_pipeline
-from tasks import settings
+from tasks.core import settings
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.integration.test_kube_canary import FAST as FAST_POLICY

@@ -8,8 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.prepare import prepare
-from tasks import settings
-from tasks.errors import ConfigurationError
+from tasks.core import settings
+from tasks.core.errors import ConfigurationError
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.raw_files import BAD_INPUTS, BadInput
 

@@ -35,10 +35,11 @@ from prefect.utilities.callables import parameter_schema
 
 from deployments import PROJECT_ROOT, deployment_entrypoints
 from deployments.bootstrap import BootstrapReport, bootstrap, declared_deployments
-from tasks import events, settings
-from tasks.demo_data import digits_csv_bytes
-from tasks.evaluation import TAG_GATE_PASSED
-from tasks.tracking import TAG_DATASET_VERSION, TAG_FLOW_RUN, TAG_PARENT
+from tasks.core import settings
+from tasks.data.demo import digits_csv_bytes
+from tasks.evaluation.scoring import TAG_GATE_PASSED
+from tasks.tracking import events
+from tasks.tracking.runs import TAG_DATASET_VERSION, TAG_FLOW_RUN, TAG_PARENT
 from tests.fixtures.prefect_events import read_events
 from tests.fixtures.prefect_server import FAST_WORKER_ENV, PrefectServer, prefect_server, process_worker
 

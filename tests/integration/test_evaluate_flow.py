@@ -19,9 +19,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from blocks.quality_gate import QualityGate
 from flows.evaluate import Evaluation, evaluate
-from tasks import settings
-from tasks.errors import ConfigurationError
-from tasks.events import MODEL_EVALUATED
+from tasks.core import settings
+from tasks.core.errors import ConfigurationError
+from tasks.tracking.events import MODEL_EVALUATED
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.models import aliases, log_training_run, registry_client, train_digits_model
 from tests.fixtures.prefect_events import wait_for_event
@@ -192,7 +192,7 @@ def test_a_saved_gate_block_with_an_ece_cap_rejects_a_poorly_calibrated_model(
 
 def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name: str) -> None:
     from blocks.mlflow_tracking import MLflowTracking
-    from tasks.tracking import start_run
+    from tasks.tracking.runs import start_run
 
     missing = uuid.uuid4().hex
     with pytest.raises(ConfigurationError, match=f"training run '{missing}' does not exist"):
@@ -212,8 +212,8 @@ def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name
 
 def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
     from blocks.mlflow_tracking import MLflowTracking
-    from tasks.registry import read_trained_model
-    from tasks.tracking import start_run
+    from tasks.tracking.registry import read_trained_model
+    from tasks.tracking.runs import start_run
 
     run_id = start_run(MLflowTracking.embedded(), "train", stage="train")
     client = registry_client()
@@ -226,7 +226,7 @@ def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
 
 def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(gpuflow_home: Path, model_name: str) -> None:
     from blocks.mlflow_tracking import MLflowTracking
-    from tasks.registry import ChampionMoved, move_aliases
+    from tasks.tracking.registry import ChampionMoved, move_aliases
 
     client = registry_client()
     client.create_registered_model(model_name)

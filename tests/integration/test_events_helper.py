@@ -1,4 +1,4 @@
-"""The event contract: what tasks.events emits is what Prefect's API serves to automations."""
+"""The event contract: what tasks.tracking.events emits is what Prefect's API serves to automations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from prefect import flow
 
-from tasks import events
+from tasks.tracking import events
 from tests.fixtures.prefect_events import wait_for_event
 
 

@@ -28,11 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from blocks.canary_policy import CanaryPolicy
 from blocks.kubernetes_serving import KubernetesServing
 from flows.rollout import RolloutResult, rollout
-from tasks.canary import ServerSample
-from tasks.errors import ConfigurationError, RetryableError
-from tasks.kube.serving import canary_replicas, server_name_for
-from tasks.kube.serving_metrics import TrackCounters
-from tasks.serving import ServerNotReady
+from tasks.core.errors import ConfigurationError, RetryableError
+from tasks.kube.cluster_metrics import TrackCounters
+from tasks.kube.cluster_serving import canary_replicas, server_name_for
+from tasks.rollout.canary import ServerSample
+from tasks.rollout.serving import ServerNotReady
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway
 from tests.fixtures.models import (

@@ -21,11 +21,11 @@ from blocks.data_store import resolve_data_store
 from blocks.kubernetes import KubernetesGPUJob
 from blocks.mlflow_tracking import resolve_tracking
 from flows.train import train
-from tasks import settings
-from tasks.errors import ConfigurationError, PermanentError, ServiceUnavailable, WorkloadFailed
+from tasks.core import settings
+from tasks.core.errors import ConfigurationError, PermanentError, ServiceUnavailable, WorkloadFailed
 from tasks.kube.manifests import LABEL_JOB, job_name
-from tasks.tracking import experiment_id
-from tasks.training import trainer_spec
+from tasks.tracking.runs import experiment_id
+from tasks.training.trainer_job import trainer_spec
 from tests.conftest import free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401

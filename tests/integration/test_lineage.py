@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.lineage import add_lineage_parser, lineage_command
-from tasks import settings
+from tasks.core import settings
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from blocks.compute import LocalProcess, WorkloadSpec, resolve_compute
-from tasks.errors import WorkloadFailed
+from tasks.core.errors import WorkloadFailed
 
 # A grandchild that ignores SIGTERM, so only killing the whole group with SIGKILL removes it.
 STUBBORN_CHILD = """

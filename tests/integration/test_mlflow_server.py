@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from blocks.mlflow_tracking import MLflowTracking
 from flows.evaluate import evaluate
-from tasks import settings
-from tasks.evaluation import load_model, read_test_split
+from tasks.core import settings
+from tasks.evaluation.scoring import load_model, read_test_split
 from tests.conftest import MlflowServer
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.models import log_training_run, train_digits_model

@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.prepare import prepare
-from tasks import settings
-from tasks.events import DATASET_PREPARED
+from tasks.core import settings
+from tasks.tracking.events import DATASET_PREPARED
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.prefect_events import wait_for_event
 from tests.fixtures.raw_files import csv_bytes, digits_rows

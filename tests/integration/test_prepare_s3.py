@@ -15,9 +15,9 @@ from pydantic import SecretStr
 
 from blocks.data_store import DataStore
 from flows.prepare import prepare
-from tasks import settings
-from tasks.demo_data import digits_csv_bytes
-from tasks.errors import DataNotFoundError, DataValidationError
+from tasks.core import settings
+from tasks.core.errors import DataNotFoundError, DataValidationError
+from tasks.data.demo import digits_csv_bytes
 from tests.conftest import S3Server
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.raw_files import csv_bytes, digits_rows, set_field

@@ -25,10 +25,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from blocks.canary_policy import CanaryPolicy
 from flows.evaluate import evaluate
 from flows.rollout import RolloutLocked, RolloutResult, rollout, rollout_lock
-from tasks import settings
-from tasks.canary import artifact_key
-from tasks.errors import GateFailed
-from tasks.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
+from tasks.core import settings
+from tasks.core.errors import GateFailed
+from tasks.rollout.canary import artifact_key
+from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
 from tests.fixtures.models import (
     RolloutHome,
     aliases,

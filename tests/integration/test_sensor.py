@@ -8,7 +8,8 @@ from pathlib import Path
 
 from blocks.data_store import DataStore
 from flows.sensors import storage_sensor
-from tasks import events, sensor
+from tasks.data import sensor
+from tasks.tracking import events
 from tests.conftest import S3Server
 from tests.fixtures.prefect_events import read_events, wait_for_event
 

@@ -28,7 +28,7 @@ import pytest
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.registry import model_location
+from tasks.tracking.registry import model_location
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.models import log_training_run, train_digits_model

@@ -16,10 +16,10 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.exceptions import ParameterTypeError
 
 from flows.train import train
-from tasks import settings
-from tasks.errors import DataNotFoundError
-from tasks.events import MODEL_TRAINED
-from tasks.training import TrainedModel
+from tasks.core import settings
+from tasks.core.errors import DataNotFoundError
+from tasks.tracking.events import MODEL_TRAINED
+from tasks.training.trainer_job import TrainedModel
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
 from tests.fixtures.prefect_events import wait_for_event

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from blocks.canary_policy import CanaryPolicy
-from tasks.canary import (
+from tasks.rollout.canary import (
     EMPTY_SAMPLE,
     RolloutResult,
     ServerSample,
@@ -21,7 +21,7 @@ from tasks.canary import (
     parse_server_metrics,
     render_markdown,
 )
-from tasks.traffic import TargetRecord, TrafficRecord
+from tasks.rollout.traffic import TargetRecord, TrafficRecord
 from workloads.server.metrics import Metrics
 
 POLICY = CanaryPolicy(
@@ -254,7 +254,7 @@ def test_artifact_keys_are_slugs() -> None:
 
 
 def test_server_startup_seconds_are_read_from_its_metrics() -> None:
-    from tasks.canary import startup_seconds
+    from tasks.rollout.canary import startup_seconds
 
     text = (
         "# TYPE gpuflow_server_model_load_seconds gauge\n"

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from blocks.canary_policy import CanaryPolicy, resolve_policy, rollout_policy
-from tasks.errors import ConfigurationError
-from tasks.traffic import RowCycle, WeightedRouter
+from tasks.core.errors import ConfigurationError
+from tasks.rollout.traffic import RowCycle, WeightedRouter
 
 
 def test_default_policy_walks_10_25_50_100() -> None:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from tasks.convergence import analyse_convergence
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
+from tasks.reporting.convergence_figures import analyse_convergence
 from workloads.convergence import EarlyStopper
 
 ACCURACY = [0.50, 0.70, 0.80, 0.86, 0.90, 0.89, 0.90, 0.895, 0.90]

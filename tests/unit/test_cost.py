@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from blocks.pricing import GpuPricing
-from tasks.cost import CostBreakdown, gpu_hour_price, run_cost, stage_cost
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
+from tasks.reporting.cost import CostBreakdown, gpu_hour_price, run_cost, stage_cost
 from workloads.telemetry import DeviceSummary, TelemetrySummary
 
 H100 = "NVIDIA H100 80GB HBM3"

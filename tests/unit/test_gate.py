@@ -7,7 +7,7 @@ import math
 import pytest
 
 from blocks.quality_gate import QualityGate
-from tasks.gate import GateDecision, decide, outcome, render_markdown
+from tasks.evaluation.gate import GateDecision, decide, outcome, render_markdown
 
 DEFAULT = QualityGate(min_accuracy=0.9, max_regression=0.02, max_ece=None)
 WITH_ECE = QualityGate(min_accuracy=0.9, max_regression=0.02, max_ece=0.05)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tasks.errors import PermanentError, RetryableError, WorkloadFailed
+from tasks.core.errors import PermanentError, RetryableError, WorkloadFailed
 from tasks.kube.diagnosis import (
     TRAINER_EXIT_MEANINGS,
     Failure,
@@ -317,7 +317,7 @@ def test_workload_error_is_permanent_or_retryable_and_a_workload_failure() -> No
 def test_prefect_retries_the_trainer_only_after_a_retryable_failure() -> None:
     from prefect.states import Failed
 
-    from tasks.training import retry_only_retryable
+    from tasks.training.trainer_job import retry_only_retryable
 
     def retried(error: BaseException) -> bool:
         return retry_only_retryable(None, None, Failed(data=error))  # type: ignore[arg-type]

@@ -17,9 +17,9 @@ from blocks.kubernetes_serving import KubernetesServing
 from blocks.mlflow_tracking import MLflowTracking
 from deployments import PROJECT_ROOT
 from flows.cli import main
+from tasks.kube.cluster_serving import server_name_for
 from tasks.kube.manifests import job_name, rbac_manifests
-from tasks.kube.serving import server_name_for
-from tasks.training import trainer_spec
+from tasks.training.trainer_job import trainer_spec
 
 TRAIN = [
     "manifests", "train", "--image", "registry.example.com/gpuflow:0.1.0", "--namespace", "ml",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.errors import ConfigurationError, DataValidationError
-from tasks.evaluation import (
+from tasks.core.errors import ConfigurationError, DataValidationError
+from tasks.evaluation.scoring import (
     classification_metrics,
     confusion_rows,
     expected_calibration_error,

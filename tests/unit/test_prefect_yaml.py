@@ -11,7 +11,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
 from deployments import PROJECT_ROOT, deployment_entrypoints
-from tasks import events
+from tasks.tracking import events
 
 EXPECTED = {
     "ml-pipeline": "ml_pipeline",
@@ -90,7 +90,7 @@ def test_every_deployment_is_versioned_tagged_and_on_the_process_pool() -> None:
 def test_every_trigger_ignores_events_from_stages_inside_ml_pipeline() -> None:
     import yaml
 
-    from tasks.events import ORIGIN_LABEL
+    from tasks.tracking.events import ORIGIN_LABEL
 
     document = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     triggers = [t for d in document["deployments"] for t in d.get("triggers") or []]

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from blocks.pricing import GpuPricing
-from tasks.cost import stage_cost
-from tasks.telemetry import pipeline_gpu_and_cost, stage_cost_from_dict
+from tasks.reporting.cost import stage_cost
+from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost, stage_cost_from_dict
 from workloads.telemetry import DeviceSummary, TelemetrySummary
 
 H100 = "NVIDIA H100 80GB HBM3"

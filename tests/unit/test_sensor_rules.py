@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from blocks.data_store import DataStore
-from tasks import sensor
-from tasks.errors import ConfigurationError
-from tasks.sensor import ObjectInfo, SensorState
+from tasks.core.errors import ConfigurationError
+from tasks.data import sensor
+from tasks.data.sensor import ObjectInfo, SensorState
 
 NOW = 1_000_000.0
 

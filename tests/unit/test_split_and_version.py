@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.dataset import compute_version, prepare_dataset
-from tasks.demo_data import digits_csv_bytes, digits_schema, write_digits_csv
-from tasks.errors import ConfigurationError
-from tasks.schema import DatasetSchema, PrepareParams
-from tasks.split import allocate, min_rows_per_class, stratified_split
+from tasks.core.errors import ConfigurationError
+from tasks.data.demo import digits_csv_bytes, digits_schema, write_digits_csv
+from tasks.data.publish import compute_version, prepare_dataset
+from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.split import allocate, min_rows_per_class, stratified_split
 from tests.fixtures.raw_files import csv_bytes, digits_rows
 from workloads.dataset import (
     MANIFEST,

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from blocks.compute import WorkloadSpec
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.training import trainer_spec
+from tasks.training.trainer_job import trainer_spec
 from workloads.trainer.config import parse_config
 
 

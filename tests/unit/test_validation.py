@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.dataset import prepare_dataset
-from tasks.demo_data import digits_schema
-from tasks.errors import ConfigurationError, DataValidationError
-from tasks.ingest import check_columns, first_unconvertible
-from tasks.schema import DatasetSchema, PrepareParams
-from tasks.validation import find_duplicates, row_hashes
+from tasks.core.errors import ConfigurationError, DataValidationError
+from tasks.data.demo import digits_schema
+from tasks.data.ingest import check_columns, first_unconvertible
+from tasks.data.publish import prepare_dataset
+from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.validation import find_duplicates, row_hashes
 from tests.fixtures.raw_files import (
     BAD_INPUTS,
     FEATURES,

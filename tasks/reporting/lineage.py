@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
-from tasks.errors import ConfigurationError
-from tasks.registry import CHAMPION, TAG_TRAIN_RUN
-from tasks.report import stage_runs
-from tasks.telemetry import pipeline_gpu_and_cost, read_summary_document
-from tasks.tracking import TAG_DATASET_VERSION, TAG_ENVIRONMENT, TAG_PARENT, TAG_PIPELINE_VERSION, client_for
+from tasks.core.errors import ConfigurationError
+from tasks.reporting.report import stage_runs
+from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost, read_summary_document
+from tasks.tracking.registry import CHAMPION, TAG_TRAIN_RUN
+from tasks.tracking.runs import TAG_DATASET_VERSION, TAG_ENVIRONMENT, TAG_PARENT, TAG_PIPELINE_VERSION, client_for
 from workloads.trainer.reporting import TAG_STOP_REASON, TAG_TRAINING_ID
 
 HYPERPARAMETERS = (

@@ -5,7 +5,7 @@ Pure functions and frozen models, so every rule is unit-tested without servers. 
 - error rate and p95 latency: each server's own ``/metrics``, as deltas between two scrapes (the step's
   start and the check), exactly as a Prometheus query would read them on a cluster; p95 is estimated from the
   latency histogram's buckets the way PromQL's ``histogram_quantile`` does;
-- accuracy and agreement: the traffic driver's labelled record (tasks/traffic.py), since only the driver
+- accuracy and agreement: the traffic driver's labelled record (tasks/rollout/traffic.py), since only the driver
   knows the labels;
 - requests that never reached the canary (refused, reset, timed out) are in no server's counters; the
   driver's transport errors are added to the canary's requests and errors so a dying canary cannot look clean.
@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.canary_policy import CanaryPolicy
-from tasks.traffic import PREDICT_PATH, TargetRecord, TrafficRecord
+from tasks.rollout.traffic import PREDICT_PATH, TargetRecord, TrafficRecord
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Prefect tasks of the prepare stage, and what the stage hands to the next one.
 
-The logic lives in ``tasks.dataset`` (no Prefect, so the benchmark and tests can call it directly);
+The logic lives in ``tasks.data.publish`` (no Prefect, so the benchmark and tests can call it directly);
 this module wraps it as tasks, records the result in MLflow (params, metrics, ``mlflow.data`` inputs
 with contexts train/val/test) and emits ``gpuflow.dataset.prepared``.
 """
@@ -19,11 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
-from tasks import events
-from tasks import tracking as runs
-from tasks.dataset import PrepareResult, prepare_dataset
-from tasks.demo_data import resolve_data_uri
-from tasks.schema import DatasetSchema, PrepareParams
+from tasks.data.demo import resolve_data_uri
+from tasks.data.publish import PrepareResult, prepare_dataset
+from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.tracking import events, runs
 from workloads.dataset import DatasetManifest
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the prepare flow stays cheap
@@ -77,7 +76,7 @@ def resolve_raw_data(data_uri: str, store: DataStore) -> str:
 def prepare_dataset_task(
     source_uri: str, *, store: DataStore, name: str, schema: DatasetSchema, params: PrepareParams
 ) -> PrepareResult:
-    """Hash, validate, split and publish (or find the published version); see ``tasks.dataset``."""
+    """Hash, validate, split and publish (or find the published version); see ``tasks.data.publish``."""
     return prepare_dataset(
         source_uri,
         store=store.object_store(),

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import arrays
-from tasks.errors import ConfigurationError
-from tasks.ingest import feature_type, open_raw, read_table
-from tasks.schema import DatasetSchema, PrepareParams, canonical_json
-from tasks.split import SPLIT_NAMES, class_counts, stratified_split
-from tasks.validation import Checked, validate
+from tasks.core.errors import ConfigurationError
+from tasks.data import arrays
+from tasks.data.ingest import feature_type, open_raw, read_table
+from tasks.data.schema import DatasetSchema, PrepareParams, canonical_json
+from tasks.data.split import SPLIT_NAMES, class_counts, stratified_split
+from tasks.data.validation import Checked, validate
 from workloads.dataset import MANIFEST, DatasetManifest, SplitFile, dataset_exists, dataset_uri, load_manifest
 from workloads.store import ObjectStore, is_s3, join, local_path
 

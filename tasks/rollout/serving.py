@@ -3,7 +3,7 @@
 :class:`Serving` is what the rollout flow needs from wherever the two versions run: serve stable and canary,
 wait until they are ready, read each track's /metrics, route a share of traffic, promote, roll back, and
 clean up on the way out. Two backends implement it: :class:`LocalServers` here (processes on loopback) and
-``tasks.kube.serving.ClusterServing`` (Deployments on a Kubernetes cluster).
+``tasks.kube.cluster_serving.ClusterServing`` (Deployments on a Kubernetes cluster).
 
 Locally each server is ``python -m workloads.server`` (the same command a pod runs) in its own process group,
 on a free loopback port, its output kept as a tail for error messages. :class:`LocalServers` is a context
@@ -29,13 +29,13 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 from blocks.compute import _import_root, _signal_group
-from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
-from tasks.errors import WorkloadFailed
-from tasks.traffic import Routes
+from tasks.core.errors import WorkloadFailed
+from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
+from tasks.rollout.traffic import Routes
 from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
-    from tasks.registry import RegisteredVersion
+    from tasks.tracking.registry import RegisteredVersion
 
 Role = Literal["stable", "canary"]
 LogFn = Callable[[str], None]

@@ -18,8 +18,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tasks.canary import EMPTY_SAMPLE, METRICS, ServerMetricNames, ServerSample
-from tasks.errors import ServiceUnavailable
+from tasks.core.errors import ServiceUnavailable
+from tasks.rollout.canary import EMPTY_SAMPLE, METRICS, ServerMetricNames, ServerSample
 
 PROMETHEUS_TIMEOUT_SECONDS = 10.0
 

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from tasks.schema import DatasetSchema
+from tasks.data.schema import DatasetSchema
 from workloads.store import ObjectStore, join
 
 DEMO = "demo"

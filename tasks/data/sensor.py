@@ -19,8 +19,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from blocks.data_store import DataStore
-from tasks import events
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
+from tasks.tracking import events
 from workloads.store import ObjectNotFound, ObjectStore, StoreError, is_s3, join, local_path, split_s3
 
 DATA_SUFFIXES = (".csv", ".parquet")

@@ -4,14 +4,15 @@ Everything comes from MLflow, so a report can be made any time after the run, on
 
 - the pipeline run and its stage runs (``mlflow.parentRunId``); a train run id stands for its pipeline, or for
   itself when it ran alone;
-- each stage's ``telemetry/summary.json`` and ``telemetry/series.csv.gz`` (tasks/telemetry.py, the trainer);
+- each stage's ``telemetry/summary.json`` and ``telemetry/series.csv.gz`` (tasks/reporting/stage_telemetry.py,
+  the trainer);
 - the train run's per-epoch metrics (loss, accuracy, epoch seconds, throughput, cumulative GPU-seconds) and
   its ``gpuflow.stop_reason`` tag.
 
-Costs are the stages' telemetry at the prices of a ``GpuPricing`` block (tasks/cost.py); without a GPU they are
-node-hours, and the report says so. An epoch's cost is the train stage's average price per GPU-second times the
+Costs are the stages' telemetry at the prices of a ``GpuPricing`` block (tasks/reporting/cost.py); without a GPU
+they are node-hours, and the report says so. An epoch's cost is the train stage's average price per GPU-second times the
 GPU-seconds it took (start-up counted in the first epoch), or the node price times its wall time without a GPU.
-Convergence figures are tasks/convergence.py's, over those per-epoch series.
+Convergence figures are tasks/reporting/convergence_figures.py's, over those per-epoch series.
 
 Writes ``report.md`` and PNG plots to a folder, logs them under ``report/`` on the pipeline run and publishes the
 markdown as the Prefect artifact ``gpuflow-report``.
@@ -34,15 +35,22 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
-from tasks.convergence import ConvergenceReport, analyse_convergence
-from tasks.errors import ConfigurationError
-from tasks.telemetry import (
+from tasks.core.errors import ConfigurationError
+from tasks.reporting.convergence_figures import ConvergenceReport, analyse_convergence
+from tasks.reporting.stage_telemetry import (
     pipeline_gpu_and_cost,
     read_series,
     read_summary_document,
     summary_from_document,
 )
-from tasks.tracking import TAG_DATASET_VERSION, TAG_PARENT, TAG_PIPELINE_VERSION, TAG_STAGE, client_for, experiment_id
+from tasks.tracking.runs import (
+    TAG_DATASET_VERSION,
+    TAG_PARENT,
+    TAG_PIPELINE_VERSION,
+    TAG_STAGE,
+    client_for,
+    experiment_id,
+)
 from workloads.telemetry import TelemetrySummary
 from workloads.telemetry import read_series as decode_series
 from workloads.trainer.reporting import TAG_STOP_REASON
@@ -490,8 +498,8 @@ def build_report(
     publish: bool = True,
 ) -> ReportResult:
     """Write the report of ``run_id`` (None: the newest pipeline run) and log and publish it."""
-    from tasks import settings
-    from tasks.report_plots import write_plots
+    from tasks.core import settings
+    from tasks.reporting.plots import write_plots
 
     pricing = pricing or GpuPricing()
     client = client_for(tracking)

@@ -33,13 +33,13 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
-from tasks.cost import CostBreakdown, run_cost, stage_cost
-from tasks.tracking import client_for
+from tasks.reporting.cost import CostBreakdown, run_cost, stage_cost
+from tasks.tracking.runs import client_for
 from workloads.telemetry import GpuSampler, TelemetrySummary
 from workloads.trainer.telemetry import RUN_PREFIX, SERIES_ARTIFACT, SUMMARY_ARTIFACT, summary_document
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient  # clients come from tasks.tracking.client_for
+    from mlflow import MlflowClient  # clients come from tasks.tracking.runs.client_for
 
 TAG_TELEMETRY = "gpuflow.telemetry"
 TAG_MISSING = "gpuflow.telemetry.missing"

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict
 
 from blocks.pricing import GpuPricing
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 from workloads.telemetry.summary import DeviceSummary, TelemetrySummary
 
 SECONDS_PER_HOUR = 3600.0

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.errors import ConfigurationError, DataValidationError
-from tasks.gate import GateDecision
-from tasks.registry import model_location
-from tasks.tracking import client_for
+from tasks.core.errors import ConfigurationError, DataValidationError
+from tasks.evaluation.gate import GateDecision
+from tasks.tracking.registry import model_location
+from tasks.tracking.runs import client_for
 from workloads.dataset import DatasetCorrupt, DatasetNotFound, load_manifest, read_split
 from workloads.store import ObjectStore
 

@@ -1,4 +1,4 @@
-"""The rollout's stable and canary on a Kubernetes cluster (the :class:`~tasks.serving.Serving` seam).
+"""The rollout's stable and canary on a Kubernetes cluster (the :class:`~tasks.rollout.serving.Serving` seam).
 
 Objects, all from :mod:`tasks.kube.manifests` (``<name>`` is the block's ``server_name`` or the model's name):
 
@@ -18,7 +18,7 @@ pod count as it would with replicas, as capacity.
 
 The replayed labelled traffic goes where a client's would: ``service_url`` (in-cluster, or the gateway), else
 the API server's ``services/<name>:http/proxy``. Answers are attributed to a track by ``X-Model-Version``.
-Each track's figures are its pods' /metrics summed (:mod:`tasks.kube.serving_metrics`), read through
+Each track's figures are its pods' /metrics summed (:mod:`tasks.kube.cluster_metrics`), read through
 ``pods/<pod>:8080/proxy/metrics`` or from Prometheus.
 """
 
@@ -40,9 +40,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from tasks.canary import ServerSample, parse_server_metrics, startup_seconds
-from tasks.errors import ConfigurationError, RetryableError, ServiceUnavailable, WorkloadFailed
+from tasks.core.errors import ConfigurationError, RetryableError, ServiceUnavailable, WorkloadFailed
 from tasks.kube import diagnosis
+from tasks.kube.cluster_metrics import TrackCounters, prometheus_samples, prometheus_startup
 from tasks.kube.manifests import (
     LABEL_MODEL_VERSION,
     LABEL_TRACK,
@@ -58,10 +58,18 @@ from tasks.kube.manifests import (
     track_service,
 )
 from tasks.kube.routes import route_status
-from tasks.kube.serving_metrics import TrackCounters, prometheus_samples, prometheus_startup
-from tasks.registry import RegisteredVersion
-from tasks.serving import ServerNotReady, ServerUnreachable
-from tasks.traffic import PREDICT_PATH, VERSION_HEADER, Answer, EndpointFactory, Routes, http_endpoint, read_answer
+from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
+from tasks.rollout.serving import ServerNotReady, ServerUnreachable
+from tasks.rollout.traffic import (
+    PREDICT_PATH,
+    VERSION_HEADER,
+    Answer,
+    EndpointFactory,
+    Routes,
+    http_endpoint,
+    read_answer,
+)
+from tasks.tracking.registry import RegisteredVersion
 from workloads.server.config import EXIT_ERROR, EXIT_LISTEN, EXIT_UNAVAILABLE, EXIT_USAGE
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from tasks import arrays
-from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, ServiceUnavailable
-from tasks.schema import DatasetSchema
+from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, ServiceUnavailable
+from tasks.data import arrays
+from tasks.data.schema import DatasetSchema
 from workloads.store import ObjectStore, StoreError, is_s3, local_path, split_s3
 
 Format = Literal["csv", "parquet"]
@@ -166,7 +166,7 @@ def read_table(raw: RawFile, schema: DatasetSchema) -> pa.Table:
     """The file as a table with exactly the schema's columns, in schema order, features typed as declared.
 
     Structural problems (empty, unreadable, truncated, missing / unexpected columns, text in a numeric
-    column) raise :class:`DataValidationError`; value checks are left to ``tasks.validation``.
+    column) raise :class:`DataValidationError`; value checks are left to ``tasks.data.validation``.
     Features come back as the declared float type, or as int8/int16 when a CSV holds only small
     integers within the declared range (exact, and a quarter of the memory); writers cast them.
     The label column comes back as integers, or as floats from Parquet (checked later).

@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.errors import ConfigurationError, RetryableError
-from tasks.tracking import TAG_DATASET_VERSION, client_for
+from tasks.core.errors import ConfigurationError, RetryableError
+from tasks.tracking.runs import TAG_DATASET_VERSION, client_for
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the evaluate flow stays cheap
     from mlflow import MlflowClient

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blocks.mlflow_tracking import MLflowTracking
-from tasks import settings
+from tasks.core import settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks import arrays
-from tasks.errors import DataValidationError
-from tasks.ingest import ROWS_NOTE
-from tasks.schema import DatasetSchema, PrepareParams
-from tasks.split import class_counts, min_rows_per_class, splitmix64
+from tasks.core.errors import DataValidationError
+from tasks.data import arrays
+from tasks.data.ingest import ROWS_NOTE
+from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.split import class_counts, min_rows_per_class, splitmix64
 
 _MAX_LISTED = 8
 _FNV_OFFSET = 0xCBF29CE484222325

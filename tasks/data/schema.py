@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 
 
 class DatasetSchema(BaseModel):

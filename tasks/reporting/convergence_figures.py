@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError
 from workloads.convergence import EarlyStopper, Mode
 
 

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.compute import ComputeTarget, WorkloadResult, WorkloadSpec
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
-from tasks.tracking import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
+from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
+from tasks.tracking.runs import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
 from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TRAINING_ID
 
