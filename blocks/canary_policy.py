@@ -11,14 +11,13 @@ Service or gateway clients use (the names predate the cluster backend and stay f
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
+from blocks.loading import load_saved
 from tasks.core.errors import ConfigurationError
-
-Role = Literal["stable", "canary"]
+from tasks.core.types import Track
 
 
 class CanaryPolicy(Block):
@@ -92,7 +91,7 @@ class CanaryPolicy(Block):
         gt=0,
         description="A replayed request unanswered after this long counts as an error (both backends).",
     )
-    local_server_commands: dict[Role, list[str]] = Field(
+    local_server_commands: dict[Track, list[str]] = Field(
         default_factory=dict,
         description="Local backend, for tests: run `python -m <these arguments>` instead of `python -m "
         'workloads.server` for a role, e.g. {"canary": ["tests.fixtures.bad_servers", "--error-rate", "0.5"]}; '
@@ -112,7 +111,7 @@ class CanaryPolicy(Block):
 
     @field_validator("local_server_commands")
     @classmethod
-    def _commands_name_a_module(cls, commands: dict[Role, list[str]]) -> dict[Role, list[str]]:
+    def _commands_name_a_module(cls, commands: dict[Track, list[str]]) -> dict[Track, list[str]]:
         for role, command in commands.items():
             if not command or not command[0].strip():
                 raise ValueError(f"local_server_commands[{role!r}] must start with a module name")
@@ -161,7 +160,4 @@ def resolve_policy(name: str | None) -> CanaryPolicy:
     """A saved block by name, or the default policy when no name is given."""
     if not name:
         return CanaryPolicy()
-    try:
-        return CanaryPolicy.load(name)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ConfigurationError(f"no canary policy block named {name!r}: {exc}") from exc
+    return load_saved(CanaryPolicy, name)

@@ -7,12 +7,8 @@ Kubernetes backend runs the same command line as a Job. The flow never learns wh
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import inspect
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -20,64 +16,17 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.core.errors import ConfigurationError, WorkloadFailed
+from tasks.core.errors import WorkloadFailed
+from tasks.core.processes import pump_lines, signal_group, spawn_group, stop_group, with_import_root
+from tasks.core.types import LogFn
+from tasks.core.workload import WorkloadResult, WorkloadSpec
 
-LogFn = Callable[[str], None]
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _EOF = object()
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    """What to run, independent of where: ``python -m <module> <args>`` with this environment.
-
-    ``env`` is plain configuration and may be shown; ``secret_env`` holds credentials, which the local
-    backend merges into the process environment and a Kubernetes backend passes as secret references.
-    Secrets are left out of ``repr`` and must never be logged.
-    """
-
-    name: str
-    module: str
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise ConfigurationError("workload name must not be empty")
-        if not _MODULE.match(self.module):
-            raise ConfigurationError(f"workload module must be a dotted Python module name, got {self.module!r}")
-        for key, value in {**self.env, **self.secret_env}.items():
-            if not isinstance(value, str):
-                raise ConfigurationError(f"environment variable {key} of workload {self.name} must be a string")
-
-    def command(self, python: str) -> list[str]:
-        return [python, "-m", self.module, *self.args]
-
-
-@dataclass(frozen=True)
-class WorkloadResult:
-    """A workload that exited 0: how long it ran (wall time seen by the backend) and its last lines.
-
-    ``timings`` are the backend's own figures, e.g. a Kubernetes Job's ``k8s_queue_seconds`` (created ->
-    scheduled) and ``k8s_start_seconds`` (scheduled -> running); empty for a local process.
-    """
-
-    name: str
-    exit_code: int
-    seconds: float
-    tail: list[str]
-    backend: str
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class ComputeTarget(Block, ABC):
@@ -147,15 +96,7 @@ class LocalProcess(ComputeTarget):
         tail: deque[str] = deque(maxlen=self.tail_lines)
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                spec.command(python),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=self._environment(spec),
-                cwd=self.working_dir or None,
-                start_new_session=True,
-            )
+            proc = spawn_group(spec.command(python), self._environment(spec), cwd=self.working_dir or None)
         except OSError as exc:
             raise WorkloadFailed(spec.name, None, [], reason=f"could not start {python}: {exc}") from exc
         assert proc.stdout is not None
@@ -166,16 +107,16 @@ class LocalProcess(ComputeTarget):
         try:
             self._relay(proc, lines, tail, log, deadline)
         except _TimedOut:
-            _stop_group(proc, self.termination_grace_seconds)
+            stop_group(proc, self.termination_grace_seconds)
             _drain(lines, tail, log)
             raise WorkloadFailed(
                 spec.name, proc.returncode, list(tail), reason=f"timed out after {self.timeout_seconds:g}s"
             ) from None
         except BaseException:
-            _stop_group(proc, self.termination_grace_seconds)
+            stop_group(proc, self.termination_grace_seconds)
             raise
         exit_code = proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)  # leftovers the workload started and left behind
+        signal_group(proc.pid, signal.SIGKILL)  # leftovers the workload started and left behind
         reader.join(timeout=5)
         seconds = time.monotonic() - started
         if exit_code != 0:
@@ -196,7 +137,7 @@ class LocalProcess(ComputeTarget):
             except queue.Empty:
                 if not leader_done and proc.poll() is not None:
                     leader_done = True  # children still holding the pipe would keep us here forever
-                    _signal_group(proc.pid, signal.SIGKILL)
+                    signal_group(proc.pid, signal.SIGKILL)
                 continue
             if item is _EOF:
                 return
@@ -207,11 +148,7 @@ class LocalProcess(ComputeTarget):
     def _environment(self, spec: WorkloadSpec) -> dict[str, str]:
         env = {**os.environ, **self.env, **spec.env, **spec.secret_env, "PYTHONUNBUFFERED": "1"}
         if self.python_executable is None:
-            root = _import_root(spec.module)
-            if root:
-                parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-                if root not in parts:
-                    env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+            with_import_root(env, spec.module)
         return env
 
 
@@ -219,24 +156,11 @@ class _TimedOut(Exception):
     pass
 
 
-def _import_root(module: str) -> str | None:
-    """The sys.path entry the flow imports the workload's top package from, so the child finds it too."""
-    try:
-        found = importlib.util.find_spec(module.split(".")[0])
-    except (ImportError, ValueError):
-        return None
-    if found is None or not found.submodule_search_locations:
-        return None
-    return str(Path(next(iter(found.submodule_search_locations))).resolve().parent)
-
-
 def _pump(stream: IO[bytes], lines: queue.Queue[object]) -> None:
     try:
-        for raw in iter(stream.readline, b""):
-            lines.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        pump_lines(stream, lines.put)
     finally:
         lines.put(_EOF)
-        stream.close()
 
 
 def _drain(lines: queue.Queue[object], tail: deque[str], log: LogFn, wait: float = 2.0) -> None:
@@ -251,64 +175,3 @@ def _drain(lines: queue.Queue[object], tail: deque[str], log: LogFn, wait: float
             return
         tail.append(str(item))
         log(str(item))
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False when it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the workload's process group, SIGKILL whatever is left after ``grace`` seconds."""
-    if not _signal_group(proc.pid, signal.SIGTERM):
-        proc.wait()
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so the group can disappear
-        if not _signal_group(proc.pid, 0):
-            break
-        time.sleep(0.05)
-    _signal_group(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=max(grace, 5))
-
-
-def _concrete_targets() -> list[type[ComputeTarget]]:
-    found: list[type[ComputeTarget]] = []
-    pending: list[type[ComputeTarget]] = list(ComputeTarget.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if not inspect.isabstract(cls):
-            found.append(cls)
-    return found
-
-
-def resolve_compute(name: str | None) -> ComputeTarget:
-    """A saved compute block (``name`` or ``block-type-slug/name``), or ``LocalProcess()`` when no name is given."""
-    if not name:
-        return LocalProcess()
-    import blocks.kubernetes  # noqa: F401  (registers KubernetesGPUJob; imported here: it imports this module)
-
-    if "/" in name:
-        try:
-            block = Block.load(name)
-        except ValueError as exc:
-            raise ConfigurationError(f"no compute block {name!r}: {exc}") from exc
-        if not isinstance(block, ComputeTarget):
-            raise ConfigurationError(f"block {name!r} is a {type(block).__name__}, not a compute target")
-        return block
-    for cls in _concrete_targets():
-        with contextlib.suppress(ValueError):
-            loaded = cls.load(name)
-            if isinstance(loaded, ComputeTarget):
-                return loaded
-    kinds = ", ".join(sorted(cls.get_block_type_slug() for cls in _concrete_targets()))
-    raise ConfigurationError(f"no compute block named {name!r}; saved blocks of these types are looked up: {kinds}")

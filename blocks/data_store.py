@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from blocks.loading import load_saved
 from tasks.core import settings
 from workloads.store import ObjectStore, S3Options
 
@@ -76,4 +77,4 @@ class DataStore(Block):
 
 def resolve_data_store(name: str | None) -> DataStore:
     """A saved block by name, or the embedded default when no name is given."""
-    return DataStore.load(name) if name else DataStore.embedded()  # type: ignore[return-value]
+    return load_saved(DataStore, name) if name else DataStore.embedded()

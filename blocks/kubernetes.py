@@ -11,7 +11,9 @@ from typing import Any
 from prefect_kubernetes.credentials import KubernetesCredentials
 from pydantic import Field
 
-from blocks.compute import ComputeTarget, LogFn, WorkloadResult, WorkloadSpec
+from blocks.compute import ComputeTarget
+from tasks.core.types import LogFn
+from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.kube.manifests import GPU_RESOURCE, PERMANENT_EXIT_CODES, JobSettings, PodSettings
 
 

@@ -8,13 +8,13 @@ serves nothing after the stage).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from prefect.blocks.core import Block
 from prefect_kubernetes.credentials import KubernetesCredentials
 from pydantic import Field
 
+from blocks.loading import load_saved
 from tasks.core.errors import ConfigurationError
 from tasks.kube.manifests import GPU_RESOURCE, PodSettings
 
@@ -145,12 +145,6 @@ class KubernetesServing(Block):
 
 def resolve_kubernetes_serving(name: str) -> KubernetesServing:
     """A saved block by ``name`` or ``gpuflow-kubernetes-serving/name``; a missing one names what was looked up."""
-    slug = KubernetesServing.get_block_type_slug()
-    bare = name.split("/", 1)[1] if name.startswith(f"{slug}/") else name
-    block: KubernetesServing | None = None
-    with contextlib.suppress(ValueError):
-        block = KubernetesServing.load(bare)  # type: ignore[assignment]
-    if block is None:
-        raise ConfigurationError(f"no {slug} block named {bare!r}: save one (KubernetesServing(...).save(name))")
+    block = load_saved(KubernetesServing, name)
     block.check()
     return block

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.loading import load_saved
 from tasks.core import settings
-from tasks.core.errors import ConfigurationError
 
 
 class MLflowTracking(Block):
@@ -40,9 +40,4 @@ class MLflowTracking(Block):
 
 def resolve_tracking(name: str | None) -> MLflowTracking:
     """A saved block by name, or the embedded default when no name is given."""
-    if not name:
-        return MLflowTracking.embedded()
-    try:
-        return MLflowTracking.load(name)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ConfigurationError(f"no MLflow tracking block named {name!r}: {exc}") from exc
+    return load_saved(MLflowTracking, name) if name else MLflowTracking.embedded()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.core.errors import ConfigurationError
+from blocks.loading import load_saved
 
 
 class GpuPricing(Block):
@@ -54,9 +54,4 @@ class GpuPricing(Block):
 
 def resolve_pricing(name: str | None) -> GpuPricing:
     """A saved block by name, or the default prices when no name is given."""
-    if not name:
-        return GpuPricing()
-    try:
-        return GpuPricing.load(name)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ConfigurationError(f"no GPU pricing block named {name!r}: {exc}") from exc
+    return load_saved(GpuPricing, name) if name else GpuPricing()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.loading import load_saved
+
 
 class QualityGate(Block):
     """Thresholds the evaluate stage checks: a floor on accuracy and a cap on regression vs the champion.
@@ -33,4 +35,4 @@ class QualityGate(Block):
 
 def resolve_gate(name: str | None) -> QualityGate:
     """A saved block by name, or the default thresholds when no name is given."""
-    return QualityGate.load(name) if name else QualityGate()  # type: ignore[return-value]
+    return load_saved(QualityGate, name) if name else QualityGate()

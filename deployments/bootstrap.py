@@ -26,12 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 
-from blocks.canary_policy import CanaryPolicy
-from blocks.compute import LocalProcess
-from blocks.data_store import DataStore
-from blocks.mlflow_tracking import MLflowTracking
-from blocks.pricing import GpuPricing
-from blocks.quality_gate import QualityGate
+from blocks.registry import kubernetes_block_types, local_block_types
 from deployments import PROJECT_ROOT
 from deployments.worker_settings import process_base_job_template
 from tasks.core.errors import ConfigurationError
@@ -41,14 +36,6 @@ PROCESS_POOL = "gpuflow-process"
 KUBERNETES_POOL = "gpuflow-kubernetes"
 KUBERNETES_TEMPLATE = PROJECT_ROOT / "deployments" / "kubernetes" / "base-job-template.json"
 DEFAULT_BLOCK_NAME = "default"
-BLOCK_CLASSES: tuple[type[Block], ...] = (
-    DataStore,
-    MLflowTracking,
-    QualityGate,
-    CanaryPolicy,
-    GpuPricing,
-    LocalProcess,
-)
 DEPLOY_TIMEOUT_SECONDS = 600.0
 
 
@@ -102,9 +89,6 @@ def ensure_work_pool(report: BootstrapReport, name: str = PROCESS_POOL) -> None:
 
 def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL) -> None:
     """The Kubernetes work pool for running flows on a cluster, with gpuflow's GPU base job template."""
-    from blocks.kubernetes import KubernetesGPUJob  # prefect-kubernetes: about 1 s to import, only for --kubernetes
-    from blocks.kubernetes_serving import KubernetesServing
-
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
@@ -114,7 +98,7 @@ def ensure_kubernetes_pool(report: BootstrapReport, name: str = KUBERNETES_POOL)
             report.created["work_pools"].append(name)
         else:
             report.existing["work_pools"].append(name)
-    for cls in (KubernetesGPUJob, KubernetesServing):
+    for cls in kubernetes_block_types():  # prefect-kubernetes: about 1 s to import, only for --kubernetes
         register_block_type(cls, report)
 
 
@@ -134,7 +118,7 @@ def register_block_type(cls: type[Block], report: BootstrapReport) -> str:
 
 def ensure_blocks(report: BootstrapReport) -> None:
     """Register each block type (schemas are updated in place) and save a ``default`` block where none is."""
-    for cls in BLOCK_CLASSES:
+    for cls in local_block_types():
         slug = register_block_type(cls, report)
         qualified = f"{slug}/{DEFAULT_BLOCK_NAME}"
         try:

@@ -72,7 +72,7 @@ def parse_payload(text: str) -> dict[str, Any]:
 def emit_command(args: argparse.Namespace) -> int:
     from prefect.events.worker import EventsWorker
 
-    from tasks import events  # Prefect: imported by the command that needs it, not by `gpuflow --help`
+    from tasks.tracking import events  # Prefect: imported by the command that needs it, not by `gpuflow --help`
 
     if not args.event.startswith("gpuflow."):
         print(f"event {args.event!r} is not a gpuflow event: expected a name starting with 'gpuflow.'")

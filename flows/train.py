@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from blocks.compute import resolve_compute
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
+from blocks.registry import resolve_compute
 from tasks.core.settings import DEFAULT_MODEL_NAME
 from tasks.reporting.stage_telemetry import read_train_telemetry
 from tasks.tracking import events

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataValidationError
+from tasks.core.mlflow_errors import is_not_found
 from tasks.evaluation.gate import GateDecision
 from tasks.tracking.registry import model_location
 from tasks.tracking.runs import client_for
@@ -252,7 +253,7 @@ def load_model(tracking: MLflowTracking, model_uri: str) -> torch.nn.Module:
                 artifact_uri=location, dst_path=tmp, tracking_uri=tracking.uri, registry_uri=tracking.uri
             )
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if is_not_found(exc):
                 raise ConfigurationError(f"no model at {model_uri} in MLflow at {tracking.uri}: {exc.message}") from exc
             raise
         model = mlflow.pytorch.load_model(local)

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tasks.core.errors import ConfigurationError, RetryableError, ServiceUnavailable, WorkloadFailed
+from tasks.core.types import LogFn, Track
 from tasks.kube import diagnosis
 from tasks.kube.cluster_metrics import TrackCounters, prometheus_samples, prometheus_startup
 from tasks.kube.manifests import (
@@ -48,7 +48,6 @@ from tasks.kube.manifests import (
     LABEL_TRACK,
     SERVER_CONTAINER,
     SERVER_PORT,
-    Track,
     http_route,
     server_deployment,
     server_name,
@@ -77,7 +76,6 @@ if TYPE_CHECKING:
 
     from blocks.kubernetes_serving import KubernetesServing
 
-LogFn = Callable[[str], None]
 API_TIMEOUT_SECONDS = 15.0
 SCRAPE_TIMEOUT_SECONDS = 5.0
 GONE_TIMEOUT_SECONDS = 60.0

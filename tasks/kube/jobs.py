@@ -37,8 +37,9 @@ from kubernetes_asyncio.config import ConfigException
 from prefect_kubernetes.credentials import KubernetesCredentials
 from prefect_kubernetes.jobs import KubernetesJob
 
-from blocks.compute import LogFn, WorkloadResult, WorkloadSpec
 from tasks.core.errors import ConfigurationError, ServiceUnavailable
+from tasks.core.types import LogFn
+from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.kube.diagnosis import (
     Failure,
     RetryableWorkloadFailure,

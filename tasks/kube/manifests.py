@@ -17,16 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from blocks.compute import WorkloadSpec
 from tasks.core.errors import ConfigurationError
+from tasks.core.types import Track
+from tasks.core.workload import WorkloadSpec
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
 
 Manifest = dict[str, Any]
-Track = Literal["stable", "canary"]
 TRACKS: tuple[Track, ...] = ("stable", "canary")
 
 GPU_RESOURCE = "nvidia.com/gpu"

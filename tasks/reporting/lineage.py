@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from tasks.core.errors import ConfigurationError
+from tasks.core.mlflow_errors import is_not_found, not_found_as
 from tasks.reporting.report import stage_runs
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost, read_summary_document
 from tasks.tracking.registry import CHAMPION, TAG_TRAIN_RUN
@@ -33,7 +34,6 @@ HYPERPARAMETERS = (
     "device",
 )  # fmt: skip
 TAG_EVALUATE_RUN = "gpuflow.evaluate_run_id"
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 _VERSION = re.compile(r"^(?P<name>.+)/(?P<version>\d+)$")
 
 
@@ -88,12 +88,8 @@ def resolve_version(client: MlflowClient, spec: str) -> tuple[ModelVersion, list
     name, alias, version = parse_model_spec(spec)
     if "'" in name:
         raise LineageNotFound(f"model name {name!r} contains a quote, which MLflow filters cannot express")
-    try:
+    with not_found_as(lambda: LineageNotFound(f"model {name!r} is not registered in MLflow at {client.tracking_uri}")):
         model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
-            raise LineageNotFound(f"model {name!r} is not registered in MLflow at {client.tracking_uri}") from exc
-        raise
     aliases = {a: str(v) for a, v in model.aliases.items()}
     versions = _versions(client, name)
     known = ", ".join(str(v.version) for v in versions) or "none"
@@ -118,7 +114,7 @@ def _run(client: MlflowClient, run_id: str | None) -> Run | None:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
+        if is_not_found(exc):
             return None
         raise
 

@@ -30,12 +30,12 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
 from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from tasks.core.errors import ConfigurationError
+from tasks.core.mlflow_errors import not_found_as
 from tasks.reporting.convergence_figures import ConvergenceReport, analyse_convergence
 from tasks.reporting.stage_telemetry import (
     pipeline_gpu_and_cost,
@@ -65,7 +65,6 @@ STARTUP_METRICS = ("time_to_data_loaded_seconds", DATA_LOADING_SECONDS, "time_to
 REPORT_ARTIFACT_KEY = "gpuflow-report"
 REPORT_FOLDER = "report"
 REPORT_FILE = "report.md"
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +77,8 @@ class ReportError(ConfigurationError):
 
 
 def _get_run(client: MlflowClient, run_id: str) -> Run:
-    try:
+    with not_found_as(lambda: ReportError(f"no MLflow run {run_id!r} in the tracking store at {client.tracking_uri}")):
         return client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
-            raise ReportError(f"no MLflow run {run_id!r} in the tracking store at {client.tracking_uri}") from exc
-        raise
 
 
 def latest_pipeline_run(client: MlflowClient, experiment: str) -> str:

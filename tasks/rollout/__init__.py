@@ -1,0 +1,1 @@
+"""The rollout stage: the serving seam and its local backend, the replayed traffic, the canary analysis."""

@@ -23,13 +23,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from blocks.compute import _import_root, _signal_group
 from tasks.core.errors import WorkloadFailed
+from tasks.core.processes import end_group, pump_lines, signal_group, spawn_group, with_import_root
+from tasks.core.types import LogFn, Track
 from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
 from tasks.rollout.traffic import Routes
 from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
@@ -37,8 +38,6 @@ from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
 if TYPE_CHECKING:
     from tasks.tracking.registry import RegisteredVersion
 
-Role = Literal["stable", "canary"]
-LogFn = Callable[[str], None]
 SERVER_MODULE = "workloads.server"
 HOST = "127.0.0.1"
 TAIL_LINES = 30
@@ -87,22 +86,22 @@ class Serving(Protocol):
     def serve_first(self, version: RegisteredVersion, timeout: float) -> None:
         """No champion yet: make ``version`` the stable one (nothing to do where no server outlives a stage)."""
 
-    def start(self, role: Role, version: RegisteredVersion) -> None:
+    def start(self, role: Track, version: RegisteredVersion) -> None:
         """Begin serving ``version`` as ``role`` (not waiting for it)."""
 
-    def wait_ready(self, role: Role, timeout: float) -> None:
+    def wait_ready(self, role: Track, timeout: float) -> None:
         """Block until ``role`` answers GET /readyz; :class:`ServerNotReady` naming the server and its state."""
 
-    def sample(self, role: Role) -> ServerSample:
+    def sample(self, role: Track) -> ServerSample:
         """The role's prediction counters (every server of the role summed); :class:`ServerUnreachable`."""
 
-    def startup(self, role: Role) -> dict[str, float]:
+    def startup(self, role: Track) -> dict[str, float]:
         """The role's model load and warm-up seconds from its /metrics."""
 
-    def down(self, role: Role) -> str | None:
+    def down(self, role: Track) -> str | None:
         """Why the role stopped serving (a process exited, a pod crashed), with its last lines; None while up."""
 
-    def failure(self, role: Role, detail: str) -> WorkloadFailed:
+    def failure(self, role: Track, detail: str) -> WorkloadFailed:
         """The error to raise when ``role`` stopped answering and must not have (stable)."""
 
     def routes(self, timeout: float) -> Routes:
@@ -141,7 +140,7 @@ def http_get(url: str, path: str, timeout: float) -> tuple[int, bytes]:
 class ServerProcess:
     """One running model server: its process, address and last output lines."""
 
-    role: Role
+    role: Track
     model_uri: str
     url: str
     proc: subprocess.Popen[bytes]
@@ -194,19 +193,11 @@ class ServerProcess:
     def terminate(self) -> None:
         """Ask the server to drain and exit (SIGTERM to its process group); returns at once."""
         if self.alive():
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            signal_group(self.proc.pid, signal.SIGTERM)
 
     def wait_stopped(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Wait up to ``grace`` for the group to go, then SIGKILL whatever is left (children included)."""
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            self.proc.poll()  # reap the leader so its group can disappear
-            if not _signal_group(self.proc.pid, 0):
-                break
-            time.sleep(0.05)
-        _signal_group(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        end_group(self.proc, grace)
         self._join_reader()
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -221,13 +212,12 @@ class ServerProcess:
 
 def _pump(stream: IO[bytes], server: ServerProcess, log: LogFn) -> None:
     prefix = f"[{server.role}] "
-    try:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            server.tail.append(line)
-            log(prefix + line)
-    finally:
-        stream.close()
+
+    def relay(line: str) -> None:
+        server.tail.append(line)
+        log(prefix + line)
+
+    pump_lines(stream, relay)
 
 
 class LocalServers:
@@ -247,7 +237,7 @@ class LocalServers:
         self,
         tracking_uri: str,
         *,
-        commands: Mapping[Role, Sequence[str]] | None = None,
+        commands: Mapping[Track, Sequence[str]] | None = None,
         log: LogFn = lambda line: None,
         python: str | None = None,
     ) -> None:
@@ -255,7 +245,7 @@ class LocalServers:
         self._commands = dict(commands or {})
         self._log = log
         self._python = python or sys.executable
-        self._servers: dict[Role, ServerProcess] = {}
+        self._servers: dict[Track, ServerProcess] = {}
         self._stopping: list[ServerProcess] = []  # signalled, not yet waited for
 
     def __enter__(self) -> LocalServers:
@@ -266,36 +256,25 @@ class LocalServers:
     ) -> None:
         self.stop_all()
 
-    def __getitem__(self, role: Role) -> ServerProcess:
+    def __getitem__(self, role: Track) -> ServerProcess:
         return self._servers[role]
 
-    def command(self, role: Role, model_uri: str, port: int) -> list[str]:
+    def command(self, role: Track, model_uri: str, port: int) -> list[str]:
         """The command line for a role: the real server unless the test seam names another module."""
         program = list(self._commands.get(role, [SERVER_MODULE]))
         return [self._python, "-m", *program, "--model-uri", model_uri, "--host", HOST, "--port", str(port)]
 
-    def start(self, role: Role, version: RegisteredVersion) -> None:
+    def start(self, role: Track, version: RegisteredVersion) -> None:
         self.spawn(role, version.model_uri)
 
-    def spawn(self, role: Role, model_uri: str) -> ServerProcess:
+    def spawn(self, role: Track, model_uri: str) -> ServerProcess:
         """Spawn the role's server on a free port (not waiting for it); a role already running is an error."""
         if role in self._servers:
             raise RuntimeError(f"a {role} server is already running")
         port = free_port()
         module = self._commands.get(role, [SERVER_MODULE])[0]
         env = {**os.environ, "MLFLOW_TRACKING_URI": self._tracking_uri, "PYTHONUNBUFFERED": "1"}
-        root = _import_root(module)
-        if root:
-            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in parts if p != root)])
-        proc = subprocess.Popen(
-            self.command(role, model_uri, port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        proc = spawn_group(self.command(role, model_uri, port), with_import_root(env, module))
         server = ServerProcess(role=role, model_uri=model_uri, url=f"http://{HOST}:{port}", proc=proc)
         assert proc.stdout is not None
         server.reader = threading.Thread(
@@ -305,7 +284,7 @@ class LocalServers:
         self._servers[role] = server
         return server
 
-    def wait_ready(self, role: Role, timeout: float) -> None:
+    def wait_ready(self, role: Track, timeout: float) -> None:
         """Wait for the role's server; a port taken between choosing and binding it is retried on another."""
         for attempt in range(1, _LISTEN_ATTEMPTS + 1):
             server = self._servers[role]
@@ -324,17 +303,17 @@ class LocalServers:
     def serve_first(self, version: RegisteredVersion, timeout: float) -> None:
         """Nothing to start: locally no server outlives the stage (``gpuflow serve`` is the long-lived one)."""
 
-    def sample(self, role: Role) -> ServerSample:
+    def sample(self, role: Track) -> ServerSample:
         return parse_server_metrics(self._servers[role].scrape())
 
-    def startup(self, role: Role) -> dict[str, float]:
+    def startup(self, role: Track) -> dict[str, float]:
         return startup_seconds(self._servers[role].scrape())
 
-    def down(self, role: Role) -> str | None:
+    def down(self, role: Track) -> str | None:
         server = self._servers.get(role)
         return server.exit_reason() if server is not None else f"the {role} server was stopped"
 
-    def failure(self, role: Role, detail: str) -> WorkloadFailed:
+    def failure(self, role: Track, detail: str) -> WorkloadFailed:
         server = self._servers[role]
         return WorkloadFailed(server.name, server.proc.poll(), list(server.tail), reason=detail)
 
@@ -353,7 +332,7 @@ class LocalServers:
         """Traffic is already off the canary: it drains while the stage goes on."""
         self.stop("canary", wait=False)
 
-    def stop(self, role: Role, *, wait: bool = True) -> None:
+    def stop(self, role: Track, *, wait: bool = True) -> None:
         """Stop one role's server (idempotent); ``wait=False`` only signals it, leaving the wait to ``stop_all``."""
         server = self._servers.pop(role, None)
         if server is None:

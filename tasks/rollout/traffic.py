@@ -36,12 +36,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
 
-Target = Literal["stable", "canary"]
+from tasks.core.types import Track
+
 PREDICT_PATH = "/v1/predict"
 VERSION_HEADER = "X-Model-Version"
 
@@ -76,7 +77,7 @@ class TrafficRecord:
     agreed: int = 0
     seconds: float = 0.0
 
-    def target(self, name: Target) -> TargetRecord:
+    def target(self, name: Track) -> TargetRecord:
         return self.stable if name == "stable" else self.canary
 
 
@@ -90,11 +91,11 @@ class WeightedRouter:
         self._current = {"stable": 0, "canary": 0}
         self._lock = threading.Lock()
 
-    def pick(self) -> Target:
+    def pick(self) -> Track:
         with self._lock:
             for name, weight in self._weights.items():
                 self._current[name] += weight
-            chosen: Target = "canary" if self._current["canary"] > self._current["stable"] else "stable"
+            chosen: Track = "canary" if self._current["canary"] > self._current["stable"] else "stable"
             self._current[chosen] -= 100
             return chosen
 
@@ -203,7 +204,7 @@ class Routes:
     stable: EndpointFactory
     canary: EndpointFactory | None = None
     split_by: EndpointFactory | None = None
-    versions: Mapping[str, Target] = field(default_factory=dict)
+    versions: Mapping[str, Track] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.canary is None) == (self.split_by is None):
@@ -306,7 +307,7 @@ class TrafficDriver:
             while self._pace():
                 row = self._rows.next()
                 sent = time.monotonic()
-                target: Target | None
+                target: Track | None
                 if upstream is not None:
                     answer = upstream.predict(self._bodies[row])
                     target = routes.versions.get(answer.version) if answer.version else None

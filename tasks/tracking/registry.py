@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, RetryableError
+from tasks.core.mlflow_errors import is_not_found, not_found_as
 from tasks.tracking.runs import TAG_DATASET_VERSION, client_for
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the evaluate flow stays cheap
@@ -32,7 +33,6 @@ CHALLENGER = "challenger"
 TAG_MODEL_URI = "gpuflow.model_uri"
 TAG_LABELS = "gpuflow.labels"
 TAG_TRAIN_RUN = "gpuflow.train_run_id"
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 class ChampionMoved(RetryableError):
@@ -80,16 +80,10 @@ def _parse_labels(raw: str | None, where: str) -> list[str]:
 
 def read_trained_model(client: MlflowClient, run_id: str) -> TrainedModel:
     """The model a training run logged; a missing run or tag is a ``ConfigurationError`` naming it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
+    with not_found_as(
+        lambda: ConfigurationError(f"training run {run_id!r} does not exist in MLflow at {client.tracking_uri}")
+    ):
         run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
-            raise ConfigurationError(
-                f"training run {run_id!r} does not exist in MLflow at {client.tracking_uri}"
-            ) from exc
-        raise
     tags = run.data.tags
     model_uri = tags.get(TAG_MODEL_URI)
     if not model_uri:
@@ -111,7 +105,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
+        if is_not_found(exc):
             return None
         raise
     version = model.aliases.get(alias)

@@ -19,10 +19,11 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.compute import ComputeTarget, WorkloadResult, WorkloadSpec
+from blocks.compute import ComputeTarget
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
+from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.tracking.runs import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
 from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TRAINING_ID

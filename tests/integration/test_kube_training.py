@@ -16,13 +16,13 @@ import pytest
 from mlflow import MlflowClient
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
-from blocks.compute import WorkloadSpec
 from blocks.data_store import resolve_data_store
 from blocks.kubernetes import KubernetesGPUJob
 from blocks.mlflow_tracking import resolve_tracking
 from flows.train import train
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError, PermanentError, ServiceUnavailable, WorkloadFailed
+from tasks.core.workload import WorkloadSpec
 from tasks.kube.manifests import LABEL_JOB, job_name
 from tasks.tracking.runs import experiment_id
 from tasks.training.trainer_job import trainer_spec

@@ -11,8 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from blocks.compute import LocalProcess, WorkloadSpec, resolve_compute
+from blocks.compute import LocalProcess
+from blocks.registry import resolve_compute
 from tasks.core.errors import WorkloadFailed
+from tasks.core.workload import WorkloadSpec
 
 # A grandchild that ignores SIGTERM, so only killing the whole group with SIGKILL removes it.
 STUBBORN_CHILD = """

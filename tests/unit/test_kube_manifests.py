@@ -19,11 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from blocks.compute import WorkloadSpec
 from blocks.kubernetes import KubernetesGPUJob
 from deployments import PROJECT_ROOT
 from deployments.kubernetes_template import TEMPLATE_PATH, gpu_base_job_template, render
 from tasks.core.errors import ConfigurationError
+from tasks.core.workload import WorkloadSpec
 from tasks.kube import manifests as m
 from tests.fixtures.kube import pod_security
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from blocks.compute import WorkloadSpec
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
+from tasks.core.workload import WorkloadSpec
 from tasks.training.trainer_job import trainer_spec
 from workloads.trainer.config import parse_config
 
