@@ -28,7 +28,16 @@ from tasks.evaluation.scoring import (
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.tracking.events import MODEL_EVALUATED, emit, model_resource
 from tasks.tracking.registry import current_champion, move_aliases, register_version, trained_model
-from tasks.tracking.runs import TAG_DATASET_VERSION, client_for, record_gpu_inventory, stage_run
+from tasks.tracking.runs import client_for, record_gpu_inventory, stage_run
+from workloads.tags import (
+    TAG_DATASET_VERSION,
+    TAG_EVALUATE_RUN,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    TAG_PREVIOUS_CHAMPION_VERSION,
+    TAG_PROMOTED,
+    TAG_TRAIN_RUN,
+)
 
 __all__ = ["Evaluation", "GateDecision", "evaluate"]
 
@@ -94,7 +103,7 @@ def evaluate(
 
         version_tags = {
             **gate_tags(decision),
-            "gpuflow.evaluate_run_id": run_id,
+            TAG_EVALUATE_RUN: run_id,
             TAG_DATASET_VERSION: split.version,
             **{f"gpuflow.test_{key}": f"{challenger.metrics[key]:.6f}" for key in HEADLINE_METRICS},
         }
@@ -118,11 +127,11 @@ def evaluate(
             regression=regression,
             decision=decision,
             tags={
-                "gpuflow.model_name": model_name,
-                "gpuflow.model_version": registered.version,
-                "gpuflow.train_run_id": train_run_id,
-                "gpuflow.previous_champion_version": previous_version or "",
-                "gpuflow.promoted": str(promote).lower(),
+                TAG_MODEL_NAME: model_name,
+                TAG_MODEL_VERSION: registered.version,
+                TAG_TRAIN_RUN: train_run_id,
+                TAG_PREVIOUS_CHAMPION_VERSION: previous_version or "",
+                TAG_PROMOTED: str(promote).lower(),
             },
             report=report,
         )

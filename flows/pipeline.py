@@ -25,6 +25,7 @@ from tasks.core import settings
 from tasks.core.errors import GateFailed, ModelRejected, RolledBack
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
+from workloads.tags import TAG_GATE_PASSED, TAG_MODEL_VERSION, TAG_ROLLOUT_DECISION
 
 
 class PipelineResult(BaseModel):
@@ -247,10 +248,10 @@ def ml_pipeline(
         + [Metric("cost_total", float(cost["run"]["total"]), now, 0)]
         + [Metric(f"test_{k}", float(v), now, 0) for k, v in result.metrics.items()],
     )
-    client.set_tag(parent, "gpuflow.model_version", result.model_version)
-    client.set_tag(parent, "gpuflow.gate.passed", str(evaluation.gate.passed).lower())
+    client.set_tag(parent, TAG_MODEL_VERSION, result.model_version)
+    client.set_tag(parent, TAG_GATE_PASSED, str(evaluation.gate.passed).lower())
     if rolled is not None:
-        client.set_tag(parent, "gpuflow.rollout.decision", rolled.decision)
+        client.set_tag(parent, TAG_ROLLOUT_DECISION, rolled.decision)
     failure: ModelRejected | None = None
     if not evaluation.gate.passed:
         failure = GateFailed(list(evaluation.gate.reasons), result=result)

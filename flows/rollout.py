@@ -30,7 +30,7 @@ from blocks.data_store import DataStore, resolve_data_store
 from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError, GateFailed, RetryableError
-from tasks.evaluation.scoring import TAG_GATE_PASSED, TAG_GATE_REASONS, LabelledSplit, load_test_split
+from tasks.evaluation.scoring import LabelledSplit, load_test_split
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.rollout.canary import (
     EMPTY_SAMPLE,
@@ -47,17 +47,26 @@ from tasks.rollout.serving import LocalServers, ServerNotReady, ServerUnreachabl
 from tasks.rollout.traffic import TrafficDriver
 from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK, emit, model_resource
 from tasks.tracking.registry import CHALLENGER, CHAMPION, ChampionMoved, RegisteredVersion, alias_version, read_version
-from tasks.tracking.runs import TAG_DATASET_VERSION, client_for, stage_run
+from tasks.tracking.runs import client_for, stage_run
+from workloads.tags import (
+    TAG_CHAMPION_VERSION,
+    TAG_DATASET_VERSION,
+    TAG_GATE_PASSED,
+    TAG_GATE_REASONS,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    TAG_PREVIOUS_CHAMPION_VERSION,
+    TAG_ROLLOUT_BACKEND,
+    TAG_ROLLOUT_DECISION,
+    TAG_ROLLOUT_FAILED_CHECK,
+    TAG_ROLLOUT_REASON,
+)
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing
 
 __all__ = ["RolloutLocked", "RolloutResult", "lock_name", "rollout", "rollout_lock"]
 
-TAG_DECISION = "gpuflow.rollout.decision"
-TAG_FAILED_CHECK = "gpuflow.rollout.failed_check"
-TAG_REASON = "gpuflow.rollout.reason"
-TAG_BACKEND = "gpuflow.rollout.backend"
 REPORT_PATH = "rollout/canary.md"
 STEPS_PATH = "rollout/steps.json"
 
@@ -436,20 +445,20 @@ def report(tracking: MLflowTracking, run_id: str, result: RolloutResult, policy:
     if result.time_to_decision_seconds is not None:
         metrics.append(Metric("time_to_decision_seconds", result.time_to_decision_seconds, now, 0))
     tags = {
-        TAG_DECISION: result.decision,
-        TAG_FAILED_CHECK: result.failed_check or "",
-        TAG_REASON: result.reason[:4000],
-        "gpuflow.model_name": result.model_name,
-        "gpuflow.model_version": result.candidate_version,
-        "gpuflow.previous_champion_version": result.previous_champion_version or "",
-        "gpuflow.champion_version": result.champion_version or "",
-        TAG_BACKEND: result.backend,
+        TAG_ROLLOUT_DECISION: result.decision,
+        TAG_ROLLOUT_FAILED_CHECK: result.failed_check or "",
+        TAG_ROLLOUT_REASON: result.reason[:4000],
+        TAG_MODEL_NAME: result.model_name,
+        TAG_MODEL_VERSION: result.candidate_version,
+        TAG_PREVIOUS_CHAMPION_VERSION: result.previous_champion_version or "",
+        TAG_CHAMPION_VERSION: result.champion_version or "",
+        TAG_ROLLOUT_BACKEND: result.backend,
     }
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
     markdown = render_markdown(result, policy)
     client.log_text(run_id, markdown, REPORT_PATH)
     client.log_dict(run_id, {"steps": [step.model_dump(mode="json") for step in result.steps]}, STEPS_PATH)
-    client.set_model_version_tag(result.model_name, result.candidate_version, TAG_DECISION, result.decision)
+    client.set_model_version_tag(result.model_name, result.candidate_version, TAG_ROLLOUT_DECISION, result.decision)
     create_markdown_artifact(
         markdown=markdown,
         key=artifact_key(result.model_name),

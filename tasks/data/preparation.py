@@ -24,12 +24,10 @@ from tasks.data.publish import PrepareResult, prepare_dataset
 from tasks.data.schema import DatasetSchema, PrepareParams
 from tasks.tracking import events, runs
 from workloads.dataset import DatasetManifest
+from workloads.tags import TAG_CACHE_HIT, TAG_DATASET_URI
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the prepare flow stays cheap
     from mlflow.entities import DatasetInput
-
-TAG_DATASET_URI = "gpuflow.dataset_uri"
-TAG_CACHE_HIT = "gpuflow.dataset_cache_hit"
 
 
 class PreparedDataset(BaseModel):

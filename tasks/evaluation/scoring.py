@@ -33,13 +33,12 @@ from tasks.tracking.registry import model_location
 from tasks.tracking.runs import client_for
 from workloads.dataset import DatasetCorrupt, DatasetNotFound, load_manifest, read_split
 from workloads.store import ObjectStore
+from workloads.tags import TAG_GATE_PASSED, TAG_GATE_REASONS
 
 if TYPE_CHECKING:  # torch, matplotlib and scikit-learn are imported where used: loading the flow stays cheap
     import torch
     from matplotlib.figure import Figure
 
-TAG_GATE_PASSED = "gpuflow.gate.passed"
-TAG_GATE_REASONS = "gpuflow.gate.reasons"
 CONFUSION_ARTIFACT_KEY = "confusion-matrix"
 GATE_ARTIFACT_KEY = "quality-gate"
 CONFUSION_PNG = "evaluation/confusion_matrix.png"

@@ -25,15 +25,25 @@ from tasks.core.errors import ConfigurationError
 from tasks.core.mlflow_errors import is_not_found, not_found_as
 from tasks.reporting.report import stage_runs
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost, read_summary_document
-from tasks.tracking.registry import CHAMPION, TAG_TRAIN_RUN
-from tasks.tracking.runs import TAG_DATASET_VERSION, TAG_ENVIRONMENT, TAG_PARENT, TAG_PIPELINE_VERSION, client_for
-from workloads.trainer.reporting import TAG_STOP_REASON, TAG_TRAINING_ID
+from tasks.tracking.registry import CHAMPION
+from tasks.tracking.runs import client_for
+from workloads.tags import (
+    TAG_DATASET_VERSION,
+    TAG_ENVIRONMENT,
+    TAG_EVALUATE_RUN,
+    TAG_GATE_PASSED,
+    TAG_PARENT,
+    TAG_PIPELINE_VERSION,
+    TAG_STOP_REASON,
+    TAG_TEST_METRIC_PREFIX,
+    TAG_TRAIN_RUN,
+    TAG_TRAINING_ID,
+)
 
 HYPERPARAMETERS = (
     "epochs", "batch_size", "learning_rate", "hidden_size", "dropout", "seed", "optimizer", "early_stop", "patience",
     "device",
 )  # fmt: skip
-TAG_EVALUATE_RUN = "gpuflow.evaluate_run_id"
 _VERSION = re.compile(r"^(?P<name>.+)/(?P<version>\d+)$")
 
 
@@ -153,8 +163,12 @@ def model_lineage(tracking: MLflowTracking, spec: str, pricing: GpuPricing | Non
         key.removeprefix("test_"): float(value)
         for key, value in (evaluate.data.metrics if evaluate is not None else {}).items()
         if key.startswith("test_")
-    } or {key.removeprefix("gpuflow.test_"): float(v) for key, v in tags.items() if key.startswith("gpuflow.test_")}
-    gate = tags.get("gpuflow.gate.passed")
+    } or {
+        key.removeprefix(TAG_TEST_METRIC_PREFIX): float(v)
+        for key, v in tags.items()
+        if key.startswith(TAG_TEST_METRIC_PREFIX)
+    }
+    gate = tags.get(TAG_GATE_PASSED)
     return Lineage(
         model_name=version.name,
         model_version=str(version.version),

@@ -43,17 +43,10 @@ from tasks.reporting.stage_telemetry import (
     read_summary_document,
     summary_from_document,
 )
-from tasks.tracking.runs import (
-    TAG_DATASET_VERSION,
-    TAG_PARENT,
-    TAG_PIPELINE_VERSION,
-    TAG_STAGE,
-    client_for,
-    experiment_id,
-)
+from tasks.tracking.runs import client_for, experiment_id
+from workloads.tags import TAG_DATASET_VERSION, TAG_PARENT, TAG_PIPELINE_VERSION, TAG_STAGE, TAG_STOP_REASON
 from workloads.telemetry import TelemetrySummary
 from workloads.telemetry import read_series as decode_series
-from workloads.trainer.reporting import TAG_STOP_REASON
 from workloads.trainer.telemetry import CUMULATIVE_GPU_SECONDS, DATA_LOADING_SECONDS, GPU_SECONDS
 
 STAGE_ORDER = ("prepare", "train", "evaluate", "rollout")

@@ -35,14 +35,13 @@ from blocks.mlflow_tracking import MLflowTracking
 from blocks.pricing import GpuPricing
 from tasks.reporting.cost import CostBreakdown, run_cost, stage_cost
 from tasks.tracking.runs import client_for
+from workloads.tags import TAG_TELEMETRY, TAG_TELEMETRY_MISSING
 from workloads.telemetry import GpuSampler, TelemetrySummary
 from workloads.trainer.telemetry import RUN_PREFIX, SERIES_ARTIFACT, SUMMARY_ARTIFACT, summary_document
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient  # clients come from tasks.tracking.runs.client_for
 
-TAG_TELEMETRY = "gpuflow.telemetry"
-TAG_MISSING = "gpuflow.telemetry.missing"
 MAX_TAG_CHARS = 5000  # MLflow allows 8000; keep room
 GIB = 2**30
 
@@ -157,7 +156,7 @@ def _log_summary(client: MlflowClient, run_id: str, summary: TelemetrySummary, *
     now = int(time.time() * 1000)
     tags = [RunTag(TAG_TELEMETRY, summary.describe()[:MAX_TAG_CHARS])]
     if summary.missing:
-        tags.append(RunTag(TAG_MISSING, "; ".join(summary.missing)[:MAX_TAG_CHARS]))
+        tags.append(RunTag(TAG_TELEMETRY_MISSING, "; ".join(summary.missing)[:MAX_TAG_CHARS]))
     values = summary.as_metrics(RUN_PREFIX) if metrics else {}
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()], tags=tags)
 

@@ -23,16 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, RetryableError
 from tasks.core.mlflow_errors import is_not_found, not_found_as
-from tasks.tracking.runs import TAG_DATASET_VERSION, client_for
+from tasks.tracking.runs import client_for
+from workloads.tags import TAG_DATASET_VERSION, TAG_LABELS, TAG_MODEL_URI, TAG_TRAIN_RUN
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the evaluate flow stays cheap
     from mlflow import MlflowClient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TAG_MODEL_URI = "gpuflow.model_uri"
-TAG_LABELS = "gpuflow.labels"
-TAG_TRAIN_RUN = "gpuflow.train_run_id"
 
 
 class ChampionMoved(RetryableError):

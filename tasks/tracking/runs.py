@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core import settings
+from workloads.tags import (
+    TAG_DATASET_VERSION,
+    TAG_ENVIRONMENT,
+    TAG_FLOW_RUN,
+    TAG_PARENT,
+    TAG_PIPELINE_VERSION,
+    TAG_STAGE,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-TAG_FLOW_RUN = "gpuflow.prefect_flow_run_id"
-TAG_PIPELINE_VERSION = "gpuflow.pipeline_version"
-TAG_ENVIRONMENT = "gpuflow.environment"
-TAG_DATASET_VERSION = "gpuflow.dataset_version"
-TAG_STAGE = "gpuflow.stage"
-TAG_PARENT = "mlflow.parentRunId"
 
 
 @functools.cache

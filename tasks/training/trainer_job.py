@@ -24,13 +24,21 @@ from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
 from tasks.core.workload import WorkloadResult, WorkloadSpec
-from tasks.tracking.runs import TAG_PARENT, TAG_STAGE, client_for, current_flow_run_id, experiment_id, stage_run
+from tasks.tracking.runs import client_for, current_flow_run_id, experiment_id, stage_run
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
-from workloads.trainer.reporting import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TRAINING_ID
+from workloads.tags import (
+    TAG_COMPUTE_BACKEND,
+    TAG_LABELS,
+    TAG_MODEL,
+    TAG_MODEL_URI,
+    TAG_PARENT,
+    TAG_STAGE,
+    TAG_STOP_REASON,
+    TAG_TRAINING_ID,
+)
 
 TRAINER_MODULE = "workloads.trainer"
 FINAL_METRICS = ("val_accuracy", "val_loss", "train_loss")
-TAG_BACKEND = "gpuflow.compute.backend"
 
 
 class TrainedModel(BaseModel):
@@ -130,9 +138,9 @@ def trainer_spec(
         env=plain,
         secret_env=secret,
         labels={
-            "gpuflow.stage": "train",
+            TAG_STAGE: "train",
             "gpuflow.training-id": training_id,
-            "gpuflow.model": model_name,
+            TAG_MODEL: model_name,
             **({"gpuflow.dataset-version": dataset_version} if dataset_version else {}),
             **({"gpuflow.pipeline-run": pipeline_run} if pipeline_run else {}),
         },
@@ -217,7 +225,7 @@ def record_workload_timings(tracking: MLflowTracking, run_id: str, result: Workl
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, 0) for key, value in sorted(result.timings.items())]
     try:
-        client_for(tracking).log_batch(run_id, metrics=metrics, tags=[RunTag(TAG_BACKEND, result.backend)])
+        client_for(tracking).log_batch(run_id, metrics=metrics, tags=[RunTag(TAG_COMPUTE_BACKEND, result.backend)])
     except MlflowException as exc:
         get_run_logger().warning("could not log the %s timings to MLflow run %s: %s", result.backend, run_id, exc)
 

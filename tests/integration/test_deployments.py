@@ -37,11 +37,10 @@ from deployments import PROJECT_ROOT, deployment_entrypoints
 from deployments.bootstrap import BootstrapReport, bootstrap, declared_deployments
 from tasks.core import settings
 from tasks.data.demo import digits_csv_bytes
-from tasks.evaluation.scoring import TAG_GATE_PASSED
 from tasks.tracking import events
-from tasks.tracking.runs import TAG_DATASET_VERSION, TAG_FLOW_RUN, TAG_PARENT
 from tests.fixtures.prefect_events import read_events
 from tests.fixtures.prefect_server import FAST_WORKER_ENV, PrefectServer, prefect_server, process_worker
+from workloads.tags import TAG_DATASET_VERSION, TAG_FLOW_RUN, TAG_GATE_PASSED, TAG_PARENT
 
 CHAIN_TIMEOUT = 300.0
 RUN_TIMEOUT = 120.0

@@ -21,10 +21,10 @@ import numpy as np
 
 from workloads.server.config import EXIT_UNAVAILABLE, EXIT_USAGE
 from workloads.server.errors import ModelLoadError
+from workloads.tags import TAG_LABELS
 
 log = logging.getLogger(__name__)
 
-TAG_LABELS = "gpuflow.labels"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model id> or runs:/<run id>/<path>"
 

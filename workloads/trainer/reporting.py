@@ -17,11 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-TAG_MODEL_URI = "gpuflow.model_uri"
-TAG_LABELS = "gpuflow.labels"
-TAG_TRAINING_ID = "gpuflow.training_id"
-TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
-TAG_STOP_REASON = "gpuflow.stop_reason"
+from workloads.tags import TAG_LABELS, TAG_MODEL_URI
+
 METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
 
 

@@ -24,12 +24,13 @@ import torch.distributed as dist
 
 from workloads.convergence import EarlyStopper, Mode, StopDecision
 from workloads.store import StoreError, store_from_env
+from workloads.tags import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID
 from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
 from workloads.trainer.config import ConfigError, TrainerConfig, TrainerError
 from workloads.trainer.data import TrainingData, load_training_data
 from workloads.trainer.distributed import Comm
 from workloads.trainer.loop import Trainer, pick_device
-from workloads.trainer.reporting import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID, RunReporter
+from workloads.trainer.reporting import RunReporter
 from workloads.trainer.telemetry import SERIES_ARTIFACT, SUMMARY_ARTIFACT, TrainingTelemetry
 
 # Settings a checkpoint must share with the current run to be resumed: otherwise two trainings mix.
