@@ -30,6 +30,8 @@ from workloads.tags import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or install) that holds tasks/
+
 
 @functools.cache
 def pipeline_version() -> str:
@@ -43,7 +45,7 @@ def pipeline_version() -> str:
         try:
             commit = subprocess.run(
                 ["git", "rev-parse", "--short=12", "HEAD"],
-                cwd=Path(__file__).resolve().parent.parent,
+                cwd=_SOURCE_ROOT,
                 capture_output=True,
                 text=True,
                 timeout=5,
@@ -62,7 +64,7 @@ def environment_version() -> str:
     says which exact set of packages produced it, next to the code version.
     """
     configured = os.environ.get("GPUFLOW_LOCK_FILE")
-    lock = Path(configured) if configured else Path(__file__).resolve().parent.parent / "requirements.lock"
+    lock = Path(configured) if configured else _SOURCE_ROOT / "requirements.lock"
     try:
         digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     except OSError:
