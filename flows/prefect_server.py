@@ -311,14 +311,15 @@ def _pointed_at(server: TemporaryPrefectServer) -> Iterator[None]:
     default port is pointed at ours as well, already running: it never starts a process.
     """
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     helper = SubprocessASGIServer()
     helper.port, helper.server_process, helper.running = server.port, server.process, True
     before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # threads without the settings context read the environment
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        # No UI URL: this server has no UI and stops with the command, so Prefect's "View at" links would dangle.
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_UI_URL: ""}):
             yield
     finally:
         helper.server_process, helper.running = None, False  # its atexit stop (if any) finds nothing to do
