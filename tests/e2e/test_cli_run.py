@@ -113,7 +113,9 @@ def test_same_data_again_reuses_the_dataset_and_a_good_canary_is_promoted(
     home: Path, first_run: subprocess.CompletedProcess[str]
 ) -> None:
     assert first_run.returncode == 0
-    again = gpuflow(home, "run", "--epochs", "15", "--canary-seconds", "5", "--json")
+    # 10 s steps, as `make run`: twice the requests the first step needs (200/s x 10 s x 10 % = 200 >= 100),
+    # so a loaded machine that sends traffic slower still reaches min_requests.
+    again = gpuflow(home, "run", "--epochs", "15", "--canary-seconds", "10", "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = last_json(first_run.stdout), last_json(again.stdout)
     assert second["dataset_version"] == first["dataset_version"]
