@@ -44,15 +44,16 @@ def test_a_process_outside_the_tree_is_not_ours() -> None:
 
 def test_host_readings_cover_cpu_and_memory_of_host_and_tree() -> None:
     probe = HostProbe()
+    started, cpu_started = time.monotonic(), time.process_time()
     first = probe.read()
-    end = time.monotonic() + 0.2
-    while time.monotonic() < end:  # keep one core busy so the tree's CPU % is clearly above zero
+    while time.process_time() - cpu_started < 0.2:  # 0.2 s of CPU, however long a loaded machine takes to give it
         sum(i * i for i in range(1000))
     second = probe.read()
+    share_pct = 100.0 * (time.process_time() - cpu_started) / (time.monotonic() - started)  # what we really got
 
     assert first.cpu_pct is None and first.proc_cpu_pct is None  # a rate needs two readings
     assert second.cpu_pct is not None and 0.0 <= second.cpu_pct <= 100.0
-    assert second.proc_cpu_pct is not None and second.proc_cpu_pct > 30.0
+    assert second.proc_cpu_pct is not None and second.proc_cpu_pct > 0.25 * share_pct > 0
     assert second.proc_rss is not None and second.proc_rss > 10 * 2**20
     assert second.mem_used is not None and second.mem_used > 0
 
