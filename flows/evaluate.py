@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.quality_gate import resolve_gate
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
 from tasks.evaluation.gate import GateDecision, decide, outcome, render_markdown
 from tasks.evaluation.scoring import (
@@ -38,6 +39,8 @@ from workloads.tags import (
     TAG_PROMOTED,
     TAG_TRAIN_RUN,
 )
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 __all__ = ["Evaluation", "GateDecision", "evaluate"]
 

@@ -18,6 +18,7 @@ from blocks.canary_policy import rollout_policy
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
 from flows.evaluate import evaluate
+from flows.prefect_server import own_prefect_ephemeral_server
 from flows.prepare import prepare
 from flows.rollout import rollout
 from flows.train import train
@@ -26,6 +27,8 @@ from tasks.core.errors import GateFailed, ModelRejected, RolledBack
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
 from workloads.tags import TAG_GATE_PASSED, TAG_MODEL_VERSION, TAG_ROLLOUT_DECISION
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 
 class PipelineResult(BaseModel):

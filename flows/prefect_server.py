@@ -23,6 +23,7 @@ The health check runs in a background thread while the command imports torch and
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -35,7 +36,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tasks.core import settings
 from tasks.core.errors import ServiceUnavailable
@@ -81,6 +82,10 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+def _unblock_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # the parent held it back during the fork
+
+
 class TemporaryPrefectServer:
     """One ``uvicorn`` running Prefect's API for this command, owned from start to stop."""
 
@@ -114,7 +119,7 @@ class TemporaryPrefectServer:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{settings.home() / 'prefect.db'}"
         return env
 
-    def spawn(self) -> None:
+    def spawn(self, die_with_parent: bool = True) -> None:
         """Start the server process (main thread) and its health check (background).
 
         SIGINT is held back while the process is created, so a Ctrl-C cannot land between the fork and
@@ -128,6 +133,7 @@ class TemporaryPrefectServer:
         if self._log is None:
             self._log = path.open("ab")
         self._log_offset = self._log.tell()
+        self._die_with_parent = die_with_parent
         command = [
             sys.executable,
             "-m",
@@ -154,7 +160,9 @@ class TemporaryPrefectServer:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),  # only prctl, getppid and sigmask run in the child
+                # only prctl, getppid and sigmask run in the child; PR_SET_PDEATHSIG fires when the forking
+                # *thread* ends, so only a fork from the main thread may use it
+                preexec_fn=_die_with_parent() if die_with_parent else _unblock_sigint,
             )
             self._log.write(
                 f"--- gpuflow pid {os.getpid()}: Prefect API pid {self.process.pid} on port {self.port}\n".encode()
@@ -194,7 +202,7 @@ class TemporaryPrefectServer:
             if self._health_outcome == "ready":
                 return
             if self.process is not None and self.process.returncode == _BIND_FAILED:
-                self.spawn()
+                self.spawn(self._die_with_parent)
                 continue
             break
         raise ServiceUnavailable(
@@ -336,3 +344,79 @@ def _drain() -> None:
 
     EventsWorker.drain_all(timeout=10)
     APILogWorker.drain_all(timeout=10)
+
+
+_slot_guard = threading.Lock()
+
+
+def own_prefect_ephemeral_server() -> None:
+    """Fill Prefect's ephemeral-server slot with a server gpuflow owns, for flows called from Python.
+
+    ``ml_pipeline(...)`` from a script or notebook, with no ``PREFECT_API_URL``, makes Prefect start its own
+    temporary server on first use. On a fresh home that start is slow (every migration) and is asked for by
+    several threads at once (the flow, the events worker, the log worker): Prefect's helper then times out
+    ("Timed out while attempting to connect to ephemeral Prefect API server") and leaves servers running,
+    holding the caller's pipes. Prefect looks the server up as ``SubprocessASGIServer()``, a per-port singleton
+    (its own test harness registers a managed server the same way), so gpuflow puts in that slot a server
+    that starts once for all threads, under the home's start-up lock, in its own process group with its own
+    log file, and stops when the interpreter exits. Nothing starts until a flow needs the API; with
+    ``PREFECT_API_URL`` set this does nothing and imports nothing.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with _slot_guard:
+        if isinstance(SubprocessASGIServer._instances.get(None), _owned_slot_type()):
+            return
+        slot: Any = object.__new__(_owned_slot_type())
+        slot.__init__()
+        SubprocessASGIServer._instances[None] = slot
+
+
+@functools.cache
+def _owned_slot_type() -> type:
+    import atexit
+
+    from filelock import FileLock
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnedEphemeralServer(SubprocessASGIServer):
+        """Prefect's ephemeral server, started once per process by gpuflow (see own_prefect_ephemeral_server)."""
+
+        def __init__(self, port: int | None = None) -> None:
+            if getattr(self, "_initialized", False):  # Prefect's ``SubprocessASGIServer()`` calls this again
+                return
+            super().__init__(None)
+            self._start_guard = threading.Lock()
+            self._owned: TemporaryPrefectServer | None = None
+
+        def start(self, timeout: int | None = None) -> None:
+            with self._start_guard:
+                if self.running:
+                    return
+                owned = TemporaryPrefectServer(max(float(timeout or 0), _start_timeout()))
+                try:
+                    with FileLock(str(lock_path()), timeout=START_LOCK_TIMEOUT_SECONDS, thread_local=False):
+                        owned.spawn(die_with_parent=threading.current_thread() is threading.main_thread())
+                        owned.wait_ready()
+                except BaseException:
+                    owned.stop()
+                    raise
+                self._owned, self.port, self.server_process = owned, owned.port, owned.process
+                self.running = True
+                atexit.register(self.stop)
+
+        def stop(self) -> None:
+            with self._start_guard:
+                owned, self._owned = self._owned, None
+                self.server_process, self.running = None, False
+            if owned is not None:
+                _drain()
+                warning = owned.stop()
+                if warning:
+                    print(warning, file=sys.stderr)
+
+    return OwnedEphemeralServer

@@ -13,12 +13,15 @@ from pydantic import Field
 
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
 from tasks.data.demo import digits_schema
 from tasks.data.preparation import PreparedDataset, emit_prepared, log_prepared, prepare_dataset_task, resolve_raw_data
 from tasks.data.schema import DatasetSchema, PrepareParams
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.tracking import runs
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 

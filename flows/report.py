@@ -14,7 +14,10 @@ from prefect import flow, get_run_logger
 
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.reporting.report import ReportResult, build_report
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 
 @flow(name="report", log_prints=False)

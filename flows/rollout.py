@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks.canary_policy import CanaryPolicy, rollout_policy
 from blocks.data_store import DataStore, resolve_data_store
 from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError, GateFailed, RetryableError
 from tasks.evaluation.scoring import LabelledSplit, load_test_split
@@ -61,6 +62,8 @@ from workloads.tags import (
     TAG_ROLLOUT_FAILED_CHECK,
     TAG_ROLLOUT_REASON,
 )
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing

@@ -12,9 +12,12 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.data_store import resolve_data_store
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
 from tasks.data import sensor
 from workloads.store import is_s3, join, local_path
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 

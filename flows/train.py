@@ -10,6 +10,7 @@ from pydantic import Field
 from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.registry import resolve_compute
+from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core.settings import DEFAULT_MODEL_NAME
 from tasks.reporting.stage_telemetry import read_train_telemetry
 from tasks.tracking import events
@@ -23,6 +24,8 @@ from tasks.training.trainer_job import (
     trainer_spec,
     training_run,
 )
+
+own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 
 
 @flow(name="train")

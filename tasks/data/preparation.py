@@ -27,6 +27,7 @@ from workloads.dataset import DatasetManifest
 from workloads.tags import TAG_CACHE_HIT, TAG_DATASET_URI
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the prepare flow stays cheap
+    from mlflow import MlflowClient
     from mlflow.entities import DatasetInput
 
 
@@ -121,8 +122,25 @@ def log_prepared(tracking: MLflowTracking, run_id: str, result: PrepareResult, s
         params=[Param(key, str(value)) for key, value in params.items()],
         tags=[RunTag(key, value) for key, value in tags.items()],
     )
-    client.log_inputs(run_id, datasets=dataset_inputs(manifest))
+    _log_inputs(client, run_id, dataset_inputs(manifest))
     client.log_dict(run_id, json.loads(manifest.to_json()), "dataset/manifest.json")
+
+
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput], attempts: int = 3) -> None:
+    """``log_inputs``, again when a concurrent prepare created the same dataset row first.
+
+    MLflow's SQL store gets-or-creates each dataset row without a lock, so two prepares of one dataset in one
+    experiment can both try to insert it; the loser's retry finds the winner's row.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint failed" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 def dataset_inputs(manifest: DatasetManifest) -> list[DatasetInput]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,6 +239,11 @@ def score(
     )
 
 
+# torch.export's deserializer is process-global ("_CURRENT_DESERIALIZER is already set"): pipelines evaluated in
+# threads of one process (ml_pipeline called from several threads) load their models one at a time.
+_TORCH_LOAD = threading.Lock()
+
+
 def load_model(tracking: MLflowTracking, model_uri: str) -> torch.nn.Module:
     """Download a logged or registered PyTorch model through this tracking store and load it."""
     import mlflow.artifacts
@@ -255,7 +261,8 @@ def load_model(tracking: MLflowTracking, model_uri: str) -> torch.nn.Module:
             if is_not_found(exc):
                 raise ConfigurationError(f"no model at {model_uri} in MLflow at {tracking.uri}: {exc.message}") from exc
             raise
-        model = mlflow.pytorch.load_model(local)
+        with _TORCH_LOAD:
+            model = mlflow.pytorch.load_model(local)
     if not isinstance(model, torch.nn.Module):
         raise ConfigurationError(f"{model_uri} is not a PyTorch module (got {type(model).__name__})")
     return model
