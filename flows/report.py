@@ -3,7 +3,7 @@
 A flow so the report shows up in Prefect beside the runs it describes (and can be deployed, e.g. triggered by
 ``gpuflow.model.evaluated``) and its markdown artifact ``gpuflow-report`` belongs to a flow run. It only reads
 MLflow, so it runs any time after the pipeline, on any machine. The logic is in tasks/reporting/report.py (data and
-markdown) and tasks/reporting/plots.py (PNG plots); the command line is flows/report_command.py.
+markdown) and tasks/reporting/plots.py (PNG plots); the command line is flows/cli/report_command.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
-"""Command-line options shared by ``gpuflow run`` and ``gpuflow manifests train``: one definition, one check."""
+"""What the ``gpuflow`` commands share: the exit codes, and the options of ``gpuflow run`` and ``gpuflow manifests
+train`` (one definition, one check)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+# 0 success; 1 a stage (or the command) failed; 2 bad usage; 3 the quality gate rejected the model;
+# 4 the canary was rolled back.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_ROLLED_BACK = 0, 1, 2, 3, 4
 
 
 def positive_int(text: str) -> int:

@@ -3,7 +3,7 @@
 Reads MLflow only (tasks/reporting/lineage.py). Exit code 1 with a message naming what exists when the model, alias or
 version does not. Importing this module is cheap (argparse only), so ``gpuflow --help`` stays fast.
 
-Wiring (flows/cli.py)::
+Wiring (flows/cli/__init__.py)::
 
     add_lineage_parser(commands)            # in build_parser()
     if args.command == "lineage": return lineage_command(args)
@@ -16,10 +16,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from flows.cli.arguments import EXIT_FAILED, EXIT_OK
+
 if TYPE_CHECKING:
     from tasks.reporting.lineage import Lineage
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_lineage_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ manifest is exactly what a pipeline run would create. Secret values never appear
 
 Importing this module costs only argparse (the ``gpuflow`` parser imports it for every command).
 
-Wiring (flows/cli.py)::
+Wiring (flows/cli/__init__.py)::
 
     add_manifests_parser(commands)           # in build_parser()
     if args.command == "manifests": return manifests_command(args)
@@ -18,9 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from flows.arguments import add_trainer_options
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from flows.cli.arguments import EXIT_OK, EXIT_USAGE, add_trainer_options
 
 # KubernetesGPUJob fields a flag can set; the flag's dest is the field name.
 _POD_FLAGS = (

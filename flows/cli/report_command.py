@@ -3,7 +3,7 @@
 Importing this module costs only argparse: ``gpuflow``'s parser imports it for every command, and ``gpuflow
 serve`` must start fast. Prefect, MLflow and matplotlib are imported when the command runs.
 
-Wiring (flows/cli.py)::
+Wiring (flows/cli/__init__.py)::
 
     add_report_parser(commands)            # in build_parser()
     if args.command == "report": return report_command(args)
@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-EXIT_OK, EXIT_FAILED = 0, 1
+from flows.cli.arguments import EXIT_FAILED, EXIT_OK
 
 
 def add_report_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -212,7 +212,7 @@ def test_a_malformed_event_fails_the_triggered_flow_with_a_clear_message(stack: 
     with get_client(sync_client=True) as client:
         known = {r.id for r in runs_of(client, "train/train")}
         emitted = subprocess.run(  # `gpuflow emit`, as a user would send it
-            [sys.executable, "-m", "deployments.cli", "emit", events.DATASET_PREPARED,
+            [sys.executable, "-m", "flows.cli", "emit", events.DATASET_PREPARED,
              "--resource", "gpuflow.dataset.broken", "--payload", '{"dataset_name": "broken"}'],
             env=stack.server.client_env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip

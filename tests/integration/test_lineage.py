@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from flows.lineage import add_lineage_parser, lineage_command
+from flows.cli.lineage_command import add_lineage_parser, lineage_command
 from tasks.core import settings
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset

@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from blocks.pricing import GpuPricing
-from flows.report_command import add_report_parser, report_command
+from flows.cli.report_command import add_report_parser, report_command
 from tasks.core import settings
 from tasks.reporting.plots import convergence_figure, cost_figure
 from tasks.reporting.report import load_run_data, report_root
