@@ -303,33 +303,48 @@ def _trainer_spec(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace, block: Any) -> list[dict[str, Any]]:
+    """The server objects a rollout with this block creates: the Deployments come from the rollout's own
+    :func:`tasks.kube.servers.track_deployment`, with the command's store, secret keys and server flags added to
+    the block as the block's own ``env``, ``secret_keys`` and ``server_args``."""
     from tasks.core.errors import ConfigurationError
     from tasks.kube import manifests
-    from tasks.kube.cluster_serving import block_server_name
+    from tasks.kube.servers import block_server_name, server_env, track_deployment
 
     pod = block.pod_settings()
     model, version = _model_and_version(args.model_uri, args.model_version, "--model-uri")
     name = manifests.server_name(args.name) if args.name else block_server_name(block, model)
-    env = {"MLFLOW_TRACKING_URI": _tracking(args).uri, **block.env}
+    tracking_uri = block.tracking_uri or _tracking(args).uri  # the block's wins, as in a rollout
+    env = server_env(block, tracking_uri)
     store = _store(args) if (args.store_uri or args.data_store) else None
     secret_keys = [k for k in _secret_keys(args, store.root if store else "") if k not in env]
     secret_keys += [k for k in block.secret_keys if k not in secret_keys]
-    if store is not None:
-        env.update(store.workload_env())
     server_args = list(args.server_args)
     if server_args[:1] == ["--"]:
         server_args = server_args[1:]
-    server_args = [*block.server_args, *server_args]
-    common = {"settings": pod, "server_args": server_args, "env": env, "secret_keys": secret_keys}
+    block = block.model_copy(
+        update={
+            "env": {**block.env, **(store.workload_env() if store is not None else {})},
+            "secret_keys": secret_keys,
+            "server_args": [*block.server_args, *server_args],
+        }
+    )
+    common = {"tracking_uri": tracking_uri, "pod": pod}
     documents = [
-        manifests.server_deployment(
-            name, track="stable", model_uri=args.model_uri, model_version=version, replicas=args.replicas, **common
+        track_deployment(
+            block,
+            name,
+            track="stable",
+            model_uri=args.model_uri,
+            model_version=version,
+            replicas=args.replicas,
+            **common,
         )
     ]
     if args.canary_model_uri:
         _, canary_version = _model_and_version(args.canary_model_uri, args.canary_version, "--canary-model-uri")
         documents.append(
-            manifests.server_deployment(
+            track_deployment(
+                block,
                 name,
                 track="canary",
                 model_uri=args.canary_model_uri,

@@ -24,11 +24,9 @@ Each track's figures are its pods' /metrics summed (:mod:`tasks.kube.cluster_met
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,14 +47,13 @@ from tasks.kube.manifests import (
     SERVER_CONTAINER,
     SERVER_PORT,
     http_route,
-    server_deployment,
-    server_name,
     server_selector,
     server_service,
     track_name,
     track_service,
 )
 from tasks.kube.routes import route_status
+from tasks.kube.servers import block_server_name, track_deployment
 from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
 from tasks.rollout.serving import ServerNotReady, ServerUnreachable
 from tasks.rollout.traffic import (
@@ -92,22 +89,6 @@ SERVER_EXIT_MEANINGS: dict[int, str] = {
 
 
 # -- pure helpers ------------------------------------------------------------------------------------
-
-
-def server_name_for(model_name: str) -> str:
-    """A registered model's name as a server name: lowercase DNS label, at most 40 characters, hashed if cut."""
-    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
-    if not slug or not slug[0].isalpha():
-        slug = f"m-{slug}".rstrip("-")
-    if len(slug) > 40:
-        digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
-        slug = f"{slug[:31].rstrip('-')}-{digest}"
-    return server_name(slug)
-
-
-def block_server_name(block: KubernetesServing, model_name: str) -> str:
-    """The objects' base name: the block's ``server_name``, else the model's name made a DNS label."""
-    return server_name(block.server_name) if block.server_name else server_name_for(model_name)
 
 
 def canary_replicas(total: int, weight: int) -> int:
@@ -237,7 +218,7 @@ class ClusterServing:
         self._pod = block.pod_settings()
         self._ns = self._pod.namespace
         self._name = block_server_name(block, model_name)
-        self._env = {"MLFLOW_TRACKING_URI": block.tracking_uri or tracking_uri, **block.env}
+        self._tracking_uri = tracking_uri
         self._log = log
         self._api = api or api_client(block.credentials)
         self._gateway = bool(block.gateway)
@@ -487,16 +468,15 @@ class ClusterServing:
         return track_name(self._name, role)
 
     def _deployment(self, role: Track, version: RegisteredVersion, replicas: int) -> dict[str, Any]:
-        return server_deployment(
+        return track_deployment(
+            self._block,
             self._name,
             track=role,
             model_uri=version.model_uri,
             model_version=version.version,
             replicas=replicas,
-            settings=self._pod,
-            server_args=self._block.server_args,
-            env=self._env,
-            secret_keys=self._block.secret_keys,
+            tracking_uri=self._tracking_uri,
+            pod=self._pod,
         )
 
     def _stable_patch(self, version: RegisteredVersion, replicas: int) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from blocks.kubernetes_serving import KubernetesServing
 from flows.rollout import RolloutResult, rollout
 from tasks.core.errors import ConfigurationError, RetryableError
 from tasks.kube.cluster_metrics import TrackCounters
-from tasks.kube.cluster_serving import canary_replicas, server_name_for
+from tasks.kube.cluster_serving import canary_replicas
+from tasks.kube.servers import server_name_for
 from tasks.rollout.canary import ServerSample
 from tasks.rollout.serving import ServerNotReady
 from tests.fixtures.kube import KubeCluster

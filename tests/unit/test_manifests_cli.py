@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes.client import ApiClient
 
 from blocks.data_store import DataStore
 from blocks.kubernetes import KubernetesGPUJob
@@ -17,8 +18,10 @@ from blocks.kubernetes_serving import KubernetesServing
 from blocks.mlflow_tracking import MLflowTracking
 from deployments import PROJECT_ROOT
 from flows.cli import main
-from tasks.kube.cluster_serving import server_name_for
+from tasks.kube.cluster_serving import ClusterServing
 from tasks.kube.manifests import job_name, rbac_manifests
+from tasks.kube.servers import server_name_for
+from tasks.tracking.registry import RegisteredVersion
 from tasks.training.trainer_job import trainer_spec
 
 TRAIN = [
@@ -167,6 +170,40 @@ def test_serve_prints_what_the_rollout_would_create_from_a_serving_block(capsys:
     assert box["command"][-4:] == ["--max-batch-size", "64", "--max-wait-us", "200"]
     code, _, err = run([*base, "--block", "no-such-block"], capsys)
     assert code == 2 and "no gpuflow-kubernetes-serving block named 'no-such-block'" in err
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_serve_prints_the_deployments_a_rollout_creates_with_the_blocks_tracking_uri(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One builder for both: the printed stable and canary are the rollout's own, MLflow as the block says."""
+    block = KubernetesServing(
+        image="registry.example.com/gpuflow:0.2.0",
+        namespace="team-a",
+        tracking_uri="http://mlflow.team-a.svc:5000",
+        env={"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
+        server_args=["--max-batch-size", "64"],
+        secret_name="store",
+        secret_keys=["AWS_SECRET_ACCESS_KEY"],
+    )
+    block.save("manifests-serve-tracking", overwrite=True)
+    argv = [
+        "manifests", "serve", "--block", "manifests-serve-tracking", "--model-uri", "models:/digits/3",
+        "--canary-model-uri", "models:/digits/4", "--replicas", "2", "--canary-replicas", "1",
+    ]  # fmt: skip
+    code, documents, err = run(argv, capsys)  # no --tracking-uri: the block's is what pods use
+    assert code == 0, err
+    code, with_flag, err = run([*argv, "--tracking-uri", "http://elsewhere:5000"], capsys)
+    assert code == 0, err
+    assert with_flag == documents, "the block's tracking_uri wins, as in a rollout"
+    serving = ClusterServing(block, tracking_uri="http://elsewhere:5000", model_name="digits", api=ApiClient())
+    versions = {
+        track: RegisteredVersion(name="digits", version=v, labels=[]) for track, v in (("stable", "3"), ("canary", "4"))
+    }
+    assert documents[0] == serving._deployment("stable", versions["stable"], 2)
+    assert documents[1] == serving._deployment("canary", versions["canary"], 1)
+    (box,) = documents[0]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.team-a.svc:5000"} in box["env"]
 
 
 def test_rbac_prints_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
