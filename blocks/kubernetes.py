@@ -6,20 +6,19 @@ The block only holds settings; the manifests come from :mod:`tasks.kube.manifest
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect_kubernetes.credentials import KubernetesCredentials
 from pydantic import Field
 
 from blocks.compute import ComputeTarget
+from blocks.kubernetes_pod import KubernetesPod
 from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadResult, WorkloadSpec
-from tasks.kube.manifests import GPU_RESOURCE, PERMANENT_EXIT_CODES, JobSettings, PodSettings
+from tasks.kube.manifests import PERMANENT_EXIT_CODES, JobSettings
 
 
-class KubernetesGPUJob(ComputeTarget):
+class KubernetesGPUJob(ComputeTarget, KubernetesPod):
     """Runs workloads as Kubernetes Jobs: GPUs, node selection, secrets by reference, a non-root pod.
 
+    The pod fields (image, resources, GPUs, scheduling, secrets) are :class:`blocks.kubernetes_pod.KubernetesPod`'s.
     Credentials default to the in-cluster service account, else the KUBECONFIG / ~/.kube/config context.
     ``nodes`` > 1 trains across several pods (an Indexed Job, torchrun, gloo or NCCL).
 
@@ -41,39 +40,6 @@ class KubernetesGPUJob(ComputeTarget):
     _block_type_name = "gpuflow Kubernetes GPU Job"
     _block_type_slug = "gpuflow-kubernetes-gpu-job"
 
-    image: str = Field(description="Workloads image (workloads/Dockerfile), e.g. registry/gpuflow-workloads:0.1.0.")
-    namespace: str = Field(default="default", description="Namespace the Jobs and their pods run in.")
-    credentials: KubernetesCredentials = Field(
-        default_factory=KubernetesCredentials,
-        description="Cluster access; empty: in-cluster service account, else KUBECONFIG / ~/.kube/config.",
-    )
-    service_account: str = Field(
-        default="gpuflow-workload", description="Service account of workload pods (no API token is mounted)."
-    )
-    cpu_request: str = Field(default="1", description="CPU request per pod (Kubernetes quantity).")
-    cpu_limit: str = Field(default="4", description="CPU limit per pod.")
-    memory_request: str = Field(default="4Gi", description="Memory request per pod.")
-    memory_limit: str = Field(default="16Gi", description="Memory limit per pod; above it the pod is OOMKilled.")
-    gpus: int = Field(default=0, ge=0, description="GPUs (of gpu_resource) per pod; 0 runs on CPUs.")
-    gpu_resource: str = Field(
-        default=GPU_RESOURCE, description="nvidia.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb."
-    )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict,
-        description='Node labels to require, e.g. {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}.',
-    )
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Pod tolerations; empty with gpus > 0: tolerate the nvidia.com/gpu NoSchedule taint.",
-    )
-    priority_class: str | None = Field(default=None, description="PriorityClass of the pods.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry.")
-    secret_name: str | None = Field(
-        default=None, description="Secret holding the workload's secret variables (store credentials), by key."
-    )
-    scratch_size: str = Field(default="20Gi", description="Size limit of the /scratch emptyDir (TMPDIR, HOME).")
-    shm_size: str = Field(default="2Gi", description="Size limit of the memory-backed /dev/shm.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on Jobs and pods (cost allocation).")
     nodes: int = Field(default=1, ge=1, description="Pods training together; > 1: Indexed Job + torchrun.")
     active_deadline_seconds: int = Field(default=6 * 3600, ge=1, description="The Job fails after this long.")
     backoff_limit: int = Field(default=3, ge=0, description="Pod failures retried (disruptions do not count).")
@@ -94,10 +60,6 @@ class KubernetesGPUJob(ComputeTarget):
         "fails; empty: until active_deadline_seconds (a cluster autoscaler may need minutes to add a GPU node).",
     )
     poll_interval_seconds: float = Field(default=2, gt=0, description="How often the Job's state is read.")
-
-    def pod_settings(self) -> PodSettings:
-        """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
-        return PodSettings.from_block(self)
 
     def job_settings(self) -> JobSettings:
         """Everything the Job manifests are built from, checked (raises ConfigurationError on a bad value)."""

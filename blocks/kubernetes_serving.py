@@ -8,23 +8,22 @@ serves nothing after the stage).
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect.blocks.core import Block
-from prefect_kubernetes.credentials import KubernetesCredentials
 from pydantic import Field
 
+from blocks.kubernetes_pod import KubernetesPod, pod_field
 from blocks.loading import load_saved
 from tasks.core.errors import ConfigurationError
-from tasks.kube.manifests import GPU_RESOURCE, PodSettings
 
 
-class KubernetesServing(Block):
+class KubernetesServing(Block, KubernetesPod):
     """Model servers on a Kubernetes cluster: a stable and a canary Deployment behind one Service.
 
-    The canary's share of traffic follows the replica ratio of the two Deployments (``replicas`` pods in
-    all during a rollout), or the weights of a Gateway API HTTPRoute when ``gateway`` is set. The analysis
-    reads each pod's ``/metrics`` through the API server's pod proxy, or from ``prometheus_url``.
+    The pod fields (image, resources, GPUs, scheduling, secrets) are :class:`blocks.kubernetes_pod.KubernetesPod`'s,
+    with smaller CPU and memory defaults. The canary's share of traffic follows the replica ratio of the two
+    Deployments (``replicas`` pods in all during a rollout), or the weights of a Gateway API HTTPRoute when
+    ``gateway`` is set. The analysis reads each pod's ``/metrics`` through the API server's pod proxy, or from
+    ``prometheus_url``.
 
     Example:
         ```python
@@ -45,12 +44,6 @@ class KubernetesServing(Block):
     _block_type_name = "gpuflow Kubernetes Serving"
     _block_type_slug = "gpuflow-kubernetes-serving"
 
-    image: str = Field(description="Workloads image (it runs python -m workloads.server).")
-    namespace: str = Field(default="default", description="Namespace of the Deployments, Services and route.")
-    credentials: KubernetesCredentials = Field(
-        default_factory=KubernetesCredentials,
-        description="Cluster access; empty: in-cluster service account, else KUBECONFIG / ~/.kube/config.",
-    )
     server_name: str | None = Field(
         default=None,
         description="Base name of the objects (<name>, <name>-stable, <name>-canary); empty: from the model name.",
@@ -61,20 +54,10 @@ class KubernetesServing(Block):
         description="Server pods in all during a rollout (the split follows stable:canary pods), and stable's "
         "size when the rollout creates it. With replica ratios it must be at least 2.",
     )
-    service_account: str = Field(default="gpuflow-workload", description="Service account of server pods.")
-    cpu_request: str = Field(default="1", description="CPU request per server pod.")
-    cpu_limit: str = Field(default="2", description="CPU limit per server pod.")
-    memory_request: str = Field(default="1Gi", description="Memory request per server pod.")
-    memory_limit: str = Field(default="2Gi", description="Memory limit per server pod.")
-    gpus: int = Field(default=0, ge=0, description="GPUs (of gpu_resource) per server pod; 0 serves on CPUs.")
-    gpu_resource: str = Field(default=GPU_RESOURCE, description="nvidia.com/gpu, or a MIG profile.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels server pods require.")
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Pod tolerations; empty with gpus > 0: the nvidia.com/gpu NoSchedule taint."
-    )
-    priority_class: str | None = Field(default=None, description="PriorityClass of server pods.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry.")
-    secret_name: str | None = Field(default=None, description="Secret holding secret_keys (by reference only).")
+    # Server pods are smaller than training pods: only these defaults differ from KubernetesPod's.
+    cpu_limit: str = pod_field("cpu_limit", "2")
+    memory_request: str = pod_field("memory_request", "1Gi")
+    memory_limit: str = pod_field("memory_limit", "2Gi")
     secret_keys: list[str] = Field(
         default_factory=list,
         description="Environment variables server pods read from secret_name, e.g. AWS_SECRET_ACCESS_KEY.",
@@ -85,7 +68,6 @@ class KubernetesServing(Block):
     server_args: list[str] = Field(
         default_factory=list, description="Extra flags for python -m workloads.server, e.g. --max-batch-size 64."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every object and pod.")
     tracking_uri: str | None = Field(
         default=None, description="MLflow as server pods reach it; empty: the rollout's own tracking URI."
     )
@@ -121,10 +103,6 @@ class KubernetesServing(Block):
         "pod labels); empty: each pod's /metrics through the API server's pod proxy.",
     )
     poll_interval_seconds: float = Field(default=1.0, gt=0, description="How often pod states are read.")
-
-    def pod_settings(self) -> PodSettings:
-        """The pod part of the settings, checked (raises ConfigurationError on a bad value)."""
-        return PodSettings.from_block(self)
 
     def check(self) -> None:
         """Refuse settings that cannot work together, naming them (before anything is created)."""

@@ -20,12 +20,7 @@ from typing import Any
 
 from flows.cli.arguments import EXIT_OK, EXIT_USAGE, add_trainer_options
 
-# KubernetesGPUJob fields a flag can set; the flag's dest is the field name.
-_POD_FLAGS = (
-    "image", "namespace", "service_account", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
-    "gpus", "gpu_resource", "node_selector", "tolerations", "priority_class", "image_pull_secrets",
-    "secret_name", "scratch_size", "shm_size", "labels",
-)  # fmt: skip
+# Block fields a flag sets besides the pod fields (blocks.kubernetes_pod.POD_FIELDS); a flag's dest is the field.
 _JOB_FLAGS = ("nodes", "active_deadline_seconds", "backoff_limit", "ttl_seconds_after_finished", "rendezvous_port")
 _S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -203,12 +198,13 @@ def _target(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from blocks.kubernetes import KubernetesGPUJob
+    from blocks.kubernetes_pod import POD_FIELDS
     from blocks.kubernetes_serving import KubernetesServing, resolve_kubernetes_serving
     from tasks.core.errors import ConfigurationError
 
     serve = args.manifest_kind == "serve"
     cls = KubernetesServing if serve else KubernetesGPUJob
-    settable = set(_POD_FLAGS + _JOB_FLAGS) & set(cls.model_fields)
+    settable = set(POD_FIELDS + _JOB_FLAGS) & set(cls.model_fields)
     fields: dict[str, Any] = {}
     if args.block:
         block = resolve_kubernetes_serving(args.block) if serve else _load_block(args.block)

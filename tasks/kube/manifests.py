@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -79,7 +79,8 @@ class PodSettings:
 
     ``gpus`` counts ``gpu_resource`` per pod (per node for distributed training). With GPUs and no
     ``tolerations`` the pod tolerates the GPU Operator's ``nvidia.com/gpu`` NoSchedule taint.
-    ``secret_name`` is the Secret that holds the keys of a workload's ``secret_env``.
+    ``secret_name`` is the Secret that holds the keys of a workload's ``secret_env``. The fields are those of
+    the blocks' shared base, ``blocks.kubernetes_pod.KubernetesPod`` (``pod_settings()`` passes them by name).
     """
 
     image: str
@@ -99,23 +100,6 @@ class PodSettings:
     scratch_size: str = "20Gi"
     shm_size: str = "2Gi"
     labels: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_block(cls, block: object) -> PodSettings:
-        """The settings a block's same-named fields give (fields it lacks keep their defaults), checked."""
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            if not hasattr(block, spec.name):
-                continue
-            value = getattr(block, spec.name)
-            if isinstance(value, dict):
-                value = dict(value)
-            elif isinstance(value, list):
-                value = [dict(v) if isinstance(v, dict) else v for v in value]
-            elif value == "" and spec.name in ("priority_class", "secret_name"):
-                value = None  # an empty text box in the UI means "none"
-            values[spec.name] = value
-        return cls(**values)
 
     def __post_init__(self) -> None:
         if not self.image.strip() or any(c.isspace() for c in self.image):

@@ -278,3 +278,21 @@ def test_trainer_options_are_checked_as_gpuflow_run_checks_them(
     assert exited.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("gpuflow manifests train: error: ") and f"argument {flag}: " in last and message in last
+
+
+def test_pod_fields_are_declared_once_for_both_blocks_pod_settings_and_the_flags() -> None:
+    """KubernetesPod declares the pod fields; PodSettings takes exactly them, and each has a flag on train and serve."""
+    import argparse
+    import dataclasses
+
+    from blocks.kubernetes_pod import POD_FIELDS, KubernetesPod
+    from flows.cli import build_parser
+    from tasks.kube.manifests import PodSettings
+
+    assert tuple(f.name for f in dataclasses.fields(PodSettings)) == POD_FIELDS
+    assert issubclass(KubernetesGPUJob, KubernetesPod) and issubclass(KubernetesServing, KubernetesPod)
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    kinds = next(a for a in commands.choices["manifests"]._actions if isinstance(a, argparse._SubParsersAction))
+    for kind in ("train", "serve"):
+        dests = {action.dest for action in kinds.choices[kind]._actions}
+        assert set(POD_FIELDS) <= dests, (kind, set(POD_FIELDS) - dests)
