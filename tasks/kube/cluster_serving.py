@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from tasks.core.errors import ConfigurationError, RetryableError, ServiceUnavailable, WorkloadFailed
+from tasks.core.errors import ConfigurationError, RetryableError, WorkloadFailed
 from tasks.core.types import LogFn, Track
 from tasks.kube import diagnosis
+from tasks.kube.api import MERGE_PATCH, RawApi, api_client
 from tasks.kube.cluster_metrics import TrackCounters, prometheus_samples, prometheus_startup
 from tasks.kube.manifests import (
     LABEL_MODEL_VERSION,
@@ -53,39 +51,23 @@ from tasks.kube.manifests import (
     track_service,
 )
 from tasks.kube.routes import route_status
+from tasks.kube.server_pods import PodView, ProxyEndpoint
 from tasks.kube.servers import block_server_name, track_deployment
 from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
 from tasks.rollout.serving import ServerNotReady, ServerUnreachable
 from tasks.rollout.traffic import (
-    PREDICT_PATH,
-    VERSION_HEADER,
-    Answer,
     EndpointFactory,
     Routes,
     http_endpoint,
-    read_answer,
 )
 from tasks.tracking.registry import RegisteredVersion
-from workloads.server.config import EXIT_ERROR, EXIT_LISTEN, EXIT_UNAVAILABLE, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from prefect_kubernetes.credentials import KubernetesCredentials
-
     from blocks.kubernetes_serving import KubernetesServing
 
-API_TIMEOUT_SECONDS = 15.0
 SCRAPE_TIMEOUT_SECONDS = 5.0
 GONE_TIMEOUT_SECONDS = 60.0
 LOG_TAIL_LINES = 30
-ROUTE_GROUP, ROUTE_VERSION = "gateway.networking.k8s.io", "v1"
-MERGE_PATCH = "application/merge-patch+json"
-SERVER_EXIT_MEANINGS: dict[int, str] = {
-    **diagnosis.GENERIC_EXIT_MEANINGS,
-    EXIT_ERROR: "the server failed unexpectedly",
-    EXIT_USAGE: "bad arguments, or the model does not exist or cannot be served",
-    EXIT_UNAVAILABLE: "MLflow or the artifact store could not be reached",
-    EXIT_LISTEN: "it cannot listen on its port",
-}
 
 
 # -- pure helpers ------------------------------------------------------------------------------------
@@ -97,103 +79,6 @@ def canary_replicas(total: int, weight: int) -> int:
     if weight >= 100 or total <= 1:
         return total
     return max(1, min(total - 1, math.floor(total * weight / 100 + 0.5)))
-
-
-def api_client(credentials: KubernetesCredentials) -> k8s.ApiClient:
-    """A synchronous client from a prefect-kubernetes credentials block: its kubeconfig when it holds one, else
-    the in-cluster service account, else KUBECONFIG / ~/.kube/config (read now, not at import)."""
-    configuration = k8s.Configuration()
-    cluster = credentials.cluster_config
-    if cluster is not None:
-        k8s_config.load_kube_config_from_dict(
-            cluster.config, context=cluster.context_name, client_configuration=configuration
-        )
-    else:
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        except k8s_config.ConfigException:
-            path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-            k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
-    return k8s.ApiClient(configuration)
-
-
-# -- pods as the API returns them -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PodView:
-    """The few things the rollout reads from a server pod (camelCase API JSON kept in ``raw`` for diagnosis)."""
-
-    name: str
-    version: str | None
-    ready: bool
-    deleting: bool
-    restarts: int
-    raw: dict[str, Any]
-
-    @classmethod
-    def of(cls, raw: dict[str, Any]) -> PodView:
-        meta, status = raw.get("metadata") or {}, raw.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
-        return cls(
-            name=str(meta.get("name")),
-            version=(meta.get("labels") or {}).get(LABEL_MODEL_VERSION),
-            ready=ready,
-            deleting=bool(meta.get("deletionTimestamp")),
-            restarts=restarts,
-            raw=raw,
-        )
-
-    def crash(self, baseline: int = 0) -> tuple[int | None, str] | None:
-        """How the server container ended, when it has ended, is backing off, or restarted more than
-        ``baseline`` times: (exit code, words); None while it runs as before."""
-        for status in (self.raw.get("status") or {}).get("containerStatuses") or []:
-            state, last = status.get("state") or {}, status.get("lastState") or {}
-            ended = state.get("terminated") or last.get("terminated")
-            waiting = (state.get("waiting") or {}).get("reason")
-            restarted = int(status.get("restartCount") or 0) > baseline
-            if not (state.get("terminated") or waiting == "CrashLoopBackOff" or restarted):
-                continue
-            if not ended:
-                return None, str(waiting or "restarted")
-            code = int(ended.get("exitCode", -1))
-            why = (
-                "OOMKilled (memory limit)"
-                if ended.get("reason") == "OOMKilled"
-                else diagnosis.exit_text(code, SERVER_EXIT_MEANINGS)
-            )
-            backoff = ", now in CrashLoopBackOff" if waiting == "CrashLoopBackOff" else ""
-            return code, f"{why}{backoff}"
-        return None
-
-
-class ProxyEndpoint:
-    """Predict requests through the API server's proxy of a Service, with the client's own credentials."""
-
-    def __init__(self, api: k8s.ApiClient, service_proxy: str, timeout: float) -> None:
-        _, self._url, self._headers, _, _ = api.param_serialize(
-            "POST",
-            service_proxy + PREDICT_PATH,
-            header_params={"Content-Type": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        self._pool = api.rest_client.pool_manager
-        self._timeout = urllib3.Timeout(total=timeout)
-
-    def predict(self, body: bytes) -> Answer:
-        started = time.perf_counter()
-        try:
-            response = self._pool.request(
-                "POST", self._url, body=body, headers=self._headers, timeout=self._timeout, retries=False
-            )
-        except urllib3.exceptions.HTTPError:
-            return Answer(None, None, time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        return read_answer(response.status, response.headers.get(VERSION_HEADER), response.data, seconds)
-
-    def close(self) -> None:
-        """Connections stay in the client's pool."""
 
 
 # -- the backend -----------------------------------------------------------------------------------
@@ -221,6 +106,7 @@ class ClusterServing:
         self._tracking_uri = tracking_uri
         self._log = log
         self._api = api or api_client(block.credentials)
+        self._raw = RawApi(self._api, self._ns)
         self._gateway = bool(block.gateway)
         self._versions: dict[Track, RegisteredVersion] = {}
         self._counters: dict[Track, TrackCounters] = {"stable": TrackCounters(), "canary": TrackCounters()}
@@ -534,12 +420,12 @@ class ClusterServing:
             weights=weights,
             settings=self._pod,
         )
-        path = self._path("httproutes", self._name)
-        if self._get(path) is None:
-            self._request("POST", self._path("httproutes"), body=route)
+        path = self._raw.path("httproutes", self._name)
+        if self._raw.get(path) is None:
+            self._raw.request("POST", self._raw.path("httproutes"), body=route)
             self._created.append(("httproutes", self._name))
         else:
-            self._request("PATCH", path, body={"spec": route["spec"]}, content_type=MERGE_PATCH)
+            self._raw.request("PATCH", path, body={"spec": route["spec"]}, content_type=MERGE_PATCH)
         try:
             self._wait_route(path, self._block.route_accept_timeout_seconds)
         except (ConfigurationError, RetryableError) as exc:
@@ -552,7 +438,7 @@ class ClusterServing:
         assert self._block.gateway
         deadline = time.monotonic() + timeout
         while True:
-            route = self._get(path) or {}
+            route = self._raw.get(path) or {}
             status = route_status(route, self._block.gateway, self._block.gateway_namespace)
             what = f"HTTPRoute {self._ns}/{self._name}"
             if status.state == "accepted":
@@ -635,67 +521,17 @@ class ClusterServing:
                 return
             time.sleep(min(self._block.poll_interval_seconds, 0.5))
 
-    # -- the API (raw JSON over the real client: its auth, TLS and connection pool) ---------------------
-
-    def _path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
-        base = {
-            "deployments": "/apis/apps/v1",
-            "httproutes": f"/apis/{ROUTE_GROUP}/{ROUTE_VERSION}",
-        }.get(plural, "/api/v1")
-        path = f"{base}/namespaces/{self._ns}/{plural}"
-        return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: list[tuple[str, str]] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float = API_TIMEOUT_SECONDS,
-        raw_errors: bool = False,
-    ) -> bytes:
-        """One API request. A refusal is a gpuflow error (:func:`diagnosis.api_error`: the server's message, and
-        the Role to grant on a 403) and an unreachable API a ``ServiceUnavailable``; with ``raw_errors`` (or a
-        404, which callers read as "not there") the :class:`ApiException` itself, for callers that handle it."""
-        headers = {"Accept": "application/json", "Content-Type": content_type} if body is not None else {}
-        request = self._api.param_serialize(
-            method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        try:
-            response = self._api.call_api(*request, _request_timeout=timeout)
-            data = bytes(response.read() or b"")
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            if raw_errors:
-                raise
-            raise ServiceUnavailable(f"the Kubernetes API did not answer {method} {path}: {exc}") from exc
-        if not 200 <= response.status < 300:
-            error = ApiException(status=response.status, reason=f"{method} {path}")
-            error.body = data.decode(errors="replace")
-            if raw_errors or response.status == 404:
-                raise error
-            raise diagnosis.api_error(error, f"{method} {path}")
-        return data
-
-    def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = json.loads(self._request("GET", path))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return found
+    # -- the API (tasks/kube/api.py) --------------------------------------------------------------------
 
     def _pods(self, role: Track) -> list[PodView]:
         selector = ",".join(f"{k}={v}" for k, v in {**server_selector(self._name), LABEL_TRACK: role}.items())
-        listed = json.loads(self._request("GET", self._path("pods"), query=[("labelSelector", selector)]))
+        listed = json.loads(self._raw.request("GET", self._raw.path("pods"), query=[("labelSelector", selector)]))
         return sorted((PodView.of(item) for item in listed.get("items") or []), key=lambda p: p.name)
 
     def _scrape(self, role: Track, pod: PodView) -> str:
-        path = self._path("pods", f"{pod.name}:{SERVER_PORT}", "proxy") + "/metrics"
+        path = self._raw.path("pods", f"{pod.name}:{SERVER_PORT}", "proxy") + "/metrics"
         try:
-            data = self._request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS, raw_errors=True)
+            data = self._raw.request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS, raw_errors=True)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerUnreachable(f"{role} pod {pod.name}: GET {path} failed: {exc}") from exc
         return data.decode("utf-8", errors="replace")
@@ -706,7 +542,7 @@ class ClusterServing:
             query = [("container", SERVER_CONTAINER), ("tailLines", str(LOG_TAIL_LINES)), ("previous", previous)]
             try:
                 return (
-                    self._request("GET", self._path("pods", pod.name, "log"), query=query, raw_errors=True)
+                    self._raw.request("GET", self._raw.path("pods", pod.name, "log"), query=query, raw_errors=True)
                     .decode("utf-8", errors="replace")
                     .splitlines()
                 )
@@ -715,30 +551,30 @@ class ClusterServing:
         return []
 
     def _proxy_factory(self, service: str, timeout: float) -> EndpointFactory:
-        path = self._path("services", f"{service}:http", "proxy")
+        path = self._raw.path("services", f"{service}:http", "proxy")
         return lambda: ProxyEndpoint(self._api, path, timeout)
 
     def _read_deployment(self, name: str) -> dict[str, Any] | None:
-        return self._get(self._path("deployments", name))
+        return self._raw.get(self._raw.path("deployments", name))
 
     def _patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
-        self._request("PATCH", self._path("deployments", name), body=patch, content_type=MERGE_PATCH)
+        self._raw.request("PATCH", self._raw.path("deployments", name), body=patch, content_type=MERGE_PATCH)
 
     def _create(self, manifest: dict[str, Any]) -> None:
         plural, name = manifest["kind"].lower() + "s", manifest["metadata"]["name"]
-        self._request("POST", self._path(plural), body=manifest)
+        self._raw.request("POST", self._raw.path(plural), body=manifest)
         self._created.append((plural, name))
 
     def _ensure(self, manifest: dict[str, Any]) -> None:
         """Create a Service unless it exists (Services outlive rollouts; their selectors never change)."""
-        if self._get(self._path("services", manifest["metadata"]["name"])) is None:
+        if self._raw.get(self._raw.path("services", manifest["metadata"]["name"])) is None:
             self._create(manifest)
 
     def _delete(self, plural: str, name: str) -> None:
         """Delete one object (a Deployment's pods follow in the background); one already gone is fine."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            self._request("DELETE", self._path(plural, name), body=body)
+            self._raw.request("DELETE", self._raw.path(plural, name), body=body)
         except ApiException as exc:
             if exc.status != 404:
                 raise

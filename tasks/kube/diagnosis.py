@@ -13,8 +13,6 @@ all fail again; a crash of unknown cause or a lost pod may not. :func:`workload_
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any, cast
 
 from kubernetes.utils import parse_quantity
 
-from tasks.core.errors import ConfigurationError, PermanentError, RetryableError, ServiceUnavailable, WorkloadFailed
+from tasks.core.errors import PermanentError, RetryableError, WorkloadFailed
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED
 
 Obj = Mapping[str, Any]
@@ -165,22 +163,6 @@ def pod_ended(pod: Obj) -> bool:
 def is_scheduled(pod: Obj) -> bool:
     condition = _condition(pod, "PodScheduled")
     return bool(condition and condition.get("status") == "True") or bool((pod.get("spec") or {}).get("nodeName"))
-
-
-def api_error(exc: Any, what: str) -> Exception:
-    """An API refusal (an ``ApiException`` of either client) as a gpuflow error: permission, namespace or schema
-    problems are configuration errors, the rest a service that may come back."""
-    message = exc.reason or ""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        message = json.loads(exc.body or "").get("message") or message
-    if exc.status in (401, 403):
-        return ConfigurationError(
-            f"Kubernetes refused to {what}: {exc.status} {message}; the flow's service account needs the Role "
-            "from `gpuflow manifests rbac`"
-        )
-    if exc.status in (400, 404, 409, 422):
-        return ConfigurationError(f"Kubernetes refused to {what}: {exc.status} {message}")
-    return ServiceUnavailable(f"Kubernetes API failed to {what}: {exc.status} {message}")
 
 
 # --------------------------------------------------------------------------------------------- pods refused

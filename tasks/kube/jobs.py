@@ -40,10 +40,10 @@ from prefect_kubernetes.jobs import KubernetesJob
 from tasks.core.errors import ConfigurationError, ServiceUnavailable
 from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadResult, WorkloadSpec
+from tasks.kube.api import api_error, check_status
 from tasks.kube.diagnosis import (
     Failure,
     RetryableWorkloadFailure,
-    api_error,
     creation_refusal,
     exit_meanings,
     job_failure,
@@ -531,18 +531,12 @@ class JobFollower:
 
     @staticmethod
     async def _get_json(call: Any, what: str) -> dict[str, Any] | None:
-        """The JSON body of a raw (``_preload_content=False``) GET; None on 404."""
+        """The JSON body of a raw (``_preload_content=False``) GET; None on 404, refusals as :func:`check_status`."""
         response = raw(await call)
         try:
             body = await response.read()
-            if response.status == 404:
+            if not check_status(response.status, body, response.reason, what):
                 return None
-            if response.status >= 500 or response.status == 429:
-                raise ServiceUnavailable(f"Kubernetes API answered {response.status} to {what}: {body[:200]!r}")
-            if response.status >= 400:
-                error = ApiException(status=response.status, reason=response.reason)
-                error.body = body  # the Status JSON: _api_error reads its message
-                raise api_error(error, what)
             return cast(dict[str, Any], json.loads(body))
         finally:
             response.release()
