@@ -26,7 +26,7 @@ class CanaryPolicy(Block):
     Example:
         ```python
         from blocks.canary_policy import CanaryPolicy
-        policy = CanaryPolicy.load("production")
+        policy = CanaryPolicy.load("BLOCK_NAME")  # e.g. "production"
         ```
     """
 

@@ -62,7 +62,7 @@ class LocalProcess(ComputeTarget):
     Example:
         ```python
         from blocks.compute import LocalProcess
-        local = LocalProcess.load("local")
+        local = LocalProcess.load("BLOCK_NAME")  # "local": the one gpuflow bootstrap saves
         ```
     """
 

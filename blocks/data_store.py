@@ -19,7 +19,7 @@ class DataStore(Block):
     Example:
         ```python
         from blocks.data_store import DataStore
-        store = DataStore.load("minio")
+        store = DataStore.load("BLOCK_NAME")  # e.g. "minio"
         ```
     """
 

@@ -33,7 +33,8 @@ class KubernetesGPUJob(ComputeTarget, KubernetesPod):
             node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             secret_name="gpuflow-store",  # holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
         ).save("h100")
-        # then: gpuflow run ... --compute gpuflow-kubernetes-gpu-job/h100
+        # then: gpuflow run ... --compute gpuflow-kubernetes-gpu-job/h100, or in code:
+        h100 = KubernetesGPUJob.load("BLOCK_NAME")  # "h100"
         ```
     """
 

@@ -37,7 +37,8 @@ class KubernetesServing(Block, KubernetesPod):
             secret_name="gpuflow-store",
             secret_keys=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
         ).save("prod-serving")
-        # then: rollout(..., serving="prod-serving") or ml_pipeline(..., serving="prod-serving")
+        # then: rollout(..., serving="prod-serving") or ml_pipeline(..., serving="prod-serving"); in code:
+        serving = KubernetesServing.load("BLOCK_NAME")  # "prod-serving"
         ```
     """
 

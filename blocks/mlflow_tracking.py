@@ -15,7 +15,7 @@ class MLflowTracking(Block):
     Example:
         ```python
         from blocks.mlflow_tracking import MLflowTracking
-        tracking = MLflowTracking.load("team-mlflow")
+        tracking = MLflowTracking.load("BLOCK_NAME")  # e.g. "team-mlflow"
         ```
     """
 

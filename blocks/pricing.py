@@ -18,7 +18,7 @@ class GpuPricing(Block):
     Example:
         ```python
         from blocks.pricing import GpuPricing
-        pricing = GpuPricing.load("on-demand")
+        pricing = GpuPricing.load("BLOCK_NAME")  # e.g. "on-demand"
         ```
     """
 

@@ -14,7 +14,7 @@ class QualityGate(Block):
     Example:
         ```python
         from blocks.quality_gate import QualityGate
-        gate = QualityGate.load("production")
+        gate = QualityGate.load("BLOCK_NAME")  # e.g. "production"
         ```
     """
 
