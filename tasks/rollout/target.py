@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core import settings
-from tasks.core.errors import ConfigurationError, GateFailed
+from tasks.core.errors import ConfigurationError, GateFailed, ServiceUnavailable
+from tasks.core.mlflow_errors import is_not_found
 from tasks.tracking.registry import CHALLENGER, CHAMPION, RegisteredVersion, alias_version, read_version
 from tasks.tracking.runs import client_for
 from workloads.tags import TAG_DATASET_VERSION, TAG_GATE_PASSED, TAG_GATE_REASONS
@@ -37,6 +38,8 @@ class RolloutTarget(BaseModel):
 @task(name="resolve-rollout-target", cache_policy=NO_CACHE)
 def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version: str | None) -> RolloutTarget:
     """The candidate (given, or the ``challenger`` alias) and the champion; refuses a candidate the gate failed."""
+    from mlflow.exceptions import MlflowException
+
     client = client_for(tracking)
     version = candidate_version or alias_version(client, model_name, CHALLENGER)
     if not version:
@@ -45,7 +48,9 @@ def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version:
         )
     try:
         found = client.get_model_version(model_name, version)
-    except Exception as exc:
+    except MlflowException as exc:
+        if not is_not_found(exc):  # an outage, not a missing version: worth another try
+            raise ServiceUnavailable(f"MLflow could not read {model_name!r} version {version!r}: {exc}") from exc
         raise ConfigurationError(f"model {model_name!r} has no version {version!r}: {exc}") from exc
     gate = found.tags.get(TAG_GATE_PASSED)
     if gate != "true":
