@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tasks.core.errors import ServiceUnavailable
-from tasks.rollout.canary import EMPTY_SAMPLE, METRICS, ServerMetricNames, ServerSample
+from tasks.rollout.server_metrics import EMPTY_SAMPLE, METRICS, ServerMetricNames, ServerSample
 
 PROMETHEUS_TIMEOUT_SECONDS = 10.0
 

@@ -53,7 +53,7 @@ from tasks.kube.manifests import (
 from tasks.kube.routes import route_status
 from tasks.kube.server_pods import PodView, ProxyEndpoint
 from tasks.kube.servers import block_server_name, track_deployment
-from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
+from tasks.rollout.server_metrics import ServerSample, parse_server_metrics, startup_seconds
 from tasks.rollout.serving import ServerNotReady, ServerUnreachable
 from tasks.rollout.traffic import (
     EndpointFactory,

@@ -1,4 +1,6 @@
-"""Canary analysis: scraped /metrics text and the traffic record in, per-step figures and a decision out.
+"""Canary analysis: scraped /metrics samples and the traffic record in, per-step figures and a decision out.
+
+Reading /metrics is server_metrics.py, the Markdown report canary_report.py.
 
 Pure functions and frozen models, so every rule is unit-tested without servers. What is read from where:
 
@@ -17,124 +19,20 @@ check passed -> continue to the next step, or promote after the last one.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.canary_policy import CanaryPolicy
-from tasks.rollout.traffic import PREDICT_PATH, TargetRecord, TrafficRecord
+from tasks.rollout.server_metrics import ServerSample, histogram_quantile
+from tasks.rollout.traffic import TargetRecord, TrafficRecord
 
-
-@dataclass(frozen=True)
-class ServerMetricNames:
-    """The one place the server's metric names are spelled (docs/serving.md); a rename is a one-line change."""
-
-    requests: str = "gpuflow_server_requests"  # counter, sample name <requests>_total{model,version,route,code}
-    latency: str = "gpuflow_server_request_duration_seconds"  # histogram {model,version,route,le}
-    route: str = PREDICT_PATH  # the route the traffic driver posts to
-    load_seconds: str = "gpuflow_server_model_load_seconds"  # gauge {model,version}
-    warmup_seconds: str = "gpuflow_server_model_warmup_seconds"  # gauge {model,version}
-
-
-METRICS = ServerMetricNames()
 P95 = 0.95
 CheckName = Literal[
     "canary_ready", "canary_up", "min_requests", "error_rate", "p95_latency_ratio", "accuracy", "agreement"
 ]
 StepDecision = Literal["continue", "promote", "roll_back"]
 Decision = Literal["promoted", "rolled_back", "promoted_without_canary"]
-
-
-# -- /metrics -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerSample:
-    """The prediction route's counters in one scrape (or the difference of two)."""
-
-    requests: Mapping[str, float]  # by HTTP status code
-    buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), ascending, +Inf last
-    model: str | None = None
-    version: str | None = None
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.requests.values()))
-
-    @property
-    def errors(self) -> float:
-        return float(sum(count for code, count in self.requests.items() if not code.startswith("2")))
-
-    def since(self, earlier: ServerSample) -> ServerSample:
-        """What happened between ``earlier`` and this scrape; a counter that went down means a restart."""
-        requests = {code: count - earlier.requests.get(code, 0.0) for code, count in self.requests.items()}
-        before = dict(earlier.buckets)
-        buckets = tuple((bound, count - before.get(bound, 0.0)) for bound, count in self.buckets)
-        if any(v < 0 for v in requests.values()) or any(c < 0 for _, c in buckets):
-            return self
-        return ServerSample(requests, buckets, self.model, self.version)
-
-
-EMPTY_SAMPLE = ServerSample(requests={}, buckets=())
-
-
-def parse_server_metrics(text: str, names: ServerMetricNames = METRICS) -> ServerSample:
-    """The prediction route's request counts by code and latency buckets from a /metrics body."""
-    requests: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    model = version = None
-    for family in text_string_to_metric_families(text):
-        if family.name not in (names.requests, names.latency):
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if labels.get("route") != names.route:
-                continue
-            model, version = labels.get("model", model), labels.get("version", version)
-            if sample.name == f"{names.requests}_total":
-                code = labels.get("code", "")
-                requests[code] = requests.get(code, 0.0) + float(sample.value)
-            elif sample.name == f"{names.latency}_bucket":
-                bound = float(labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + float(sample.value)
-    return ServerSample(requests, tuple(sorted(buckets.items())), model, version)
-
-
-def startup_seconds(text: str, names: ServerMetricNames = METRICS) -> dict[str, float]:
-    """Time to useful work of one server from its /metrics: model load and warm-up seconds."""
-    wanted = {names.load_seconds: "model_load_seconds", names.warmup_seconds: "model_warmup_seconds"}
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted:
-                found[wanted[sample.name]] = float(sample.value)
-    return found
-
-
-def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
-    """PromQL's estimate: linear interpolation inside the bucket holding the q-th observation.
-
-    The first bucket's lower bound is 0; a quantile in the +Inf bucket is the highest finite bound. None when
-    the histogram is empty.
-    """
-    ordered = sorted(buckets)
-    if not ordered or ordered[-1][1] <= 0:
-        return None
-    rank = q * ordered[-1][1]
-    lower, below = 0.0, 0.0
-    for bound, count in ordered:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            if count == below:
-                return bound
-            return lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return lower
 
 
 # -- figures and checks --------------------------------------------------------------------------
@@ -250,11 +148,11 @@ def target_figures(version: str, sample: ServerSample | None, record: TargetReco
     )
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def fmt_number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _ms(value: float | None) -> str:
+def fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value * 1000:.2f} ms"
 
 
@@ -291,11 +189,11 @@ def _judge(
     else:
         ratio = p95 / stable_p95
         limit, tolerance = policy.max_p95_latency_ratio, policy.latency_tolerance_seconds
-        measured = f"canary p95 {_ms(p95)} / stable p95 {_ms(stable_p95)} = {ratio:.2f}"
+        measured = f"canary p95 {fmt_ms(p95)} / stable p95 {fmt_ms(stable_p95)} = {ratio:.2f}"
         if ratio <= limit:
             detail, passed = f"{measured} ≤ {limit:.2f}", True
         elif p95 - stable_p95 <= tolerance:
-            detail, passed = f"{measured}, above {limit:.2f} but within the {_ms(tolerance)} tolerance", True
+            detail, passed = f"{measured}, above {limit:.2f} but within the {fmt_ms(tolerance)} tolerance", True
         else:
             detail, passed = f"{measured} is above the maximum {limit:.2f}", False
         checks.append(CheckResult(name="p95_latency_ratio", passed=passed, value=ratio, threshold=limit, detail=detail))
@@ -315,7 +213,7 @@ def _at_least(name: CheckName, value: float | None, minimum: float, basis: str, 
         passed=passed,
         value=value,
         threshold=minimum,
-        detail=f"canary {what} {_fmt(value)} on {basis} {verdict} {minimum:.3f}",
+        detail=f"canary {what} {fmt_number(value)} on {basis} {verdict} {minimum:.3f}",
     )
 
 
@@ -465,74 +363,3 @@ class RolloutResult(BaseModel):
                 "weight": self.steps[-1].weight if self.steps else None,
             }
         return payload
-
-
-def artifact_key(model_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes."""
-    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
-    return f"canary-{slug or 'model'}"
-
-
-_HEADLINES = {
-    "promoted": "promoted",
-    "rolled_back": "ROLLED BACK",
-    "promoted_without_canary": "promoted without a canary",
-}
-
-
-def _check_cell(step: StepFigures, name: CheckName) -> str:
-    check = next((c for c in step.checks if c.name == name), None)
-    if check is None:
-        return "—"
-    return "pass" if check.passed else "**FAIL**"
-
-
-def render_markdown(result: RolloutResult, policy: CanaryPolicy) -> str:
-    """The rollout as Markdown: the verdict, then one table per step with both versions side by side."""
-    stable_label = f"stable v{result.previous_champion_version}" if result.previous_champion_version else "stable"
-    canary_label = f"canary v{result.candidate_version}"
-    lines = [
-        f"# Canary rollout of `{result.model_name}` version {result.candidate_version}: {_HEADLINES[result.decision]}",
-        "",
-        result.reason,
-        "",
-        f"Champion before: {result.previous_champion_version or '—'}; after: {result.champion_version or '—'}. "
-        f"Time to decision: {_fmt(result.time_to_decision_seconds, 2)} s; stage: {result.seconds:.1f} s.",
-        "",
-        f"Policy: steps {policy.step_weights} %, window {policy.analysis_seconds:g} s, checks every "
-        f"{min(policy.check_interval_seconds, policy.analysis_seconds):g} s, at least {policy.min_requests} canary "
-        "requests per step.",
-    ]
-    for step in result.steps:
-        verdict = {"continue": "passed", "promote": "passed, promote", "roll_back": "roll back"}[step.decision]
-        failed = f" — failed check `{step.failed_check}`" if step.failed_check else ""
-        s, c = step.stable, step.canary
-        lines += [
-            "",
-            f"## Step {step.step}: {step.weight}% to the canary, {step.seconds:.1f} s — {verdict}{failed}",
-            "",
-            f"| figure | {stable_label} | {canary_label} | threshold | check |",
-            "|---|---|---|---|---|",
-            f"| requests (/metrics + transport errors) | {s.requests} | {c.requests} | ≥ {policy.min_requests} "
-            f"| {_check_cell(step, 'min_requests')} |",
-            f"| error rate | {_fmt(s.error_rate)} | {_fmt(c.error_rate)} | ≤ {policy.max_error_rate:.3f} "
-            f"| {_check_cell(step, 'error_rate')} |",
-            f"| p95 latency, server side | {_ms(s.p95_seconds)} | {_ms(c.p95_seconds)} | ratio "
-            f"{_fmt(step.p95_ratio, 2)} ≤ {policy.max_p95_latency_ratio:.2f} (or within "
-            f"{_ms(policy.latency_tolerance_seconds)}) | {_check_cell(step, 'p95_latency_ratio')} |",
-            f"| accuracy (labelled) | {_fmt(s.accuracy)} | {_fmt(c.accuracy)} | ≥ {policy.min_accuracy:.3f} "
-            f"| {_check_cell(step, 'accuracy')} |",
-            f"| agreement with stable | — | {_fmt(step.agreement)} ({step.compared} rows) | "
-            f"≥ {policy.min_agreement:.3f} | {_check_cell(step, 'agreement')} |",
-            f"| routed by the driver | {s.routed} | {c.routed} | | |",
-            f"| p95 latency, client side | {_ms(s.client_p95_seconds)} | {_ms(c.client_p95_seconds)} | | |",
-            "",
-            f"Canary failures answered by stable: {step.retried_on_stable}; unanswered requests: {step.unanswered}; "
-            f"shadow requests to stable: {step.shadow_requests}; stable p95 scope: {step.stable_p95_scope}.",
-        ]
-        for check in step.checks:
-            if not check.passed:
-                lines += ["", f"**{check.name}**: {check.detail}"]
-    if not result.steps:
-        lines += ["", "No canary steps ran."]
-    return "\n".join(lines) + "\n"

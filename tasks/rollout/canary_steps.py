@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.canary_policy import CanaryPolicy
 from tasks.evaluation.scoring import LabelledSplit
-from tasks.rollout.canary import EMPTY_SAMPLE, CheckName, Decision, ServerSample, StepFigures, analyse_step
+from tasks.rollout.canary import CheckName, Decision, StepFigures, analyse_step
+from tasks.rollout.server_metrics import EMPTY_SAMPLE, ServerSample
 from tasks.rollout.serving import ServerNotReady, ServerUnreachable, Serving
 from tasks.rollout.target import RolloutTarget
 from tasks.rollout.traffic import TrafficDriver

@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.canary_policy import CanaryPolicy
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.rollout.canary import RolloutResult, StepFigures, artifact_key, render_markdown
+from tasks.rollout.canary import RolloutResult, StepFigures
+from tasks.rollout.canary_report import artifact_key, render_markdown
 from tasks.tracking.runs import client_for
 from workloads.tags import (
     TAG_CHAMPION_VERSION,

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 from tasks.core.errors import WorkloadFailed
 from tasks.core.processes import end_group, pump_lines, signal_group, spawn_group, with_import_root
 from tasks.core.types import LogFn, Track
-from tasks.rollout.canary import ServerSample, parse_server_metrics, startup_seconds
+from tasks.rollout.server_metrics import ServerSample, parse_server_metrics, startup_seconds
 from tasks.rollout.traffic import Routes
 from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
 

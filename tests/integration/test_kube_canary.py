@@ -32,7 +32,7 @@ from tasks.core.errors import ConfigurationError, RetryableError
 from tasks.kube.cluster_metrics import TrackCounters
 from tasks.kube.cluster_serving import canary_replicas
 from tasks.kube.servers import server_name_for
-from tasks.rollout.canary import ServerSample
+from tasks.rollout.server_metrics import ServerSample
 from tasks.rollout.serving import ServerNotReady
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway

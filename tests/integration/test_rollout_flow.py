@@ -27,7 +27,7 @@ from flows.evaluate import evaluate
 from flows.rollout import RolloutLocked, RolloutResult, rollout, rollout_lock
 from tasks.core import settings
 from tasks.core.errors import GateFailed
-from tasks.rollout.canary import artifact_key
+from tasks.rollout.canary_report import artifact_key
 from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
 from tests.fixtures.models import (
     RolloutHome,

@@ -11,16 +11,9 @@ import math
 import pytest
 
 from blocks.canary_policy import CanaryPolicy
-from tasks.rollout.canary import (
-    EMPTY_SAMPLE,
-    RolloutResult,
-    ServerSample,
-    analyse_step,
-    artifact_key,
-    histogram_quantile,
-    parse_server_metrics,
-    render_markdown,
-)
+from tasks.rollout.canary import RolloutResult, analyse_step
+from tasks.rollout.canary_report import artifact_key, render_markdown
+from tasks.rollout.server_metrics import EMPTY_SAMPLE, ServerSample, histogram_quantile, parse_server_metrics
 from tasks.rollout.traffic import TargetRecord, TrafficRecord
 from workloads.server.metrics import Metrics
 
@@ -254,7 +247,7 @@ def test_artifact_keys_are_slugs() -> None:
 
 
 def test_server_startup_seconds_are_read_from_its_metrics() -> None:
-    from tasks.rollout.canary import startup_seconds
+    from tasks.rollout.server_metrics import startup_seconds
 
     text = (
         "# TYPE gpuflow_server_model_load_seconds gauge\n"
