@@ -25,7 +25,7 @@ from blocks.pricing import GpuPricing
 from flows.cli.report_command import add_report_parser, report_command
 from tasks.core import settings
 from tasks.reporting.plots import convergence_figure, cost_figure
-from tasks.reporting.report import load_run_data, report_root
+from tasks.reporting.run_data import load_run_data, report_root
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.stage_runs import StageRuns, fake_gpu_compute, module_home, run_stages

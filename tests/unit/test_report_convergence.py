@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from blocks.pricing import GpuPricing
-from tasks.reporting.report import RunRecord, StageData, assemble, render_markdown
+from tasks.reporting.report_markdown import render_markdown
+from tasks.reporting.run_data import RunRecord, StageData, assemble
 from workloads.telemetry import DeviceSummary, TelemetrySummary
 
 H100 = "NVIDIA H100 80GB HBM3"
