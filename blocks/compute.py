@@ -21,10 +21,10 @@ from typing import IO
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.core.errors import WorkloadFailed
+from tasks.core.errors import PermanentWorkloadFailure
 from tasks.core.processes import pump_lines, signal_group, spawn_group, stop_group, with_import_root
 from tasks.core.types import LogFn
-from tasks.core.workload import WorkloadResult, WorkloadSpec
+from tasks.core.workload import WorkloadResult, WorkloadSpec, exit_failure
 
 _EOF = object()
 
@@ -49,7 +49,8 @@ class ComputeTarget(Block, ABC):
         """Run the workload to completion, streaming its output lines to ``log``.
 
         Raises:
-            WorkloadFailed: it exited non-zero, timed out or could not start (exit code and last lines inside).
+            WorkloadFailed: it exited non-zero, timed out or could not start (exit code and last lines inside);
+                permanent or retryable as a Kubernetes pod would be (tasks.core.workload.exit_failure).
         """
 
 
@@ -98,7 +99,7 @@ class LocalProcess(ComputeTarget):
         try:
             proc = spawn_group(spec.command(python), self._environment(spec), cwd=self.working_dir or None)
         except OSError as exc:
-            raise WorkloadFailed(spec.name, None, [], reason=f"could not start {python}: {exc}") from exc
+            raise PermanentWorkloadFailure(spec.name, None, [], reason=f"could not start {python}: {exc}") from exc
         assert proc.stdout is not None
         lines: queue.Queue[object] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), name=f"{spec.name}-output", daemon=True)
@@ -109,7 +110,7 @@ class LocalProcess(ComputeTarget):
         except _TimedOut:
             stop_group(proc, self.termination_grace_seconds)
             _drain(lines, tail, log)
-            raise WorkloadFailed(
+            raise PermanentWorkloadFailure(  # as a Job past its activeDeadlineSeconds
                 spec.name, proc.returncode, list(tail), reason=f"timed out after {self.timeout_seconds:g}s"
             ) from None
         except BaseException:
@@ -120,7 +121,7 @@ class LocalProcess(ComputeTarget):
         reader.join(timeout=5)
         seconds = time.monotonic() - started
         if exit_code != 0:
-            raise WorkloadFailed(spec.name, exit_code, list(tail))
+            raise exit_failure(spec.name, exit_code, list(tail))
         return WorkloadResult(spec.name, exit_code, seconds, list(tail), backend="local-process")
 
     def _relay(

@@ -44,6 +44,15 @@ class WorkloadFailed(GpuflowError):
         super().__init__(f"{name} {detail}; last log lines:\n{last}")
 
 
+class PermanentWorkloadFailure(WorkloadFailed, PermanentError):
+    """The workload failed in a way that running it again cannot fix (image, configuration, data, memory, GPUs,
+    a deadline)."""
+
+
+class RetryableWorkloadFailure(WorkloadFailed, RetryableError):
+    """The workload failed in a way that may pass on another try (a crash of unknown cause, a lost Job)."""
+
+
 class ModelRejected(PermanentError):
     """The pipeline ran to the end but the new model did not ship; ``result`` holds the whole run."""
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tasks.core.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError, PermanentWorkloadFailure, RetryableWorkloadFailure, WorkloadFailed
+from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
+
+# Exit codes retrying cannot fix: the trainer's configuration and dataset errors, and the shell's
+# "found but not executable" (126) / "command not found" (127) for a broken image or command. The Kubernetes Job's
+# podFailurePolicy fails on them at once; a local process exiting with one is a permanent failure.
+PERMANENT_EXIT_CODES: tuple[int, ...] = (EXIT_CONFIG, EXIT_DATA, 126, 127)
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -57,3 +63,10 @@ class WorkloadResult:
     tail: list[str]
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def exit_failure(name: str, exit_code: int | None, tail: list[str], reason: str = "") -> WorkloadFailed:
+    """A workload that exited non-zero, classified as the Kubernetes Job runner classifies its pods: permanent
+    for :data:`PERMANENT_EXIT_CODES`, retryable for any other exit (a crash of unknown cause)."""
+    cls = PermanentWorkloadFailure if exit_code in PERMANENT_EXIT_CODES else RetryableWorkloadFailure
+    return cls(name, exit_code, tail, reason=reason)

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from kubernetes.utils import parse_quantity
 
-from tasks.core.errors import PermanentError, RetryableError, WorkloadFailed
+from tasks.core.errors import PermanentWorkloadFailure, RetryableWorkloadFailure, WorkloadFailed
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED
 
 Obj = Mapping[str, Any]
@@ -59,14 +59,6 @@ class Failure:
     exit_code: int | None
     permanent: bool
     pod: str | None = None
-
-
-class PermanentWorkloadFailure(WorkloadFailed, PermanentError):
-    """The Job failed in a way that running it again cannot fix (image, configuration, data, memory, GPUs)."""
-
-
-class RetryableWorkloadFailure(WorkloadFailed, RetryableError):
-    """The Job failed in a way that may pass on another try (a crash of unknown cause, a lost Job)."""
 
 
 def workload_error(name: str, failure: Failure, tail: list[str]) -> WorkloadFailed:

@@ -37,13 +37,12 @@ from kubernetes_asyncio.config import ConfigException
 from prefect_kubernetes.credentials import KubernetesCredentials
 from prefect_kubernetes.jobs import KubernetesJob
 
-from tasks.core.errors import ConfigurationError, ServiceUnavailable
+from tasks.core.errors import ConfigurationError, RetryableWorkloadFailure, ServiceUnavailable
 from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.kube.api import api_error, check_status
 from tasks.kube.diagnosis import (
     Failure,
-    RetryableWorkloadFailure,
     creation_refusal,
     exit_meanings,
     job_failure,

@@ -23,17 +23,13 @@ from kubernetes.utils import parse_quantity
 
 from tasks.core.errors import ConfigurationError
 from tasks.core.types import Track
-from tasks.core.workload import WorkloadSpec
-from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
+from tasks.core.workload import PERMANENT_EXIT_CODES, WorkloadSpec
 
 Manifest = dict[str, Any]
 TRACKS: tuple[Track, ...] = ("stable", "canary")
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-# Exit codes retrying cannot fix: the trainer's configuration and dataset errors, and the shell's
-# "found but not executable" (126) / "command not found" (127) for a broken image or command.
-PERMANENT_EXIT_CODES: tuple[int, ...] = (EXIT_CONFIG, EXIT_DATA, 126, 127)
 TRAINER_CONTAINER = "trainer"
 # torchrun itself exits 1 whatever its workers exit with; this wrapper runs it unchanged and ends with the
 # workers' own code, so the permanent codes above still fail a distributed Job at once.

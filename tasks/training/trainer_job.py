@@ -187,10 +187,11 @@ def _existing_run(tracking: MLflowTracking, training_id: str, parent_run_id: str
 
 
 def retry_only_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect retries the trainer only after a :class:`RetryableError` (a lost Job, the cluster API away).
+    """Prefect retries the trainer only after a :class:`RetryableError` (a lost Job, the cluster API away, a
+    trainer that crashed for an unknown reason, locally or in a pod: exit codes outside PERMANENT_EXIT_CODES).
 
-    A permanent failure (bad configuration, dataset, image, out of memory, no GPU node) fails again, and a
-    plain ``WorkloadFailed`` of a local process was already a whole attempt; both end the task at once.
+    A permanent failure (bad configuration, dataset, image, out of memory, no GPU node, a deadline or the local
+    timeout) would fail again: it ends the task at once.
     """
     try:
         error = state.result(raise_on_failure=False)

@@ -170,3 +170,19 @@ def test_saved_block_is_found_by_name_and_by_slug() -> None:
     assert isinstance(by_name, LocalProcess) and by_name.timeout_seconds == 123
     assert isinstance(by_slug, LocalProcess) and by_slug.tail_lines == 7
     assert isinstance(resolve_compute(None), LocalProcess)
+
+
+@pytest.mark.parametrize(("code", "permanent"), [(2, True), (3, True), (127, True), (1, False), (9, False)])
+def test_a_failed_local_workload_is_classified_like_a_kubernetes_pod_by_its_exit_code(
+    tmp_path: Path, code: int, permanent: bool
+) -> None:
+    """The trainer's configuration (2) and data (3) errors and the shell's 126/127 are permanent, as the Job's
+    podFailurePolicy has them; any other exit is a crash a retry may get past."""
+    from tasks.core.errors import PermanentError, RetryableError
+
+    spec = workload(tmp_path, f"exits_with_{code}", f"import sys\nsys.exit({code})\n")
+    with pytest.raises(WorkloadFailed) as caught:
+        LocalProcess().run_workload(spec, lambda line: None)
+    assert caught.value.exit_code == code
+    assert isinstance(caught.value, PermanentError) is permanent
+    assert isinstance(caught.value, RetryableError) is not permanent
