@@ -51,7 +51,7 @@ def _register(name: str, run_id: str) -> None:
     from mlflow import MlflowClient
 
     from tasks.core import settings
-    from tasks.tracking.registry import model_location
+    from tasks.tracking.model_registry import model_location
 
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     client.create_registered_model(name)

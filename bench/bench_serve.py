@@ -118,7 +118,7 @@ def make_model(workdir: Path) -> Model:
     sys.path.insert(0, str(ROOT))
     from mlflow import MlflowClient
 
-    from tasks.tracking.registry import model_location
+    from tasks.tracking.model_registry import model_location
     from tests.fixtures.datasets import write_digits_dataset
     from tests.fixtures.models import log_training_run, train_digits_model
     from workloads.dataset import read_split
@@ -146,7 +146,7 @@ def existing_model(tracking_uri: str, uri: str, row: list[float] | None = None) 
     from mlflow import MlflowClient
 
     sys.path.insert(0, str(ROOT))
-    from tasks.tracking.registry import model_location
+    from tasks.tracking.model_registry import model_location
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     path = mlflow.artifacts.download_artifacts(artifact_uri=model_location(client, uri), tracking_uri=tracking_uri)

@@ -1,8 +1,9 @@
 """The evaluate stage: score a trained model on the test split, register it, gate it, move the aliases.
 
-Orchestration only: the metrics live in tasks/evaluation/scoring.py, the registry in tasks/tracking/registry.py and the
-gate's rules in tasks/evaluation/gate.py. The flow returns its :class:`Evaluation` even when the gate fails;
-whoever called it (``ml_pipeline``, an automation) decides what a failed gate means.
+Orchestration only: the metrics live in tasks/evaluation/scoring.py, the registry in
+tasks/tracking/model_registry.py and the gate's rules in tasks/evaluation/gate.py. The flow returns its
+:class:`Evaluation` even when the gate fails; whoever called it (``ml_pipeline``, an automation) decides what a
+failed gate means.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tasks.evaluation.scoring import (
 )
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.tracking.events import MODEL_EVALUATED, emit, model_resource
-from tasks.tracking.registry import current_champion, move_aliases, register_version, trained_model
+from tasks.tracking.model_registry import current_champion, move_aliases, register_version, trained_model
 from tasks.tracking.runs import client_for, record_gpu_inventory, stage_run
 from workloads.tags import (
     TAG_DATASET_VERSION,

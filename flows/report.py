@@ -2,7 +2,7 @@
 
 A flow so the report shows up in Prefect beside the runs it describes (and can be deployed, e.g. triggered by
 ``gpuflow.model.evaluated``) and its markdown artifact ``gpuflow-report`` belongs to a flow run. It only reads
-MLflow, so it runs any time after the pipeline, on any machine. The logic is in tasks/reporting/report.py (data and
+MLflow, so it runs any time after the pipeline, on any machine. The logic is in tasks/reporting/run_report.py (data and
 markdown) and tasks/reporting/plots.py (PNG plots); the command line is flows/cli/report_command.py.
 """
 
@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
 from flows.prefect_server import own_prefect_ephemeral_server
-from tasks.reporting.report import ReportResult, build_report
+from tasks.reporting.run_report import ReportResult, build_report
 
 own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 

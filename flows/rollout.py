@@ -1,7 +1,7 @@
 """The rollout stage: serve the champion (stable) and the challenger (canary), shift traffic step by step,
 judge each step from the servers' /metrics and the labelled traffic, then promote or roll back.
 
-Orchestration only: the lock is tasks/rollout/lock.py (one rollout per registered model at a time, a Prefect
+Orchestration only: the lock is tasks/rollout/model_lock.py (one rollout per registered model at a time, a Prefect
 global concurrency limit named ``gpuflow-rollout-<model>``), the candidate and champion tasks/rollout/target.py,
 the canary walk tasks/rollout/canary_steps.py, the registry moves tasks/rollout/registry_moves.py, the metrics,
 tags and report tasks/rollout/recording.py. Where the versions run is the ``Serving`` seam of
@@ -28,7 +28,7 @@ from tasks.evaluation.scoring import load_test_split
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.rollout.canary import RolloutResult
 from tasks.rollout.canary_steps import CanaryOutcome, run_canary
-from tasks.rollout.lock import RolloutLocked, lock_name, rollout_lock
+from tasks.rollout.model_lock import RolloutLocked, lock_name, rollout_lock
 from tasks.rollout.recording import report
 from tasks.rollout.registry_moves import promote, retire
 from tasks.rollout.serving import LocalServers, Serving

@@ -44,7 +44,7 @@ def report_command(args: argparse.Namespace) -> int:
     """Run ``gpuflow report``; returns the exit code (1 when the run cannot be found or read)."""
     from flows.report import report
     from tasks.core.errors import GpuflowError
-    from tasks.reporting.report import ReportResult
+    from tasks.reporting.run_report import ReportResult
 
     state = report(
         run_id=None if args.last else args.run_id,

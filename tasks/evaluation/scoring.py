@@ -30,7 +30,7 @@ from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataValidationError
 from tasks.core.mlflow_errors import is_not_found
 from tasks.evaluation.gate import GateDecision
-from tasks.tracking.registry import model_location
+from tasks.tracking.model_registry import model_location
 from tasks.tracking.runs import client_for
 from workloads.dataset import DatasetCorrupt, DatasetNotFound, load_manifest, read_split
 from workloads.store import ObjectStore

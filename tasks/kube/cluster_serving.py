@@ -60,7 +60,7 @@ from tasks.rollout.traffic import (
     Routes,
     http_endpoint,
 )
-from tasks.tracking.registry import RegisteredVersion
+from tasks.tracking.model_registry import RegisteredVersion
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing

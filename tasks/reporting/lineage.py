@@ -25,7 +25,7 @@ from tasks.core.errors import ConfigurationError
 from tasks.core.mlflow_errors import is_not_found, not_found_as
 from tasks.reporting.run_data import stage_runs
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost, read_summary_document
-from tasks.tracking.registry import CHAMPION
+from tasks.tracking.model_registry import CHAMPION
 from tasks.tracking.runs import client_for
 from workloads.tags import (
     TAG_DATASET_VERSION,

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.rollout.target import RolloutTarget
-from tasks.tracking.registry import CHALLENGER, CHAMPION, ChampionMoved, alias_version
+from tasks.tracking.model_registry import CHALLENGER, CHAMPION, ChampionMoved, alias_version
 from tasks.tracking.runs import client_for
 
 __all__ = ["promote", "retire"]

@@ -36,7 +36,7 @@ from tasks.rollout.traffic import Routes
 from workloads.server.config import EXIT_LISTEN, EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
-    from tasks.tracking.registry import RegisteredVersion
+    from tasks.tracking.model_registry import RegisteredVersion
 
 SERVER_MODULE = "workloads.server"
 HOST = "127.0.0.1"

@@ -17,7 +17,7 @@ from blocks.mlflow_tracking import MLflowTracking
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError, GateFailed, ServiceUnavailable
 from tasks.core.mlflow_errors import is_not_found
-from tasks.tracking.registry import CHALLENGER, CHAMPION, RegisteredVersion, alias_version, read_version
+from tasks.tracking.model_registry import CHALLENGER, CHAMPION, RegisteredVersion, alias_version, read_version
 from tasks.tracking.runs import client_for
 from workloads.tags import TAG_DATASET_VERSION, TAG_GATE_PASSED, TAG_GATE_REASONS
 

@@ -212,7 +212,7 @@ def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name
 
 def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
     from blocks.mlflow_tracking import MLflowTracking
-    from tasks.tracking.registry import read_trained_model
+    from tasks.tracking.model_registry import read_trained_model
     from tasks.tracking.runs import start_run
 
     run_id = start_run(MLflowTracking.embedded(), "train", stage="train")
@@ -226,7 +226,7 @@ def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
 
 def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(gpuflow_home: Path, model_name: str) -> None:
     from blocks.mlflow_tracking import MLflowTracking
-    from tasks.tracking.registry import ChampionMoved, move_aliases
+    from tasks.tracking.model_registry import ChampionMoved, move_aliases
 
     client = registry_client()
     client.create_registered_model(model_name)

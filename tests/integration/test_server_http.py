@@ -28,7 +28,7 @@ import pytest
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.tracking.registry import model_location
+from tasks.tracking.model_registry import model_location
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.models import log_training_run, train_digits_model
@@ -525,7 +525,7 @@ def test_a_port_in_use_exits_4(models: Models) -> None:
 
 def test_server_code_imports_neither_prefect_nor_tasks() -> None:
     code = (
-        "import sys, workloads.server.server, workloads.server.loading\n"
+        "import sys, workloads.server.server, workloads.server.model_loading\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'tasks', 'flows', 'blocks')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout

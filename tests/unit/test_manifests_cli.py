@@ -21,7 +21,7 @@ from flows.cli import main
 from tasks.kube.cluster_serving import ClusterServing
 from tasks.kube.manifests import job_name, rbac_manifests
 from tasks.kube.servers import server_name_for
-from tasks.tracking.registry import RegisteredVersion
+from tasks.tracking.model_registry import RegisteredVersion
 from tasks.training.trainer_job import trainer_spec
 
 TRAIN = [

@@ -21,7 +21,7 @@ from torch import nn
 
 from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
-from workloads.server.loading import load, resolve
+from workloads.server.model_loading import load, resolve
 from workloads.server.predictor import build, warm_up
 
 LABELS = ["setosa", "versicolor", "virginica"]

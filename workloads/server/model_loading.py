@@ -2,7 +2,7 @@
 
 MLflow's own ``models:/`` resolution reads the process-global tracking URI; the server is given its
 tracking URI (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``) and resolves through a client built from it,
-the same logic as ``tasks/tracking/registry.py: model_location`` (copied: a workload imports nothing from tasks/).
+the same logic as ``tasks/tracking/model_registry.py: model_location`` (copied: a workload imports nothing from tasks/).
 
 Besides the module this gathers what serving needs: the class labels in logit order (the ``gpuflow.labels``
 tag of the version, else of its training run), the feature count and names (from the signature, else the

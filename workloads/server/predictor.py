@@ -19,7 +19,7 @@ import numpy as np
 from workloads.server.compiled import Unsupported, compile_module, matches
 from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
-from workloads.server.loading import LoadedModel
+from workloads.server.model_loading import LoadedModel
 
 log = logging.getLogger(__name__)
 OFFLOAD_ABOVE_S = 0.001  # a full batch slower than this runs in a worker thread (with --offload auto)

@@ -29,7 +29,7 @@ LINGER_S = 2.0  # how long a connection may keep sending after an error response
 
 def _prepare(config: ServerConfig) -> tuple[Predictor, float, float]:
     """Resolve, download, load, compile and warm up (in the loader thread)."""
-    from workloads.server.loading import load, resolve
+    from workloads.server.model_loading import load, resolve
 
     loaded = load(resolve(config.model_uri, config.tracking_uri), config.tracking_uri)
     predictor = build(loaded, config)
