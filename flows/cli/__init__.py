@@ -2,9 +2,9 @@
 
 ``run`` (run_command.py), ``serve`` (serve_command.py), ``report`` (report_command.py), ``lineage``
 (lineage_command.py), ``manifests`` (manifests_command.py), ``bootstrap`` (bootstrap_command.py) and ``emit``
-(emit_command.py); the options and exit codes they share are in arguments.py, and the temporary Prefect server a
-command owns in prefect_server.py. Building the parser imports only argparse-level modules, so ``gpuflow --help``
-and ``gpuflow serve`` start without Prefect, torch or MLflow.
+(emit_command.py); the options and exit codes they share are in arguments.py. The temporary Prefect server a
+command owns is flows/prefect_server.py (the flows use it too). Building the parser imports only argparse-level
+modules, so ``gpuflow --help`` and ``gpuflow serve`` start without Prefect, torch or MLflow.
 
 Exit codes: 0 success; 1 a stage failed; 2 bad usage; 3 the quality gate rejected the model;
 4 the canary was rolled back.
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return refused
     import prefect.logging.configuration
 
-    from flows.cli.prefect_server import prefect_api
+    from flows.prefect_server import prefect_api
 
     prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
     _configure_logging()

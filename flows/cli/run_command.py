@@ -192,7 +192,7 @@ def _import_pipeline() -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``gpuflow run``; returns the exit code."""
-    from flows.cli.prefect_server import prefect_api
+    from flows.prefect_server import prefect_api
 
     with prefect_api(_import_pipeline):
         from flows.pipeline import ml_pipeline

@@ -61,7 +61,7 @@ def test_a_failure_while_the_server_is_still_booting_stops_it(tmp_path: Path) ->
     script = textwrap.dedent(
         """
         import sys
-        from flows.cli.prefect_server import prefect_api
+        from flows.prefect_server import prefect_api
 
         def load():
             raise RuntimeError("boom while the server boots")
