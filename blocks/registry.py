@@ -21,11 +21,12 @@ def local_block_types() -> list[type[Block]]:
     """The block types every installation uses (``gpuflow bootstrap`` saves a default of each)."""
     from blocks.canary_policy import CanaryPolicy
     from blocks.data_store import DataStore
+    from blocks.dataset_spec import DatasetSpecBlock
     from blocks.mlflow_tracking import MLflowTracking
     from blocks.pricing import GpuPricing
     from blocks.quality_gate import QualityGate
 
-    return [DataStore, MLflowTracking, QualityGate, CanaryPolicy, GpuPricing, LocalProcess]
+    return [DataStore, MLflowTracking, QualityGate, CanaryPolicy, GpuPricing, LocalProcess, DatasetSpecBlock]
 
 
 def kubernetes_block_types() -> list[type[Block]]:
