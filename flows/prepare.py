@@ -15,9 +15,12 @@ from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
+from tasks.core.dataset_spec import DatasetSpec
+from tasks.core.errors import ConfigurationError
 from tasks.data.demo import digits_schema
 from tasks.data.preparation import PreparedDataset, emit_prepared, log_prepared, prepare_dataset_task, resolve_raw_data
 from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.spec import resolve_spec
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.tracking import runs
 
@@ -38,6 +41,7 @@ def prepare(
     tracking: str | None = None,
     parent_run_id: str | None = None,
     dataset_schema: DatasetSchema | None = None,
+    dataset_spec: str | DatasetSpec | None = None,
 ) -> PreparedDataset:
     """Validate raw data against its schema, split it (stratified) and publish an immutable dataset version.
 
@@ -56,8 +60,14 @@ def prepare(
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
         parent_run_id: MLflow run of the pipeline this stage belongs to; empty makes a top-level run.
         dataset_schema: Columns, labels and value range the raw data must have; empty uses the digits schema.
+        dataset_spec: The dataset spec the raw data is read and checked by (typed columns, a class or float
+            target, split, duplicates): a YAML/JSON file, a saved DatasetSpec block name, or a spec; empty uses
+            dataset_schema (the digits demo by default). Part of the dataset version.
     """
     logger = get_run_logger()
+    spec = resolve_spec(dataset_spec)  # a bad spec fails here, before any data is read
+    if spec is not None and dataset_schema is not None:
+        raise ConfigurationError("give dataset_spec or dataset_schema, not both")
     store = resolve_data_store(data_store)
     tracking_cfg = resolve_tracking(tracking)
     params = PrepareParams(
@@ -71,7 +81,12 @@ def prepare(
         started = time.perf_counter()
         source_uri = resolve_raw_data(data_uri, store)
         result = prepare_dataset_task(
-            source_uri, store=store, name=dataset_name, schema=dataset_schema or digits_schema(), params=params
+            source_uri,
+            store=store,
+            name=dataset_name,
+            schema=dataset_schema or digits_schema(),
+            params=params,
+            spec=spec,
         )
         seconds = round(time.perf_counter() - started, 3)
         log_prepared(tracking_cfg, run_id, result, seconds)
@@ -87,6 +102,7 @@ def prepare(
         seconds=seconds,
         duplicates_found=int(manifest.duplicates.get("found", 0)),
         duplicates_dropped=int(manifest.duplicates.get("dropped", 0)),
+        task=manifest.task,
         telemetry=telemetry.as_dict(),
     )
     emit_prepared(prepared)

@@ -22,7 +22,10 @@ from workloads.store import ObjectNotFound, ObjectStore, StoreError, join, store
 
 MANIFEST = "manifest.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_FORMAT = 1
+# 1: classification only, integer labels stored as values. 2 adds ``task``, ``target`` (classes in output
+# order; ``stored`` says whether the label column holds the class values or their indices), ``columns``
+# (types, tensor shapes, category vocabularies), ``split_method`` and ``spec``. Both are read.
+MANIFEST_FORMAT = 2
 
 
 class DatasetNotFound(ObjectNotFound):
@@ -82,7 +85,26 @@ class DatasetManifest:
 
     @property
     def labels(self) -> list[Any]:
+        """The values the split's label column holds for each class, in output order (empty for regression)."""
         return list(self.schema["labels"])
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``; format-1 manifests are classification."""
+        return str(self.extra.get("task", "classification"))
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """``name``, ``type`` (class or float) and, for classes, ``classes`` (names) and ``stored``."""
+        found = self.extra.get("target")
+        if isinstance(found, dict):
+            return dict(found)
+        return {"name": self.label, "type": "class", "classes": self.labels, "stored": "value"}
+
+    @property
+    def class_names(self) -> list[Any]:
+        """The declared classes in output order (string classes by name); empty for regression."""
+        return list(self.target.get("classes") or [])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -122,7 +144,7 @@ class DatasetManifest:
             if key not in schema:
                 raise KeyError(f"schema.{key}")
         return cls(
-            format=int(data.get("format", MANIFEST_FORMAT)),
+            format=int(data.get("format", 1)),
             name=str(data["name"]),
             version=str(data["version"]),
             source_uri=str(data.get("source_uri", "")),
@@ -201,14 +223,17 @@ def read_split_table(
 
 
 def table_to_arrays(table: pa.Table, features: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features as a C-contiguous float32 matrix [N, F] and labels as int64 [N], one copy each."""
+    """Features as a C-contiguous float32 matrix [N, F] (missing values as NaN) and labels as int64 [N]
+    (float64 for a regression target), one copy each."""
     missing = [c for c in [*features, label] if c not in table.column_names]
     if missing:
         raise DatasetCorrupt(f"split lacks column(s) named in the manifest: {missing[:5]}")
     x = np.empty((table.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
-        x[:, j] = table.column(name).to_numpy()
-    y = np.ascontiguousarray(table.column(label).to_numpy(), dtype=np.int64)
+        x[:, j] = table.column(name).to_numpy()  # nulls (nullable columns) come back as NaN
+    target = table.column(label)
+    kind = np.float64 if pa.types.is_floating(target.type) else np.int64
+    y = np.ascontiguousarray(target.to_numpy(), dtype=kind)
     return x, y
 
 

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
+from tasks.core.dataset_spec import DatasetSpec
 from tasks.data.demo import resolve_data_uri
 from tasks.data.publish import PrepareResult, prepare_dataset
 from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.spec import prepare_with_spec
 from tasks.tracking import events, runs
 from workloads.dataset import DatasetManifest
 from workloads.tags import TAG_CACHE_HIT, TAG_DATASET_URI
@@ -46,6 +48,7 @@ class PreparedDataset(BaseModel):
     seconds: float = Field(description="Wall time of the stage's own work.")
     duplicates_found: int = Field(default=0, description="Rows repeating an earlier row in the raw data.")
     duplicates_dropped: int = Field(default=0, description="Duplicate rows dropped (drop_duplicates=True).")
+    task: str = Field(default="classification", description="classification or regression, from the dataset spec.")
     telemetry: dict[str, Any] = Field(
         default_factory=dict, description="GPU telemetry of the stage's work, TelemetrySummary.as_dict()."
     )
@@ -59,6 +62,7 @@ class PreparedDataset(BaseModel):
             "rows": dict(self.rows),
             "cache_hit": self.cache_hit,
             "source_uri": self.source_uri,
+            "task": self.task,
         }
 
 
@@ -73,9 +77,29 @@ def resolve_raw_data(data_uri: str, store: DataStore) -> str:
 
 @task(name="prepare-dataset", cache_policy=NO_CACHE)
 def prepare_dataset_task(
-    source_uri: str, *, store: DataStore, name: str, schema: DatasetSchema, params: PrepareParams
+    source_uri: str,
+    *,
+    store: DataStore,
+    name: str,
+    schema: DatasetSchema,
+    params: PrepareParams,
+    spec: DatasetSpec | None = None,
 ) -> PrepareResult:
-    """Hash, validate, split and publish (or find the published version); see ``tasks.data.publish``."""
+    """Hash, validate, split and publish (or find the published version); see ``tasks.data.publish``.
+
+    With a dataset spec, the data is read and checked by it (``tasks.data.spec``) and ``schema`` is unused.
+    """
+    if spec is not None:
+        return prepare_with_spec(
+            source_uri,
+            store=store.object_store(),
+            root=store.root,
+            name=name,
+            spec=spec,
+            params=params,
+            log=get_run_logger(),
+            created_by=runs.pipeline_version(),
+        )
     return prepare_dataset(
         source_uri,
         store=store.object_store(),
@@ -103,6 +127,7 @@ def log_prepared(tracking: MLflowTracking, run_id: str, result: PrepareResult, s
         "test_fraction": manifest.parameters.get("test_fraction"),
         "seed": manifest.parameters.get("seed"),
         "drop_duplicates": manifest.parameters.get("drop_duplicates"),
+        "task": manifest.task,
     }
     metrics = {
         **{f"rows_{split}": float(n) for split, n in manifest.rows.items()},
@@ -155,7 +180,8 @@ def dataset_inputs(manifest: DatasetManifest) -> list[DatasetInput]:
         source = resolve_dataset_source(manifest.source_uri)
     kind = DataType.float if manifest.schema.get("dtype") == "float32" else DataType.double
     columns = [ColSpec(kind, feature) for feature in manifest.features]
-    schema = Schema([*columns, ColSpec(DataType.long, manifest.label)])
+    target = DataType.double if manifest.task == "regression" else DataType.long
+    schema = Schema([*columns, ColSpec(target, manifest.label)])
     inputs = []
     for split, rows in manifest.rows.items():
         dataset = _split_dataset_class()(

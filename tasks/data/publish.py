@@ -184,6 +184,10 @@ def _manifest(
         },
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         created_by=created_by,
+        extra={
+            "task": "classification",
+            "target": {"name": schema.label, "type": "class", "classes": list(schema.labels), "stored": "value"},
+        },
     )
 
 

@@ -62,7 +62,7 @@ def test_demo_prepares_digits_once_then_hits_the_cache(gpuflow_home: Path) -> No
     assert event["payload"]["dataset_version"] == first.dataset_version
     assert event["payload"]["dataset_uri"] == first.dataset_uri
     assert set(event["payload"]) == {
-        "dataset_name", "dataset_uri", "dataset_version", "rows", "cache_hit", "source_uri",
+        "dataset_name", "dataset_uri", "dataset_version", "rows", "cache_hit", "source_uri", "task",
     }  # fmt: skip
 
     x, y = read_split(first.dataset_uri, "train")

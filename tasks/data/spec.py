@@ -1,0 +1,362 @@
+"""Prepare data by a dataset spec: choose the spec, check a file against it, publish it, or infer a first spec.
+
+The spec model is ``tasks.core.dataset_spec.DatasetSpec``; reading and checking by it is
+``tasks.data.conform``; publishing reuses ``tasks.data.publish`` (same staging, same all-or-nothing rule).
+A spec-prepared dataset's version hashes the raw bytes, the spec's canonical JSON and the parameters, and
+its manifest (format 2) records the task, the target (classes in output order), category vocabularies and
+tensor shapes, so every later stage can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.core.dataset_spec import (
+    CategoryColumn,
+    DatasetSpec,
+    SpecError,
+    TensorColumn,
+    parse_spec_text,
+    spec_from_data,
+)
+from tasks.core.errors import DataNotFoundError, DataValidationError
+from tasks.data.conform import Conformed, _Expected, conform, read_by_spec, split_rows, stored_classes
+from tasks.data.ingest import RawFile, _csv_header, check_columns, detect_format, normalize_uri, open_raw
+from tasks.data.publish import PREPARE_FORMAT, Log, PrepareResult, Rows, _Clock, check_dataset_name, publish
+from tasks.data.schema import PrepareParams, canonical_json
+from workloads.dataset import DatasetManifest, SplitFile, dataset_exists, dataset_uri, load_manifest
+from workloads.store import ObjectStore, is_s3, local_path
+
+SpecRef = str | DatasetSpec | dict[str, Any] | None
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def resolve_spec(ref: SpecRef) -> DatasetSpec | None:
+    """A spec from a file (path or file://, YAML or JSON), a saved DatasetSpec block name, a dict, or None.
+
+    A reference that looks like a file (a known suffix, a path separator, or an existing file) is read as
+    one; anything else is a block name. Every mistake is a ``SpecError`` before any data is read.
+    """
+    if ref is None or isinstance(ref, DatasetSpec):
+        return ref
+    if isinstance(ref, dict):
+        return spec_from_data(ref)
+    text = ref.strip()
+    if not text:
+        return None
+    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
+    if looks_like_file(text):
+        if not path.is_file():
+            raise SpecError(f"dataset spec file {path} does not exist")
+        return parse_spec_text(path.read_text(encoding="utf-8"), f"dataset spec {path}")
+    from blocks.dataset_spec import load_spec_block
+
+    return load_spec_block(text)
+
+
+def looks_like_file(ref: str) -> bool:
+    """Whether a spec reference names a file rather than a saved block."""
+    text = ref.strip()
+    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
+    return path.suffix.lower() in SPEC_SUFFIXES or "/" in text or path.is_file()
+
+
+def quick_check_spec(data_uri: str, ref: str) -> None:
+    """What ``gpuflow run`` checks before any server boots: a spec file parses, a local file's columns fit it.
+
+    A spec given by block name is left to prepare (loading it needs the Prefect API), as is ``s3://`` data.
+    """
+    if not looks_like_file(ref):
+        return
+    spec = resolve_spec(ref)
+    if spec is None or data_uri.strip() == "demo":
+        return
+    uri = normalize_uri(data_uri)
+    if is_s3(uri):
+        return
+    path = local_path(uri)
+    if not path.is_file():
+        raise DataNotFoundError(f"raw data not found: no file at {path}")
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{uri} is empty (0 bytes); expected CSV or Parquet with a header and data rows")
+    names = _header_names(uri, path)
+    if names is not None:
+        check_columns(names, _Expected(spec.raw_columns()), uri)  # type: ignore[arg-type]
+
+
+def _header_names(uri: str, path: Path) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    raw = RawFile(uri=uri, path=path, sha256="", size=path.stat().st_size, format=detect_format(uri, path))
+    if raw.format == "csv":
+        return _csv_header(raw)
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError):
+        return None  # unreadable: prepare says exactly how
+
+
+def compute_spec_version(content_sha256: str, spec: DatasetSpec, params: PrepareParams) -> str:
+    """16 hex chars of sha256 over the raw content hash, the spec's canonical JSON and the parameters."""
+    recipe = {
+        "prepare_format": PREPARE_FORMAT,
+        "content_sha256": content_sha256,
+        "spec": spec.canonical(),
+        "parameters": params.canonical(),
+    }
+    return hashlib.sha256(canonical_json(recipe).encode()).hexdigest()[:16]
+
+
+def prepare_with_spec(
+    source_uri: str,
+    *,
+    store: ObjectStore,
+    root: str,
+    name: str,
+    spec: DatasetSpec,
+    params: PrepareParams,
+    log: Log | None = None,
+    created_by: str = "",
+) -> PrepareResult:
+    """Hash, check the cache, read and check by the spec, split and publish (``tasks.data.publish``'s rules)."""
+    log = log or logging.getLogger("gpuflow.prepare")
+    check_dataset_name(name)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    clock = _Clock(timings)
+    with open_raw(source_uri, store) as raw:
+        clock.lap("hash")
+        version = compute_spec_version(raw.sha256, spec, params)
+        uri = dataset_uri(root, name, version)
+        if dataset_exists(uri, store):
+            manifest = load_manifest(uri, store)
+            timings["total"] = round(time.perf_counter() - started, 4)
+            log.info("cache hit: dataset %s version %s is already published at %s; nothing written", name, version, uri)
+            return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=raw.uri)
+        log.info(
+            "preparing dataset %s version %s (%s) from %s (%d bytes, %s)",
+            name, version, spec.task, raw.uri, raw.size, raw.format,
+        )  # fmt: skip
+        table = read_by_spec(raw, spec)
+        clock.lap("read")
+        conformed = conform(table, spec, params, raw.uri)
+        del table
+        clock.lap("validate")
+        splits = split_rows(conformed, spec, params, raw.uri)
+        clock.lap("split")
+        source = {"uri": raw.uri, "sha256": raw.sha256, "bytes": raw.size, "format": raw.format}
+    if conformed.duplicates_dropped:
+        log.info(
+            "dropped %d duplicate row(s), e.g. data rows %s", conformed.duplicates_dropped, conformed.duplicate_examples
+        )
+
+    def manifest_for(files: dict[str, SplitFile]) -> DatasetManifest:
+        return spec_manifest(name, version, source, spec, params, conformed, splits, files, created_by)
+
+    rows = Rows(conformed.table, splits, (), pa.float32())
+    manifest, published = publish(rows, uri=uri, store=store, manifest_for=manifest_for)
+    clock.lap("write")
+    timings["total"] = round(time.perf_counter() - started, 4)
+    if not published:
+        log.info("dataset %s version %s was published concurrently by another run; using it", name, version)
+        return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=str(source["uri"]))
+    log.info("published dataset %s version %s at %s: rows %s", name, version, uri, manifest.rows)
+    return PrepareResult(uri, manifest, cache_hit=False, timings=timings, source_uri=str(source["uri"]))
+
+
+def spec_manifest(
+    name: str,
+    version: str,
+    source: dict[str, Any],
+    spec: DatasetSpec,
+    params: PrepareParams,
+    conformed: Conformed,
+    splits: dict[str, np.ndarray],
+    files: dict[str, SplitFile],
+    created_by: str,
+) -> DatasetManifest:
+    """A format-2 manifest: today's fields (``schema`` as readers use it) plus task, target, columns and spec."""
+    position = (lambda rows: rows) if conformed.keep is None else (lambda rows: np.searchsorted(conformed.keep, rows))
+    balance: dict[str, dict[str, int]] = {}
+    summary: dict[str, dict[str, float]] = {}
+    for split, rows in splits.items():
+        values = conformed.target[position(rows)]
+        if spec.target.type == "class":
+            names = [str(c) for c in spec.target.classes or ()]
+            counts = {value: int(np.count_nonzero(values == value)) for value in stored_classes(spec)}
+            balance[split] = {names[i]: counts[value] for i, value in enumerate(stored_classes(spec))}
+        elif len(values):
+            summary[split] = {
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
+    target: dict[str, Any] = {"name": spec.target.name, "type": spec.target.type}
+    if spec.target.type == "class":
+        target["classes"] = list(spec.target.classes or ())
+        target["stored"] = "index" if spec.target.string_classes else "value"
+    columns = []
+    for column in spec.columns:
+        entry: dict[str, Any] = {"name": column.name, "type": column.type, "nullable": column.nullable}
+        if isinstance(column, TensorColumn):
+            entry["shape"] = list(column.shape)
+            entry["columns"] = list(column.element_columns())
+        if isinstance(column, CategoryColumn):
+            entry["vocabulary"] = conformed.vocabularies.get(column.name, [])
+        columns.append(entry)
+    extra: dict[str, Any] = {
+        "task": spec.task,
+        "target": target,
+        "columns": columns,
+        "split_method": spec.split_method,
+        "spec": spec.canonical(),
+    }
+    if summary:
+        extra["target_summary"] = summary
+    return DatasetManifest(
+        name=name,
+        version=version,
+        source_uri=str(source["uri"]),
+        source_sha256=str(source["sha256"]),
+        source_bytes=int(source["bytes"]),
+        source_format=str(source["format"]),
+        schema={
+            "features": list(spec.feature_columns()),
+            "label": spec.target.name,
+            "labels": stored_classes(spec),
+            "dtype": spec.dtype,
+            "value_range": None,
+        },
+        parameters={**params.canonical(), "duplicates": "drop" if params.drop_duplicates else spec.duplicates},
+        rows={split: len(rows) for split, rows in splits.items()},
+        class_balance=balance,
+        splits=files,
+        duplicates={
+            "found": conformed.duplicates_found,
+            "dropped": conformed.duplicates_dropped,
+            "examples": [{"row": r, "repeats": f} for r, f in conformed.duplicate_examples],
+        },
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_by=created_by,
+        format=2,
+        extra=extra,
+    )
+
+
+def check_file(source_uri: str, spec: DatasetSpec, params: PrepareParams, store: ObjectStore) -> dict[str, Any]:
+    """Read and check a file against a spec, split it, publish nothing; what a prepare would produce."""
+    with open_raw(source_uri, store) as raw:
+        version = compute_spec_version(raw.sha256, spec, params)
+        conformed = conform(read_by_spec(raw, spec), spec, params, raw.uri)
+        splits = split_rows(conformed, spec, params, raw.uri)
+        uri = raw.uri
+    return {
+        "source_uri": uri,
+        "task": spec.task,
+        "version": version,
+        "rows": {split: len(rows) for split, rows in splits.items()},
+        "duplicates_found": conformed.duplicates_found,
+        "duplicates_dropped": conformed.duplicates_dropped,
+    }
+
+
+# --------------------------------------------------------------------------- infer
+
+_TARGET_NAMES = ("target", "label", "labels", "class", "y")
+_MAX_CLASSES = 20
+_MAX_CATEGORIES = 100
+
+
+def infer_spec(source_uri: str, store: ObjectStore, target: str | None = None) -> dict[str, Any]:
+    """A starting spec (as a dict, ready for YAML) from a data file: types, observed ranges, label kind.
+
+    The target is ``target``, else a column named target/label/class/y, else the last column. Text and
+    boolean targets and integers with at most 20 distinct values become class targets; other numbers a
+    float (regression) target. Review it: ranges are what this file holds, not what the data may hold.
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    with open_raw(source_uri, store) as raw:
+        if raw.size == 0:
+            raise SpecError(f"{raw.uri} is empty: nothing to infer a spec from")
+        try:
+            if raw.format == "parquet":
+                table = pq.read_table(raw.path)
+            else:
+                table = pcsv.read_csv(
+                    raw.path, convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True)
+                )
+        except (pa.ArrowException, OSError) as exc:
+            raise SpecError(f"{raw.uri} cannot be read as {raw.format}: {exc}") from exc
+    names = list(table.column_names)
+    if target is None:
+        lowered = {n.lower(): n for n in names}
+        target = next((lowered[t] for t in _TARGET_NAMES if t in lowered), names[-1])
+    if target not in names:
+        raise SpecError(f"--target {target!r} is not a column of {source_uri} (columns: {', '.join(names[:20])})")
+    if len(names) < 2:
+        raise SpecError(f"{source_uri} has one column: a spec needs at least one feature besides the target")
+    columns = [_infer_column(name, table.column(name)) for name in names if name != target]
+    spec: dict[str, Any] = {"columns": columns, "target": _infer_target(target, table.column(target))}
+    if pc.any(pc.is_null(table.column(target))).as_py():
+        spec["description"] = f"review: the target {target!r} has missing values, which prepare rejects"
+    spec_from_data(spec, f"spec inferred from {source_uri}")  # what we write must load
+    return spec
+
+
+def _bounds(values: pa.ChunkedArray) -> dict[str, float]:
+    finite = pc.filter(values, pc.is_finite(values)) if pa.types.is_floating(values.type) else values
+    extremes = pc.min_max(finite).as_py()
+    out: dict[str, float] = {}
+    for key in ("min", "max"):
+        value = extremes.get(key)
+        if value is not None and math.isfinite(float(value)):
+            out[key] = int(value) if isinstance(value, int) else float(value)
+    return out
+
+
+def _infer_column(name: str, values: pa.ChunkedArray) -> dict[str, Any]:
+    kind = values.type
+    entry: dict[str, Any] = {"name": name}
+    if pa.types.is_boolean(kind):
+        entry["type"] = "boolean"
+    elif pa.types.is_integer(kind):
+        entry.update({"type": "integer", **_bounds(values)})
+    elif pa.types.is_floating(kind):
+        entry.update({"type": "float", **_bounds(values)})
+    else:
+        distinct = sorted(str(v) for v in pc.unique(values).to_pylist() if v is not None)
+        entry["type"] = "category"
+        if len(distinct) <= _MAX_CATEGORIES:
+            entry["categories"] = distinct
+    has_nan = pa.types.is_floating(kind) and pc.any(pc.is_nan(values)).as_py()
+    if values.null_count or has_nan:
+        entry["nullable"] = True
+    return entry
+
+
+def _infer_target(name: str, values: pa.ChunkedArray) -> dict[str, Any]:
+    kind = values.type
+    distinct = [v for v in pc.unique(values).to_pylist() if v is not None]
+    whole = pa.types.is_floating(kind) and all(float(v).is_integer() for v in distinct if v == v)
+    if whole and 2 <= len(distinct) <= _MAX_CLASSES:
+        return {"name": name, "type": "class", "classes": sorted(int(v) for v in distinct if v == v)}
+    if pa.types.is_integer(kind) and 2 <= len(distinct) <= _MAX_CLASSES:
+        return {"name": name, "type": "class", "classes": sorted(int(v) for v in distinct)}
+    if pa.types.is_boolean(kind):
+        return {"name": name, "type": "class", "classes": sorted(str(v).lower() for v in distinct)}
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return {"name": name, "type": "class", "classes": sorted(str(v) for v in distinct)}
+    return {"name": name, "type": "float"}
