@@ -23,6 +23,7 @@ from flows.prepare import prepare
 from flows.rollout import rollout
 from flows.train import train
 from tasks.core import settings
+from tasks.core.dataset_spec import DatasetSpec
 from tasks.core.errors import GateFailed, ModelRejected, RolledBack
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
@@ -93,6 +94,7 @@ def ml_pipeline(
     patience: int = 5,
     pricing: str | None = None,
     serving: str | None = None,
+    dataset_spec: str | DatasetSpec | None = None,
 ) -> PipelineResult | State:
     """Run prepare -> train -> evaluate -> rollout on one dataset: a new model earns its traffic or is rolled back.
 
@@ -121,6 +123,8 @@ def ml_pipeline(
         pricing: Saved GpuPricing block name; empty uses the default prices.
         serving: Saved KubernetesServing block name: the canary runs as Deployments on that cluster and the
             promoted version keeps serving there; empty runs the canary as local processes.
+        dataset_spec: The dataset spec (typed columns, target, split, duplicates): a YAML/JSON file or a saved
+            DatasetSpec block name; empty uses the digits demo's schema. See docs/data.md.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -153,6 +157,7 @@ def ml_pipeline(
                 data_store=data_store,
                 tracking=tracking,
                 parent_run_id=parent,
+                dataset_spec=dataset_spec,
             ),
         )
         client.set_tag(parent, runs.TAG_DATASET_VERSION, prepared.dataset_version)

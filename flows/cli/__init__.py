@@ -25,6 +25,7 @@ from flows.cli.manifests_command import add_manifests_parser
 from flows.cli.report_command import add_report_parser
 from flows.cli.run_command import add_run_parser
 from flows.cli.serve_command import add_serve_parser
+from flows.cli.spec_command import add_spec_parser
 
 
 def _quiet_environment() -> None:
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bootstrap_parser(commands)
     add_emit_parser(commands)
     add_manifests_parser(commands)
+    add_spec_parser(commands)
     return parser
 
 
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve_command(args)
     if args.command == "bootstrap":
         return int(args.handler(args))
+    if args.command == "spec":
+        from flows.cli.spec_command import spec_command
+
+        return spec_command(args)
     if args.command == "manifests":
         from flows.cli.manifests_command import manifests_command
 

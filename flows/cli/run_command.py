@@ -24,6 +24,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     run.add_argument("--data", default="demo", help="raw CSV/Parquet: path, file://, s3://bucket/key, or 'demo'")
     run.add_argument("--dataset-name", default=None, help="prepared dataset name (default: digits)")
+    run.add_argument("--dataset-spec", metavar="FILE|BLOCK", help="dataset spec: YAML/JSON file or saved block name")
     run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")
     add_trainer_options(run)
     run.add_argument("--drop-duplicates", action="store_true", help="drop duplicate rows instead of failing")
@@ -73,6 +74,8 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         params["dataset_name"] = args.dataset_name
     if args.model_name:
         params["model_name"] = args.model_name
+    if args.dataset_spec:
+        params["dataset_spec"] = args.dataset_spec
     return params
 
 
@@ -160,7 +163,11 @@ def refuse_early(args: argparse.Namespace) -> int | None:
     from tasks.core.errors import GpuflowError
 
     try:
-        if args.data.strip() != "demo":
+        if args.dataset_spec:
+            from tasks.data.spec import quick_check_spec
+
+            quick_check_spec(args.data, args.dataset_spec)
+        elif args.data.strip() != "demo":
             from tasks.data.demo import digits_schema
             from tasks.data.ingest import quick_check
 
