@@ -42,6 +42,7 @@ def storage_sensor(
     dataset_name: Name = settings.DEFAULT_DATASET_NAME,
     settle_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30.0,
     data_store: str | None = None,
+    dataset_spec: str = "",
 ) -> SensorReport:
     """Announce every complete, new CSV/Parquet object under a prefix, once per object version.
 
@@ -51,6 +52,8 @@ def storage_sensor(
         dataset_name: Dataset the arrivals are prepared into (carried in the event payload).
         settle_seconds: A file modified more recently than this is still being written and waits.
         data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
+        dataset_spec: Dataset spec (saved DatasetSpec block name, or a spec file the prepare worker can read) the
+            arrivals are prepared with, carried in the event payload; empty: the digits schema.
     """
     logger = get_run_logger()
     store = resolve_data_store(data_store)
@@ -59,7 +62,11 @@ def storage_sensor(
         local_path(prefix).mkdir(parents=True, exist_ok=True)  # the default drop folder exists from the first poll
     state = sensor.load_state(store, sensor_name)
     result, new_state = sensor.poll(
-        sensor.list_objects(prefix, store), state, settle_seconds=settle_seconds, dataset_name=dataset_name
+        sensor.list_objects(prefix, store),
+        state,
+        settle_seconds=settle_seconds,
+        dataset_name=dataset_name,
+        dataset_spec=dataset_spec,
     )
     # At least once: a crash between an emit and the save announces that file again on the next poll.
     for arrival in result.arrivals:

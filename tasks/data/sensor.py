@@ -48,6 +48,7 @@ class Arrival:
     size: int
     version: str
     dataset_name: str
+    dataset_spec: str = ""
 
     def payload(self) -> dict[str, Any]:
         """The ``gpuflow.data.arrived`` payload: what the prepare trigger passes on."""
@@ -56,6 +57,7 @@ class Arrival:
             "size": self.size,
             "etag_or_mtime": self.version,
             "dataset_name": self.dataset_name,
+            "dataset_spec": self.dataset_spec,
         }
 
 
@@ -214,6 +216,7 @@ def poll(
     *,
     settle_seconds: float,
     dataset_name: str,
+    dataset_spec: str = "",
     now: float | None = None,
     digest: Callable[[ObjectInfo], str] = content_digest,
 ) -> tuple[PollResult, SensorState]:
@@ -251,7 +254,9 @@ def poll(
         if announced.get(obj.uri, {}).get("digest") == content:
             same_content.append(obj.uri)
         else:
-            arrivals.append(Arrival(uri=obj.uri, size=obj.size, version=obj.version, dataset_name=dataset_name))
+            arrivals.append(
+                Arrival(obj.uri, obj.size, obj.version, dataset_name=dataset_name, dataset_spec=dataset_spec)
+            )
         announced[obj.uri] = {"version": obj.version, "digest": content}
     result = PollResult(tuple(arrivals), tuple(waiting), tuple(ignored), tuple(seen), tuple(same_content))
     return result, SensorState(announced=announced, last_poll=last_poll)

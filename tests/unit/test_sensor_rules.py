@@ -46,6 +46,7 @@ def test_a_settled_csv_or_parquet_file_is_announced_with_its_payload() -> None:
         "size": 42,
         "etag_or_mtime": "v7",
         "dataset_name": "digits",
+        "dataset_spec": "",
     }
 
 
