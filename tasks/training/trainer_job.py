@@ -81,11 +81,18 @@ def default_training_id() -> str:
 def dataset_manifest(dataset_uri: str, store: DataStore) -> DatasetManifest:
     """The manifest of the dataset to train on; fails before any run is created when it is not usable."""
     try:
-        return load_manifest(dataset_uri, store.object_store())
+        manifest = load_manifest(dataset_uri, store.object_store())
     except DatasetNotFound as exc:
         raise DataNotFoundError(f"{exc}; pass the dataset_uri a prepare run reported") from exc
     except DatasetCorrupt as exc:
         raise DataValidationError(str(exc)) from exc
+    if manifest.task != "classification":
+        raise ConfigurationError(
+            f"dataset {manifest.name} version {manifest.version} is a {manifest.task} dataset (target "
+            f"{manifest.target.get('name')!r}, {manifest.target.get('type')}); the built-in trainer, evaluation and "
+            "canary handle classification only so far (docs/data.md says which stages handle which task)"
+        )
+    return manifest
 
 
 def trainer_spec(

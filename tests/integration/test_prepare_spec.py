@@ -151,3 +151,35 @@ def test_a_saved_dataset_spec_block_is_chosen_by_name(tmp_path: Path, gpuflow_ho
     )
     assert by_block.dataset_version == by_file.dataset_version and by_file.cache_hit
     assert load_manifest(by_block.dataset_uri).task == "regression"
+
+
+def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_before_training(
+    tmp_path: Path, gpuflow_home: Path
+) -> None:
+    from flows.pipeline import ml_pipeline
+    from tasks.core.errors import ConfigurationError
+
+    spec = write_spec(tmp_path, breast_cancer_spec())
+    result = ml_pipeline(
+        data_uri=str(breast_cancer_csv(tmp_path)),
+        dataset_name="breast-cancer",
+        model_name="breast-cancer",
+        dataset_spec=str(spec),
+        epochs=8,
+        device="cpu",
+        promote_on_pass=False,
+    )
+    assert result.dataset_name == "breast-cancer"
+    assert result.metrics["accuracy"] > 0.85  # standardisation is the model's job; raw features still separate
+
+    regression = write_spec(tmp_path, diabetes_spec(), "diabetes.yaml")
+    with pytest.raises(ConfigurationError, match=r"is a regression dataset .*classification only so far"):
+        ml_pipeline(
+            data_uri=str(diabetes_csv(tmp_path)),
+            dataset_name="diabetes",
+            model_name="diabetes",
+            dataset_spec=str(regression),
+            epochs=1,
+            device="cpu",
+            promote_on_pass=False,
+        )

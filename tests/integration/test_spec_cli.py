@@ -73,3 +73,18 @@ def test_a_bad_spec_is_refused_with_the_field_named(tmp_path: Path) -> None:
     refused = gpuflow("spec", "check", "spec.yaml", str(data), cwd=tmp_path)
     assert refused.returncode == 1
     assert "columns[0] (age).type: unknown column type 'number'" in refused.stderr
+
+
+def test_run_refuses_a_bad_spec_or_data_that_does_not_fit_it_before_any_server_starts(tmp_path: Path) -> None:
+    data = diabetes_csv(tmp_path)
+    (tmp_path / "bad.yaml").write_text("columns: [{name: age, type: float}]\ntarget: {name: age, type: float}\n")
+    refused = gpuflow("run", "--data", str(data), "--dataset-spec", "bad.yaml", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "target: column 'age' is also listed as a feature" in refused.stderr
+    (tmp_path / "other.yaml").write_text(
+        "columns: [{name: weight, type: float}]\ntarget: {name: progression, type: float}\n"
+    )
+    refused = gpuflow("run", "--data", str(data), "--dataset-spec", "other.yaml", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "missing column(s) 'weight'" in refused.stderr and "unexpected column(s) 'age'" in refused.stderr
+    assert not (tmp_path / ".gpuflow" / "store").exists()

@@ -59,6 +59,8 @@ def load_training_data(uri: str, store: ObjectStore) -> TrainingData:
     """
     try:
         manifest = load_manifest(uri, store)
+        if manifest.task != "classification":
+            raise DatasetError(f"dataset {uri} is a {manifest.task} dataset; this trainer trains classifiers only")
         train, val = _split(uri, "train", store, manifest), _split(uri, "val", store, manifest)
     except (DatasetNotFound, DatasetCorrupt) as exc:
         raise DatasetError(str(exc)) from exc
