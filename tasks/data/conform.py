@@ -50,6 +50,8 @@ from tasks.data.split import allocate, min_rows_per_class, splitmix64, stratifie
 from tasks.data.validation import _first, _listing
 
 _MAX_LISTED = 8
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,12 @@ def float_type(spec: DatasetSpec) -> pa.DataType:
 def _read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
     """The Arrow type each raw column is parsed as (before checks and encoding)."""
     types: dict[str, pa.DataType] = {}
+    kind = float_type(spec)  # parsed straight into the stored type: the same values the digits schema parses
     for column in spec.columns:
         if isinstance(column, TensorColumn):
-            types.update(dict.fromkeys(column.element_columns(), pa.float64()))
+            types.update(dict.fromkeys(column.element_columns(), kind))
         elif isinstance(column, FloatColumn):
-            types[column.name] = pa.float64()
+            types[column.name] = kind
         elif isinstance(column, IntegerColumn):
             types[column.name] = pa.int64()
         elif isinstance(column, BooleanColumn):
@@ -282,6 +285,13 @@ def _number_problems(
     floats: bool = False,
 ) -> list[str]:
     out = _null_problems(name, values, nullable)
+    if not values.null_count and len(values):
+        # Fast path, one pass over the values: NaN makes min/max NaN and fails the test, inf is out of any bound.
+        numbers = arrays.values(values)
+        lowest, highest = numbers.min(), numbers.max()
+        inside = lowest >= (-np.inf if low is None else low) and highest <= (np.inf if high is None else high)
+        if inside and (not floats or (np.isfinite(lowest) and np.isfinite(highest))):
+            return out
     if floats:
         nan = pc.is_nan(values)
         if not nullable and pc.any(nan).as_py():
@@ -386,27 +396,49 @@ def _group_ids(table: pa.Table, spec: DatasetSpec, where: str) -> np.ndarray:
     return np.asarray(pc.cast(ids.combine_chunks(), pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _handle_duplicates(conformed: Conformed, policy: str, where: str) -> None:
-    """Rows identical in every stored column (features and target): reject, or drop all but the first."""
-    table = conformed.table
-    parts: list[np.ndarray] = []
-    for column in table.columns:
-        array = column.combine_chunks()
-        filled = pc.fill_null(array, pa.scalar(0, array.type)) if array.null_count else array
-        values = arrays.view(filled)
-        if values.dtype.kind == "f":
-            values = values + values.dtype.type(0)  # -0.0 == 0.0
-        parts.append(values.view(np.uint8).reshape(-1, values.dtype.itemsize))
-        if array.null_count:
-            parts.append(np.asarray(array.is_null().to_pylist(), dtype=np.uint8).reshape(-1, 1))
-    record = np.ascontiguousarray(np.concatenate(parts, axis=1))
+def _column_bits(array: pa.Array) -> list[np.ndarray]:
+    """A column's values as unsigned integers (nulls as 0, -0.0 as 0.0), plus a 0/1 null flag when it has nulls."""
+    filled = pc.fill_null(array, pa.scalar(0, array.type)) if array.null_count else array
+    values = arrays.view(filled)
+    if values.dtype.kind == "f":
+        values = values + values.dtype.type(0)  # -0.0 == 0.0
+    out = [values.view(np.dtype(f"u{values.dtype.itemsize}"))]
+    if array.null_count:
+        out.append(np.asarray(array.is_null().to_pylist(), dtype=np.uint8))
+    return out
+
+
+def _find_repeats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, the earlier row each repeats), 0-based: a 64-bit hash per row, then an exact byte check of the rows
+    whose hash occurs more than once (hash collisions are resolved, never trusted)."""
+    columns = [bits for column in table.columns for bits in _column_bits(column.combine_chunks())]
+    hashes = np.full(table.num_rows, _FNV_OFFSET, dtype=np.uint64)
+    for bits in columns:
+        hashes ^= bits.astype(np.uint64, copy=False)
+        hashes *= _FNV_PRIME
+    hashes = splitmix64(hashes, inplace=True)
+    ordered = np.sort(hashes)
+    repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated_hashes) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    candidates = np.flatnonzero(np.isin(hashes, repeated_hashes))
+    record = np.ascontiguousarray(
+        np.concatenate([bits[candidates].view(np.uint8).reshape(len(candidates), -1) for bits in columns], axis=1)
+    )
     keys = record.view(np.dtype((np.void, record.shape[1]))).ravel()
     _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    first = first_index[inverse.ravel()]
-    repeated = np.flatnonzero(first != np.arange(len(first)))
+    first = candidates[first_index[inverse.ravel()]]
+    again = first != candidates
+    return candidates[again], first[again]
+
+
+def _handle_duplicates(conformed: Conformed, policy: str, where: str) -> None:
+    """Rows identical in every stored column (features and target): reject, or drop all but the first."""
+    repeated, first_of = _find_repeats(conformed.table)
     if len(repeated) == 0:
         return
-    examples = [(int(r) + 1, int(first[r]) + 1) for r in repeated[:5]]
+    examples = [(int(r) + 1, int(f) + 1) for r, f in zip(repeated[:5], first_of[:5], strict=True)]
     conformed.duplicates_found = len(repeated)
     conformed.duplicate_examples = examples
     if policy == "reject":
@@ -415,7 +447,7 @@ def _handle_duplicates(conformed: Conformed, policy: str, where: str) -> None:
             f"{where}: {len(repeated)} duplicate row(s) (identical to an earlier row in every column), e.g. {listed} "
             f"({ROWS_NOTE}); remove them, or set duplicates: drop (or allow) in the dataset spec"
         )
-    keep_mask = np.ones(len(first), dtype=bool)
+    keep_mask = np.ones(conformed.table.num_rows, dtype=bool)
     keep_mask[repeated] = False
     conformed.keep = np.flatnonzero(keep_mask)
     conformed.duplicates_dropped = len(repeated)

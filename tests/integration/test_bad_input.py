@@ -152,7 +152,21 @@ def _spec_data_cases() -> list[object]:
         path.write_text("\n".join(out) + "\n")
         return path
 
+    def repeated_row(folder: Path) -> Path:
+        from tests.fixtures.spec_data import diabetes_csv
+
+        path = diabetes_csv(folder)
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([*lines, lines[3]]) + "\n")
+        return path
+
     return [
+        pytest.param(
+            diabetes_spec(),
+            repeated_row,
+            ("1 duplicate row(s)", "data row 443 repeats data row 3", "duplicates: drop"),
+            id="duplicate-rows",
+        ),
         pytest.param(
             diabetes_spec(),
             text_in_float,

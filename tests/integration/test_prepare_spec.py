@@ -156,7 +156,7 @@ def test_a_saved_dataset_spec_block_is_chosen_by_name(tmp_path: Path, gpuflow_ho
 def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_before_training(
     tmp_path: Path, gpuflow_home: Path
 ) -> None:
-    from flows.pipeline import ml_pipeline
+    from flows.pipeline import PipelineResult, ml_pipeline
     from tasks.core.errors import ConfigurationError
 
     spec = write_spec(tmp_path, breast_cancer_spec())
@@ -169,6 +169,7 @@ def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_bef
         device="cpu",
         promote_on_pass=False,
     )
+    assert isinstance(result, PipelineResult)
     assert result.dataset_name == "breast-cancer"
     assert result.metrics["accuracy"] > 0.85  # standardisation is the model's job; raw features still separate
 
