@@ -184,3 +184,43 @@ def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_bef
             device="cpu",
             promote_on_pass=False,
         )
+
+
+def test_parquet_input_is_read_by_the_spec_and_a_bad_parquet_value_is_named(tmp_path: Path, gpuflow_home: Path) -> None:
+    import pyarrow as pa
+
+    from tasks.core.errors import DataValidationError
+    from tests.fixtures.raw_files import digits_columns, parquet_bytes
+
+    columns = digits_columns(300)  # float64 pixels and an int64 label, as pandas writes them
+    good = tmp_path / "digits.parquet"
+    good.write_bytes(parquet_bytes(columns))
+    result = prepare(str(good), dataset_name="digits-pq", dataset_spec=str(write_spec(tmp_path, digits_tensor_spec())))
+    table = read_split_table(result.dataset_uri, "train")
+    assert str(table.schema.field("pixel_0").type) == "float" and str(table.schema.field("label").type) == "int64"
+    assert sum(result.rows.values()) == 300
+
+    named = dict(columns)
+    named["label"] = pa.array([f"digit-{v}" for v in columns["label"].to_pylist()])
+    spec = {
+        **digits_tensor_spec(),
+        "target": {"name": "label", "type": "class", "classes": [f"digit-{i}" for i in range(10)]},
+    }
+    strings = tmp_path / "named.parquet"
+    strings.write_bytes(parquet_bytes(named))
+    by_name = prepare(
+        str(strings), dataset_name="digits-named", dataset_spec=str(write_spec(tmp_path, spec, "named.yaml"))
+    )
+    manifest = load_manifest(by_name.dataset_uri)
+    assert manifest.class_names[3] == "digit-3" and manifest.labels == list(range(10))
+    _, y = read_split(by_name.dataset_uri, "test")
+    assert set(y.tolist()) <= set(range(10))
+
+    broken = dict(columns)
+    broken["pixel_9"] = pa.array([str(v) for v in columns["pixel_9"].to_pylist()[:40]] + ["dark"] + ["1.0"] * 259)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(parquet_bytes(broken))
+    with pytest.raises(
+        DataValidationError, match=r"column 'pixel_9' must hold numbers \(float\), but data row 41 holds 'dark'"
+    ):
+        prepare(str(bad), dataset_name="digits-bad", dataset_spec=str(write_spec(tmp_path, digits_tensor_spec())))
