@@ -15,7 +15,6 @@ naming the field (``columns[2].shape``, ``target.classes``) and what was expecte
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -331,11 +330,6 @@ def _field_path(loc: list[Any], data: Any) -> str:
             out += f".{part}" if out else str(part)
             node = node.get(part) if isinstance(node, dict) else None
     return out
-
-
-def spec_json(spec: DatasetSpec) -> str:
-    """The canonical JSON text of a spec (sorted keys, no spaces)."""
-    return json.dumps(spec.canonical(), sort_keys=True, separators=(",", ":"))
 
 
 def digits_spec() -> DatasetSpec:
