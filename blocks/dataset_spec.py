@@ -17,10 +17,12 @@ class DatasetSpecBlock(Block):
     """A saved dataset spec.
 
     Example:
+        Save a spec read from a file, then load it by name:
         ```python
         from blocks.dataset_spec import DatasetSpecBlock
         from tasks.core.dataset_spec import parse_spec_text
         DatasetSpecBlock(spec=parse_spec_text(open("spec.yaml").read())).save("churn")
+        dataset_spec_block = DatasetSpecBlock.load("BLOCK_NAME")
         ```
     """
 
