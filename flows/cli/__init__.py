@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 from flows.cli.arguments import EXIT_USAGE
 from flows.cli.bootstrap_command import add_bootstrap_parser
@@ -83,6 +86,19 @@ def _import_report() -> None:
     import flows.report  # noqa: F401 - MLflow and matplotlib
 
 
+def _note_interrupts() -> threading.Event:
+    """Ctrl-C still raises KeyboardInterrupt, and is also remembered, so main can tell an interrupt it became."""
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
+    return interrupted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_environment()
@@ -105,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if (refused := refuse_early(args)) is not None:
             return refused
-    import prefect.logging.configuration
-
-    from flows.prefect_server import prefect_api
-
-    prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
-    _configure_logging()
+    interrupted = _note_interrupts()
     try:
+        import prefect.logging.configuration
+
+        from flows.prefect_server import prefect_api
+
+        prefect.logging.configuration.setup_logging()  # Prefect's handlers first, so we can tune them
+        _configure_logging()
         if args.command == "run":
             from flows.cli.run_command import run_command
 
@@ -131,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "emit":
             with prefect_api(_nothing):
                 return int(args.handler(args))
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # Native code running when Ctrl-C lands may turn the KeyboardInterrupt into its own error (pydantic-core
+        # building a schema during an import raised SchemaError): an interrupt is an interrupt whatever it became.
+        if not (isinstance(exc, KeyboardInterrupt) or interrupted.is_set()):
+            raise
         print("gpuflow: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
     return EXIT_USAGE
