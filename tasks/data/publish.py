@@ -101,11 +101,8 @@ def prepare_dataset(
         clock.lap("hash")
         version = compute_version(raw.sha256, schema, params)
         uri = dataset_uri(root, name, version)
-        if dataset_exists(uri, store):
-            manifest = load_manifest(uri, store)
-            timings["total"] = round(time.perf_counter() - started, 4)
-            log.info("cache hit: dataset %s version %s is already published at %s; nothing written", name, version, uri)
-            return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=raw.uri)
+        if (cached := cached_result(uri, store, name, version, raw.uri, timings, started, log)) is not None:
+            return cached
         log.info("preparing dataset %s version %s from %s (%d bytes, %s)", name, version, raw.uri, raw.size, raw.format)
         table = read_table(raw, schema)
         clock.lap("read")
@@ -128,24 +125,59 @@ def prepare_dataset(
 
     rows = Rows(table, splits, schema.features, feature_type(schema))
     del table  # ``rows`` holds the data now, and the writer frees it batch by batch
+    return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
+
+
+def cached_result(
+    uri: str,
+    store: ObjectStore,
+    name: str,
+    version: str,
+    source_uri: str,
+    timings: dict[str, float],
+    started: float,
+    log: Log,
+) -> PrepareResult | None:
+    """The published dataset at ``uri`` as a cache hit, or None when this version is not published yet."""
+    if not dataset_exists(uri, store):
+        return None
+    manifest = load_manifest(uri, store)
+    timings["total"] = round(time.perf_counter() - started, 4)
+    log.info("cache hit: dataset %s version %s is already published at %s; nothing written", name, version, uri)
+    return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=source_uri)
+
+
+def publish_result(
+    rows: Rows,
+    uri: str,
+    store: ObjectStore,
+    manifest_for: Callable[[dict[str, SplitFile]], DatasetManifest],
+    name: str,
+    version: str,
+    source_uri: str,
+    clock: _Clock,
+    started: float,
+    log: Log,
+) -> PrepareResult:
+    """Publish the splits and say what happened: written now, or published meanwhile by a concurrent run."""
     manifest, published = publish(rows, uri=uri, store=store, manifest_for=manifest_for)
     clock.lap("write")
-    timings["total"] = round(time.perf_counter() - started, 4)
+    clock.timings["total"] = round(time.perf_counter() - started, 4)
     if not published:
         log.info("dataset %s version %s was published concurrently by another run; using it", name, version)
-        return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=str(source["uri"]))
+        return PrepareResult(uri, manifest, cache_hit=True, timings=clock.timings, source_uri=source_uri)
     log.info("published dataset %s version %s at %s: rows %s", name, version, uri, manifest.rows)
-    return PrepareResult(uri, manifest, cache_hit=False, timings=timings, source_uri=str(source["uri"]))
+    return PrepareResult(uri, manifest, cache_hit=False, timings=clock.timings, source_uri=source_uri)
 
 
 class _Clock:
     def __init__(self, timings: dict[str, float]) -> None:
-        self._timings = timings
+        self.timings = timings
         self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self._timings[name] = round(now - self._last, 4)
+        self.timings[name] = round(now - self._last, 4)
         self._last = now
 
 

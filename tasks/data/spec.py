@@ -32,9 +32,18 @@ from tasks.core.dataset_spec import (
 from tasks.core.errors import DataNotFoundError, DataValidationError
 from tasks.data.conform import Conformed, _Expected, conform, read_by_spec, split_rows, stored_classes
 from tasks.data.ingest import RawFile, _csv_header, check_columns, detect_format, normalize_uri, open_raw
-from tasks.data.publish import PREPARE_FORMAT, Log, PrepareResult, Rows, _Clock, check_dataset_name, publish
+from tasks.data.publish import (
+    PREPARE_FORMAT,
+    Log,
+    PrepareResult,
+    Rows,
+    _Clock,
+    cached_result,
+    check_dataset_name,
+    publish_result,
+)
 from tasks.data.schema import PrepareParams, canonical_json
-from workloads.dataset import DatasetManifest, SplitFile, dataset_exists, dataset_uri, load_manifest
+from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, is_s3, local_path
 
 SpecRef = str | DatasetSpec | dict[str, Any] | None
@@ -138,11 +147,8 @@ def prepare_with_spec(
         clock.lap("hash")
         version = compute_spec_version(raw.sha256, spec, params)
         uri = dataset_uri(root, name, version)
-        if dataset_exists(uri, store):
-            manifest = load_manifest(uri, store)
-            timings["total"] = round(time.perf_counter() - started, 4)
-            log.info("cache hit: dataset %s version %s is already published at %s; nothing written", name, version, uri)
-            return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=raw.uri)
+        if (cached := cached_result(uri, store, name, version, raw.uri, timings, started, log)) is not None:
+            return cached
         log.info(
             "preparing dataset %s version %s (%s) from %s (%d bytes, %s)",
             name, version, spec.task, raw.uri, raw.size, raw.format,
@@ -164,14 +170,7 @@ def prepare_with_spec(
         return spec_manifest(name, version, source, spec, params, conformed, splits, files, created_by)
 
     rows = Rows(conformed.table, splits, (), pa.float32())
-    manifest, published = publish(rows, uri=uri, store=store, manifest_for=manifest_for)
-    clock.lap("write")
-    timings["total"] = round(time.perf_counter() - started, 4)
-    if not published:
-        log.info("dataset %s version %s was published concurrently by another run; using it", name, version)
-        return PrepareResult(uri, manifest, cache_hit=True, timings=timings, source_uri=str(source["uri"]))
-    log.info("published dataset %s version %s at %s: rows %s", name, version, uri, manifest.rows)
-    return PrepareResult(uri, manifest, cache_hit=False, timings=timings, source_uri=str(source["uri"]))
+    return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
 
 
 def spec_manifest(
