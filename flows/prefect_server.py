@@ -171,12 +171,14 @@ class TemporaryPrefectServer:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._health_outcome = None
-        self._health = threading.Thread(target=self._wait_healthy, name="prefect-api-health", daemon=True)
+        # the thread gets its own handle: stop() may clear self.process (SIGINT) before the thread first runs
+        self._health = threading.Thread(
+            target=self._wait_healthy, args=(self.process,), name="prefect-api-health", daemon=True
+        )
         self._health.start()
 
-    def _wait_healthy(self) -> None:
-        process, url = self.process, f"{self.api_url}/health"
-        assert process is not None
+    def _wait_healthy(self, process: subprocess.Popen[bytes]) -> None:
+        url = f"{self.api_url}/health"
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
