@@ -20,7 +20,8 @@ TAG_CACHE_HIT = "gpuflow.dataset_cache_hit"
 
 # train (the trainer writes the model's tags; the flow the backend's)
 TAG_MODEL_URI = "gpuflow.model_uri"
-TAG_LABELS = "gpuflow.labels"
+TAG_LABELS = "gpuflow.labels"  # classification only: the class labels in output order, JSON
+TAG_TASK = "gpuflow.task"  # "classification" or "regression"; absent means classification (models of before)
 TAG_TRAINING_ID = "gpuflow.training_id"
 TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
 TAG_STOP_REASON = "gpuflow.stop_reason"
