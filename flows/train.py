@@ -16,6 +16,7 @@ from tasks.reporting.stage_telemetry import read_train_telemetry
 from tasks.tracking import events
 from tasks.tracking.runs import record_gpu_inventory
 from tasks.training.trainer_job import (
+    PRIMARY_METRIC,
     TrainedModel,
     dataset_manifest,
     default_training_id,
@@ -55,12 +56,13 @@ def train(
         epochs: Training epochs (at least 1).
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
-        hidden_size: Width of the classifier's two hidden layers.
+        hidden_size: Width of the MLP's two hidden layers.
         seed: Seed for weights and batch order; the same seed gives the same model.
         device: "auto" uses CUDA when the machine has it, else CPU; "cuda" fails where there is none.
         training_id: Names the checkpoint folder; the same id resumes an interrupted training. Empty: derived
             from this flow run, so retrying the flow run resumes.
-        early_stop: Stop before `epochs` when "plateau" (val_accuracy has not improved for `patience` epochs),
+        early_stop: Stop before `epochs` when "plateau" (the task's primary figure, val_accuracy or val_rmse, has
+            not improved for `patience` epochs),
             "divergence" (a NaN/inf loss, or train_loss rising 3 epochs in a row), or "both"; "off" runs every epoch.
         patience: Epochs without improvement that make a plateau.
         telemetry_interval: Seconds between the trainer's GPU samples (NVML), 0.05 at the finest; empty: the
@@ -129,8 +131,9 @@ def train(
             "training_id": training_id,
         },
     )
+    primary = PRIMARY_METRIC[trained.task]
     logger.info(
-        "trained %s: val_accuracy=%.4f in %.1fs (%s); model %s",
-        model_name, trained.metrics["val_accuracy"], trained.seconds, trained.stop_reason, trained.model_uri,
+        "trained %s: %s=%.4f in %.1fs (%s); model %s",
+        model_name, primary, trained.metrics[primary], trained.seconds, trained.stop_reason, trained.model_uri,
     )  # fmt: skip
     return trained

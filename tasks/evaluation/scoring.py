@@ -296,6 +296,8 @@ def read_test_split(store: ObjectStore, dataset_uri: str) -> LabelledSplit:
     try:
         manifest = load_manifest(base, store)
         features, labels = read_split(base, "test", store, manifest=manifest)
+        if manifest.target.get("stored") == "index":  # string classes are stored as indices; models know names
+            labels = np.asarray(manifest.class_names, dtype=object)[labels]
     except DatasetNotFound as exc:
         raise ConfigurationError(f"{exc} (run prepare first, or check dataset_uri)") from exc
     except DatasetCorrupt as exc:

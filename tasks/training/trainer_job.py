@@ -34,11 +34,17 @@ from workloads.tags import (
     TAG_PARENT,
     TAG_STAGE,
     TAG_STOP_REASON,
+    TAG_TASK,
     TAG_TRAINING_ID,
 )
 
 TRAINER_MODULE = "workloads.trainer"
-FINAL_METRICS = ("val_accuracy", "val_loss", "train_loss")
+# The final-epoch figures a finished training must have logged, per task (the trainer's validation figures).
+FINAL_METRICS = {
+    "classification": ("val_accuracy", "val_loss", "train_loss"),
+    "regression": ("val_rmse", "val_mae", "val_loss", "train_loss"),
+}
+PRIMARY_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
 
 
 class TrainedModel(BaseModel):
@@ -49,14 +55,19 @@ class TrainedModel(BaseModel):
     model_name: str = Field(description="Name the model will be registered under.")
     run_id: str = Field(description="The train stage's MLflow run.")
     model_uri: str = Field(description="The logged model (models:/m-<id>), loadable with mlflow.pytorch.load_model.")
-    labels: list[str] = Field(description="Class labels in logit order (the run's gpuflow.labels tag).")
+    labels: list[str] = Field(
+        description="Class labels in logit order (the run's gpuflow.labels tag); empty for regression."
+    )
+    task: str = Field(default="classification", description="classification or regression (the gpuflow.task tag).")
     training_id: str = Field(description="Checkpoint folder name; the same id resumes the same training.")
     dataset_uri: str
     dataset_version: str
     epochs: int = Field(description="Epochs asked for.")
     epochs_run: int = Field(default=0, description="Epochs trained (fewer than epochs after an early stop).")
     device: str = Field(description="Where the trainer ran: cpu or cuda:N.")
-    metrics: dict[str, float] = Field(description="Final-epoch val_accuracy, val_loss and train_loss.")
+    metrics: dict[str, float] = Field(
+        description="Final-epoch validation figures: val_accuracy (or val_rmse and val_mae), val_loss, train_loss."
+    )
     seconds: float = Field(description="The trainer's own wall time (process start to model logged).")
     stop_reason: str = Field(
         default="", description="Why training ended: 'completed: ...', 'plateau: ...' or 'divergence: ...'."
@@ -86,12 +97,6 @@ def dataset_manifest(dataset_uri: str, store: DataStore) -> DatasetManifest:
         raise DataNotFoundError(f"{exc}; pass the dataset_uri a prepare run reported") from exc
     except DatasetCorrupt as exc:
         raise DataValidationError(str(exc)) from exc
-    if manifest.task != "classification":
-        raise ConfigurationError(
-            f"dataset {manifest.name} version {manifest.version} is a {manifest.task} dataset (target "
-            f"{manifest.target.get('name')!r}, {manifest.target.get('type')}); the built-in trainer, evaluation and "
-            "canary handle classification only so far (docs/data.md says which stages handle which task)"
-        )
     return manifest
 
 
@@ -269,7 +274,11 @@ def read_trained_model(
     model_uri = tags.get(TAG_MODEL_URI)
     if not model_uri:
         raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=f"exited 0 but set no {TAG_MODEL_URI}")
-    missing = [k for k in FINAL_METRICS if k not in metrics]
+    task = tags.get(TAG_TASK, "classification")
+    if task not in FINAL_METRICS:
+        reason = f"set {TAG_TASK}={task!r}; expected one of {sorted(FINAL_METRICS)}"
+        raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=reason)
+    missing = [k for k in FINAL_METRICS[task] if k not in metrics]
     if missing:
         raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=f"logged no final {missing}")
     return TrainedModel(
@@ -277,13 +286,14 @@ def read_trained_model(
         run_id=run_id,
         model_uri=model_uri,
         labels=[str(label) for label in json.loads(tags.get(TAG_LABELS, "[]"))],
+        task=task,
         training_id=training_id,
         dataset_uri=dataset_uri,
         dataset_version=dataset_version,
         epochs=epochs,
         epochs_run=int(params.get("epochs_run", epochs)),
         device=params.get("device", ""),
-        metrics={k: float(metrics[k]) for k in FINAL_METRICS},
+        metrics={k: float(metrics[k]) for k in FINAL_METRICS[task]},
         seconds=float(metrics.get("workload_seconds", result.seconds)),
         stop_reason=tags.get(TAG_STOP_REASON, ""),
         telemetry=dict(telemetry or {}),

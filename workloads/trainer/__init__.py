@@ -1,4 +1,8 @@
-"""The trainer workload: a standalone program that trains gpuflow's MLP classifier on a prepared dataset.
+"""The trainer workload: a standalone program that trains gpuflow's MLP on a prepared dataset.
+
+The dataset's task decides the head: a classifier (logits in label order, cross-entropy, ``val_accuracy``) or a
+regressor (one value in the target's units, squared error on the standardised target, ``val_rmse``/``val_mae``);
+see ``task.py``. Tensor columns arrive flattened, as the manifest lists them.
 
 It knows nothing of Prefect, so the same image and command line run as a local process or a Kubernetes
 Job (see ``blocks/compute.py``)::
@@ -8,7 +12,8 @@ Job (see ``blocks/compute.py``)::
         [--checkpoint-root URI] [--keep-checkpoints 3] [--early-stop off|plateau|divergence|both]
         [--patience 5] [--telemetry-interval 1.0]
 
-Early stopping (off by default): ``plateau`` stops once val_accuracy has not improved for ``--patience``
+Early stopping (off by default): ``plateau`` stops once the task's primary figure (val_accuracy, or val_rmse
+for regression) has not improved for ``--patience``
 epochs; ``divergence`` stops on a NaN/inf loss or train_loss rising 3 epochs in a row; ``both`` does both.
 Why training ended is the ``gpuflow.stop_reason`` tag and ``stop_reason`` param, and is printed.
 
@@ -43,7 +48,8 @@ Exit codes (a Kubernetes podFailurePolicy fails the Job at once on the permanent
     with the workers' code instead, so a podFailurePolicy still sees 2 and 3.
 
 Output: one progress line per epoch on stdout, e.g.
-``epoch 3/20 train_loss=0.4100 val_loss=0.3800 val_accuracy=0.9300 (0.21s, 8123 samples/s)``, then
+``epoch 3/20 train_loss=0.4100 val_loss=0.3800 val_accuracy=0.9300 (0.21s, 8123 samples/s)`` (regression:
+``val_loss=... val_rmse=... val_mae=...``), then
 ``stopped early after epoch N: <reason>`` when it did and ``telemetry: <one-line summary>``;
 warnings and the one-line error message on stderr.
 

@@ -122,7 +122,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m workloads.trainer", description="Train the gpuflow MLP classifier.")
+    parser = _Parser(
+        prog="python -m workloads.trainer",
+        description="Train the gpuflow MLP (a classifier or a regressor, by the dataset's task).",
+    )
     parser.add_argument("--dataset-uri", required=True, help="prepared dataset folder (path, file:// or s3://)")
     parser.add_argument("--training-id", required=True, help="names the checkpoint folder; reuse it to resume")
     parser.add_argument("--epochs", type=int, default=20)
@@ -135,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-root", default=None, help="default: $GPUFLOW_STORE_URI/checkpoints")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept")
     parser.add_argument(
-        "--early-stop", default="off", help="off, plateau (val_accuracy stalls), divergence (NaN or rising loss), both"
+        "--early-stop",
+        default="off",
+        help="off, plateau (val_accuracy or val_rmse stalls), divergence (NaN or rising loss), both",
     )
     parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before a plateau stops")
     parser.add_argument(

@@ -25,31 +25,37 @@ from workloads.trainer.checkpoint import Checkpoint
 from workloads.trainer.config import Hyperparameters, Ranks
 from workloads.trainer.data import TrainingData
 from workloads.trainer.distributed import Comm, shard
-from workloads.trainer.model import MLPClassifier
+from workloads.trainer.model import MLPClassifier, MLPRegressor
+from workloads.trainer.task import TaskHead, head_for
 
 EVAL_BATCH = 4096
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    """One epoch's metrics, as logged to MLflow under step ``epoch``."""
+    """One epoch's metrics, as logged to MLflow under step ``epoch``.
+
+    ``validation`` holds ``val_loss`` and the task's figures (``val_accuracy``; or ``val_rmse``, ``val_mae``).
+    """
 
     epoch: int
     train_loss: float
-    val_loss: float
-    val_accuracy: float
+    validation: dict[str, float]
     epoch_seconds: float
     samples_per_second: float
 
     def metrics(self) -> dict[str, float]:
-        values = asdict(self)
-        del values["epoch"]
-        return values
+        return {
+            "train_loss": self.train_loss,
+            **self.validation,
+            "epoch_seconds": self.epoch_seconds,
+            "samples_per_second": self.samples_per_second,
+        }
 
     def progress_line(self, epochs: int) -> str:
+        figures = " ".join(f"{key}={value:.4f}" for key, value in self.validation.items())
         return (
-            f"epoch {self.epoch}/{epochs} train_loss={self.train_loss:.4f} val_loss={self.val_loss:.4f} "
-            f"val_accuracy={self.val_accuracy:.4f} ({self.epoch_seconds:.2f}s, "
+            f"epoch {self.epoch}/{epochs} train_loss={self.train_loss:.4f} {figures} ({self.epoch_seconds:.2f}s, "
             f"{self.samples_per_second:.0f} samples/s)"
         )
 
@@ -94,7 +100,13 @@ class Trainer:
         self.device = device
         self.comm = comm or Comm(Ranks(), device)
         torch.manual_seed(hyper.seed)
-        model = MLPClassifier(len(data.features), len(data.labels), hyper.hidden_size, hyper.dropout)
+        self.head: TaskHead = head_for(data.task)
+        model: MLPClassifier
+        if self.head.task == "regression":
+            model = regressor = MLPRegressor(len(data.features), hyper.hidden_size, hyper.dropout)
+            regressor.set_target_scale(data.train.y)
+        else:
+            model = MLPClassifier(len(data.features), len(data.labels), hyper.hidden_size, hyper.dropout)
         model.set_normalisation(data.train.x)
         self.model = model.to(device)
         self.net: nn.Module = self.model  # what trains: the model, or DDP around it
@@ -108,7 +120,8 @@ class Trainer:
         self.shard_size = data.train.x.shape[0]  # training rows this rank saw in the last epoch
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hyper.learning_rate)
         self.shuffle = torch.Generator().manual_seed(hyper.seed)
-        self.loss = nn.CrossEntropyLoss()
+        # regression losses are in standardised target units: one learning rate fits targets of any scale
+        self.scale = model.target_std.to(device) if isinstance(model, MLPRegressor) else torch.ones((), device=device)
         self.train_x, self.train_y = data.train.x.to(device), data.train.y.to(device)
         self.val_x, self.val_y = data.val.x.to(device), data.val.y.to(device)
         self.epoch = 0
@@ -128,7 +141,7 @@ class Trainer:
         for start in range(0, m, self.hyper.batch_size):
             idx = order[start : start + self.hyper.batch_size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(self.net(self.train_x[idx]), self.train_y[idx])
+            loss = self.head.loss(self.net(self.train_x[idx]), self.train_y[idx], self.scale)
             loss.backward()
             self.optimizer.step()
             if self.on_first_step is not None:
@@ -143,24 +156,23 @@ class Trainer:
             train_loss = float(total.item()) / n
         self._sync()
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy = self.evaluate()
+        validation = self.evaluate()
         seconds = time.perf_counter() - started
         self.epoch += 1
         self.training_seconds += seconds
         return EpochResult(
             epoch=self.epoch,
             train_loss=train_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
+            validation=validation,
             epoch_seconds=seconds,
             samples_per_second=n / max(train_seconds, 1e-9),
         )
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy on the validation split (each rank a slice; the sums all-reduced)."""
+    def evaluate(self) -> dict[str, float]:
+        """The validation figures of the task (each rank a slice; the sums all-reduced)."""
         self.model.eval()
-        loss_sum, correct = 0.0, 0
+        sums: list[float] | None = None
         n = self.val_x.shape[0]
         first, end = 0, n
         if self.comm.distributed:
@@ -168,14 +180,13 @@ class Trainer:
             first, end = rank * n // world, (rank + 1) * n // world
         for start in range(first, end, EVAL_BATCH):
             stop = min(start + EVAL_BATCH, end)
-            x, y = self.val_x[start:stop], self.val_y[start:stop]
-            logits = self.model(x)
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum").item())
-            correct += int((logits.argmax(dim=1) == y).sum().item())
+            batch = self.head.sums(self.model(self.val_x[start:stop]), self.val_y[start:stop], self.scale)
+            sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
+        if sums is None:  # this rank's slice is empty (fewer val rows than ranks)
+            sums = [0.0] * self.head.n_sums
         if self.comm.distributed:
-            loss_sum, right = self.comm.sum([loss_sum, float(correct)])  # the slices cover the split once
-            return loss_sum / n, right / n
-        return loss_sum / n, correct / n
+            sums = self.comm.sum(sums)  # the slices cover the split once
+        return self.head.figures(sums, n)
 
     def checkpoint(self, metrics: dict[str, float], dataset_uri: str) -> Checkpoint:
         """The state after the current epoch, ready to be saved (by rank 0).

@@ -1,7 +1,8 @@
-"""The MLP classifier, with input normalisation inside the model so it takes raw features.
+"""The built-in MLP, with input normalisation (and, for regression, the target's scale) inside the model.
 
 Keeping mean and std as buffers means the model logged to MLflow is self-contained: the evaluator and
-the server feed raw float32 features ``[N, n_features]`` and get logits ``[N, n_classes]`` back.
+the server feed raw float32 features ``[N, n_features]`` and get logits ``[N, n_classes]`` back, or for
+regression ``[N, 1]`` values in the target's own units.
 """
 
 from __future__ import annotations
@@ -37,3 +38,24 @@ class MLPClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+class MLPRegressor(MLPClassifier):
+    """The same network with one output, scaled back to the target's units: answers ``[N, 1]`` values."""
+
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
+    def __init__(self, n_features: int, hidden_size: int, dropout: float = 0.0) -> None:
+        super().__init__(n_features, 1, hidden_size, dropout)
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+
+    def set_target_scale(self, train_y: torch.Tensor) -> None:
+        """The train split's target mean and spread; a constant target keeps spread 1."""
+        std = train_y.std()
+        self.target_mean.copy_(train_y.mean())
+        self.target_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.target_std + self.target_mean

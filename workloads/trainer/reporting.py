@@ -17,9 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from workloads.tags import TAG_LABELS, TAG_MODEL_URI
-
-METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_TASK
 
 
 def quiet_mlflow() -> None:
@@ -70,7 +68,7 @@ class RunReporter:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def logged_steps(self, key: str = "val_accuracy") -> set[int]:
+    def logged_steps(self, key: str) -> set[int]:
         return {int(m.step) for m in self.client.get_metric_history(self.run_id, key)}
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -112,13 +110,13 @@ class RunReporter:
     def model_uri(self) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(TAG_MODEL_URI)
 
-    def log_model(self, model: Any, example: Any, labels: list[Any], step: int) -> str:
-        """Log the model and tag the run with its URI and labels.
+    def log_model(self, model: Any, example: Any, labels: list[Any], task: str, step: int) -> str:
+        """Log the model and tag the run with its URI, its task and (classification) its labels.
 
         The model is exported with ``torch.export`` (pt2) on CPU in eval mode: ``mlflow.pytorch.load_model``
         returns an ``nn.Module`` (a GraphModule) that needs no gpuflow code and no pickle, takes float32
-        ``[N, n_features]`` and returns logits ``[N, n_classes]``. It is already in inference mode; calling
-        ``.eval()`` on it raises, so callers just use ``torch.no_grad()``.
+        ``[N, n_features]`` and returns logits ``[N, n_classes]`` (regression: values ``[N, 1]``). It is already
+        in inference mode; calling ``.eval()`` on it raises, so callers just use ``torch.no_grad()``.
         """
         import mlflow
         import mlflow.pytorch
@@ -143,7 +141,10 @@ class RunReporter:
             step=step,
             run_id=self.run_id,
         )
-        self.set_tags({TAG_MODEL_URI: info.model_uri, TAG_LABELS: json.dumps(labels)})
+        tags = {TAG_MODEL_URI: info.model_uri, TAG_TASK: task}
+        if task == "classification":
+            tags[TAG_LABELS] = json.dumps(labels)
+        self.set_tags(tags)
         return str(info.model_uri)
 
 

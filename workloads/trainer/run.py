@@ -22,7 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from workloads.convergence import EarlyStopper, Mode, StopDecision
+from workloads.convergence import EarlyStopper, StopDecision
 from workloads.store import StoreError, store_from_env
 from workloads.tags import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID
 from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
@@ -31,12 +31,12 @@ from workloads.trainer.data import TrainingData, load_training_data
 from workloads.trainer.distributed import Comm
 from workloads.trainer.loop import Trainer, pick_device
 from workloads.trainer.reporting import RunReporter
+from workloads.trainer.task import TaskHead
 from workloads.trainer.telemetry import SERIES_ARTIFACT, SUMMARY_ARTIFACT, TrainingTelemetry
 
 # Settings a checkpoint must share with the current run to be resumed: otherwise two trainings mix.
 MUST_MATCH = ("batch_size", "learning_rate", "hidden_size", "dropout", "seed")
-STOP_METRIC, LOSS_KEY = "val_accuracy", "train_loss"
-STOP_MODE: Mode = "max"
+LOSS_KEY = "train_loss"  # logged every epoch whatever the task: the record of which epochs a run has
 RISING_EPOCHS = 3  # divergence: train_loss rose this many epochs in a row
 
 
@@ -48,15 +48,16 @@ def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def early_stopper(config: TrainerConfig) -> EarlyStopper | None:
-    """The stopper ``--early-stop`` asks for: plateau on val_accuracy, divergence on train_loss, or both."""
+def early_stopper(config: TrainerConfig, head: TaskHead) -> EarlyStopper | None:
+    """The stopper ``--early-stop`` asks for: plateau on the task's primary validation figure (val_accuracy or
+    val_rmse), divergence on train_loss, or both."""
     if config.early_stop == "off":
         return None
     plateau = config.early_stop in ("plateau", "both")
     divergence = config.early_stop in ("divergence", "both")
     return EarlyStopper(
-        STOP_METRIC,
-        STOP_MODE,
+        head.stop_metric,
+        head.stop_mode,
         patience=config.patience if plateau else None,
         loss_key=LOSS_KEY,
         rising_epochs=RISING_EPOCHS if divergence else None,
@@ -123,17 +124,18 @@ def _train(
     resumed, logged = resume(config, trainer, checkpoints, comm, reporter)
     if resumed is not None:
         telemetry.resumed(resumed.epoch, resumed.metrics)
-    stopper = early_stopper(config) if reporter is not None else None
+    stopper = early_stopper(config, trainer.head) if reporter is not None else None
     decision: StopDecision | None = None
     with comm.together("recording the run"):
         if reporter is not None:
             record_run(config, reporter, data, device, existing_params, resumed, comm)
             if stopper is not None and resumed is not None:
-                decision = replay(stopper, reporter, resumed.epoch)
+                decision = replay(stopper, reporter, resumed.epoch, trainer.head)
             where = f"resuming after epoch {resumed.epoch}" if resumed else "starting"
+            target = f"{len(data.labels)} classes" if data.task == "classification" else "a regression target"
             say(
                 f"training {config.training_id} on {device}{group_note(comm)}: {len(data.train)} train / "
-                f"{len(data.val)} val rows, {len(data.features)} features, {len(data.labels)} classes; {where}"
+                f"{len(data.val)} val rows, {len(data.features)} features, {target}; {where}"
             )
     stop = comm.broadcast([stops(decision)])[0]
     while trainer.epoch < config.hyper.epochs and not stop:
@@ -184,7 +186,7 @@ def finish(
     reporter.log_params({"stop_reason": stop_reason, "epochs_run": trainer.epoch}, existing_params)
     telemetry.finishing()
     reporter.log_metric("training_seconds", trainer.training_seconds, step=trainer.epoch)
-    model_uri = reporter.log_model(trainer.model, data.val.x[:5], data.labels, step=trainer.epoch)
+    model_uri = reporter.log_model(trainer.model, data.val.x[:5], data.labels, data.task, step=trainer.epoch)
     log_telemetry(reporter, telemetry, trainer.epoch)
     reporter.log_metric("workload_seconds", time.perf_counter() - started, step=trainer.epoch)
     say(f"logged model {model_uri}")
@@ -211,10 +213,10 @@ def describe_stop(decision: StopDecision | None, epoch: int, epochs: int) -> str
     return f"completed: ran all {epochs} epochs" if epoch >= epochs else f"stopped after epoch {epoch} of {epochs}"
 
 
-def replay(stopper: EarlyStopper, reporter: RunReporter, upto: int) -> StopDecision | None:
+def replay(stopper: EarlyStopper, reporter: RunReporter, upto: int, head: TaskHead) -> StopDecision | None:
     """Feed the epochs logged before a restart to the stopper; its last decision (None: nothing logged)."""
     decision = None
-    for epoch in reporter.epoch_history((STOP_METRIC, LOSS_KEY, "val_loss"), upto):
+    for epoch in reporter.epoch_history((head.stop_metric, LOSS_KEY, "val_loss"), upto):
         decision = stopper.update(epoch)
         if decision.stop:
             break
@@ -253,7 +255,7 @@ def resume(
     resumed: Checkpoint | None = None
     with comm.together("looking for checkpoints"):
         if reporter is not None:
-            logged = reporter.logged_steps()
+            logged = reporter.logged_steps(LOSS_KEY)
             resumed = checkpoints.latest()
     epoch = comm.broadcast([resumed.epoch if resumed is not None else 0])[0]
     with comm.together(f"resuming from epoch {epoch}"):
@@ -293,6 +295,7 @@ def record_run(
         **config.params(),
         "dataset_name": data.name,
         "dataset_version": data.version,
+        "task": data.task,
         "labels": json.dumps(data.labels),
         "n_features": len(data.features),
         "train_rows": len(data.train),
