@@ -116,3 +116,33 @@ def test_missing_dataset_fails_with_its_uri(gpuflow_home: Path) -> None:
     missing = (gpuflow_home / "store" / "datasets" / "digits" / "nope").as_uri()
     with pytest.raises(DataNotFoundError, match="nope"):
         train(dataset_uri=missing)
+
+
+def test_a_regression_dataset_trains_a_regressor_tagged_with_its_task(
+    migrated_home: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, publish_by_spec
+
+    monkeypatch.setenv("GPUFLOW_TORCH_THREADS", "1")
+    uri = publish_by_spec(Path(settings.store_uri()), diabetes_csv(tmp_path), diabetes_spec(), "diabetes")
+    state = train(dataset_uri=uri, model_name="diabetes", epochs=10, return_state=True)
+    trained = state.result()
+
+    assert trained.task == "regression" and trained.labels == []
+    assert set(trained.metrics) == {"val_rmse", "val_mae", "val_loss", "train_loss"}
+    x, y = read_split(uri, "val")
+    assert trained.metrics["val_rmse"] < 0.9 * float(y.std())  # better than always answering the mean
+    run = MlflowClient(settings.tracking_uri()).get_run(trained.run_id)
+    assert run.data.tags["gpuflow.task"] == "regression" and "gpuflow.labels" not in run.data.tags
+    assert run.data.params["task"] == "regression"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri())
+    model = mlflow.pytorch.load_model(trained.model_uri)
+    with torch.no_grad():
+        values = model(torch.from_numpy(x)).numpy()
+    assert values.shape == (len(y), 1)
+    rmse = float(((values[:, 0] - y) ** 2).mean() ** 0.5)
+    assert rmse == pytest.approx(trained.metrics["val_rmse"], rel=1e-3)  # in the target's own units
+    messages = flow_run_logs(state.state_details.flow_run_id, "trained diabetes")
+    assert any("trained diabetes: val_rmse=" in m for m in messages)
