@@ -97,7 +97,8 @@ class LocalProcess(ComputeTarget):
         tail: deque[str] = deque(maxlen=self.tail_lines)
         started = time.monotonic()
         try:
-            proc = spawn_group(spec.command(python), self._environment(spec), cwd=self.working_dir or None)
+            cwd = spec.working_dir or self.working_dir or None
+            proc = spawn_group(spec.command(python), self._environment(spec), cwd=cwd)
         except OSError as exc:
             raise PermanentWorkloadFailure(spec.name, None, [], reason=f"could not start {python}: {exc}") from exc
         assert proc.stdout is not None

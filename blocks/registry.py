@@ -25,8 +25,12 @@ def local_block_types() -> list[type[Block]]:
     from blocks.mlflow_tracking import MLflowTracking
     from blocks.pricing import GpuPricing
     from blocks.quality_gate import QualityGate
+    from blocks.trainer_spec import TrainerSpecBlock
 
-    return [DataStore, MLflowTracking, QualityGate, CanaryPolicy, GpuPricing, LocalProcess, DatasetSpecBlock]
+    return [
+        DataStore, MLflowTracking, QualityGate, CanaryPolicy, GpuPricing, LocalProcess, DatasetSpecBlock,
+        TrainerSpecBlock,
+    ]  # fmt: skip
 
 
 def kubernetes_block_types() -> list[type[Block]]:

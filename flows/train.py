@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import Field
@@ -15,6 +15,7 @@ from tasks.core.settings import DEFAULT_MODEL_NAME
 from tasks.reporting.stage_telemetry import read_train_telemetry
 from tasks.tracking import events
 from tasks.tracking.runs import record_gpu_inventory
+from tasks.training.trainer_choice import record_trainer, resolve_trainer
 from tasks.training.trainer_job import (
     PRIMARY_METRIC,
     TrainedModel,
@@ -22,7 +23,7 @@ from tasks.training.trainer_job import (
     default_training_id,
     read_trained_model,
     run_trainer,
-    trainer_spec,
+    trainer_workload,
     training_run,
 )
 
@@ -47,8 +48,10 @@ def train(
     data_store: str | None = None,
     tracking: str | None = None,
     parent_run_id: str | None = None,
+    trainer: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
 ) -> TrainedModel:
-    """Train the classifier on a prepared dataset and log the model to MLflow.
+    """Train a model on a prepared dataset (the built-in MLP, or your own trainer) and log it to MLflow.
 
     Args:
         dataset_uri: Prepared dataset folder, as the prepare stage reported it (<store>/datasets/<name>/<version>).
@@ -71,11 +74,22 @@ def train(
         data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.
         parent_run_id: MLflow run of the pipeline this stage belongs to; empty makes a top-level run.
+        trainer: Your training code: a trainer spec file (YAML/JSON) or a saved TrainerSpec block name; empty: the
+            built-in MLP. A custom trainer runs under gpuflow's launcher (docs/trainers.md) with its own
+            hyperparameters; epochs, batch_size, learning_rate, hidden_size and seed are the MLP's.
+        hyperparameters: Overrides of the trainer's hyperparameters, checked against its declared types (for the
+            built-in MLP: epochs, batch_size, learning_rate, hidden_size, seed).
     """
     logger = get_run_logger()
     store = resolve_data_store(data_store)
     tracking_cfg = resolve_tracking(tracking)
     target = resolve_compute(compute)
+    chosen = resolve_trainer(trainer).with_overrides(hyperparameters or {})
+    if chosen.kind == "builtin":  # its hyperparameters are the flow's own knobs (types checked by the spec)
+        hp = chosen.hyperparameters
+        epochs, batch_size = int(hp.get("epochs", epochs)), int(hp.get("batch_size", batch_size))
+        learning_rate, seed = float(hp.get("learning_rate", learning_rate)), int(hp.get("seed", seed))
+        hidden_size = int(hp.get("hidden_size", hidden_size))
     manifest = dataset_manifest(dataset_uri, store)
     training_id = training_id or default_training_id()
 
@@ -86,7 +100,8 @@ def train(
             "training %s on dataset %s@%s, MLflow run %s; GPUs: %s",
             training_id, manifest.name, manifest.version, run_id, record_gpu_inventory(tracking_cfg, run_id),
         )  # fmt: skip
-        spec = trainer_spec(
+        record_trainer(tracking_cfg, run_id, chosen)
+        spec = trainer_workload(
             dataset_uri=dataset_uri,
             training_id=training_id,
             epochs=epochs,
@@ -104,6 +119,7 @@ def train(
             telemetry_interval=telemetry_interval,
             dataset_version=manifest.version,
             pipeline_run=parent_run_id or run_id,
+            trainer=chosen,
         )
         result = run_trainer(target, spec)
         telemetry = read_train_telemetry(tracking_cfg, run_id)
@@ -117,6 +133,7 @@ def train(
             epochs=epochs,
             result=result,
             telemetry=telemetry.as_dict(),
+            builtin=chosen.kind == "builtin",
         )
 
     events.emit(

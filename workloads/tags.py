@@ -27,6 +27,7 @@ TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
 TAG_STOP_REASON = "gpuflow.stop_reason"
 TAG_COMPUTE_BACKEND = "gpuflow.compute.backend"
 TAG_MODEL = "gpuflow.model"
+TAG_TRAINER = "gpuflow.trainer"  # what code trained the model: the built-in MLP, an entry point, a command, an image
 
 # evaluate and the registry
 TAG_TRAIN_RUN = "gpuflow.train_run_id"

@@ -1,7 +1,7 @@
 """``gpuflow manifests train|serve|rbac``: print the Kubernetes manifests gpuflow would apply, touching no cluster.
 
 The YAML comes from the same functions the Job runner and the cluster canary use (``tasks.kube.manifests``),
-and the trainer's command line from the train stage's own ``trainer_spec``, so a reviewed or GitOps-applied
+and the trainer's command line from the train stage's own ``trainer_workload``, so a reviewed or GitOps-applied
 manifest is exactly what a pipeline run would create. Secret values never appear: only ``secretKeyRef``s.
 
 Importing this module costs only argparse (the ``gpuflow`` parser imports it for every command).
@@ -274,10 +274,10 @@ def _trainer_spec(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from tasks.core.settings import DEFAULT_MODEL_NAME
-    from tasks.training.trainer_job import trainer_spec
+    from tasks.training.trainer_job import trainer_workload
 
     store = _store(args)
-    spec = trainer_spec(
+    spec = trainer_workload(
         dataset_uri=args.dataset,
         training_id=args.training_id or f"train-{args.run_id}",
         epochs=args.epochs,

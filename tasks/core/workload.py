@@ -35,6 +35,8 @@ class WorkloadSpec:
     env: dict[str, str] = field(default_factory=dict)
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     labels: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None  # local runs: the folder it starts in (a user's project); pods use the image's
+    image: str | None = None  # Kubernetes: run in this image instead of the compute block's (a user's trainer)
 
     def __post_init__(self) -> None:
         if not self.name.strip():

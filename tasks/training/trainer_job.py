@@ -23,8 +23,10 @@ from blocks.compute import ComputeTarget
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
+from tasks.core.trainer_spec import TrainerSpec
 from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.tracking.runs import client_for, current_flow_run_id, experiment_id, stage_run
+from tasks.training.trainer_choice import LAUNCHER_MODULE, launcher_args
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
 from workloads.tags import (
     TAG_COMPUTE_BACKEND,
@@ -100,7 +102,7 @@ def dataset_manifest(dataset_uri: str, store: DataStore) -> DatasetManifest:
     return manifest
 
 
-def trainer_spec(
+def trainer_workload(
     *,
     dataset_uri: str,
     training_id: str,
@@ -119,8 +121,12 @@ def trainer_spec(
     telemetry_interval: float | None = None,
     dataset_version: str = "",
     pipeline_run: str = "",
+    trainer: TrainerSpec | None = None,
 ) -> WorkloadSpec:
     """The trainer's command line and environment; store credentials go into ``secret_env`` only.
+
+    ``trainer`` None (or the built-in spec) runs ``python -m workloads.trainer`` with the options above; a custom
+    trainer runs under the launcher with its own hyperparameters (the MLP's options do not apply to it).
 
     ``dataset_version`` and ``pipeline_run`` (the pipeline's MLflow run) only label the workload, so a cluster's
     cost tools can allocate a Job to the run, dataset and model it served.
@@ -143,11 +149,25 @@ def trainer_spec(
     }
     if telemetry_interval is not None:
         options["--telemetry-interval"] = repr(float(telemetry_interval))
+    module, args = TRAINER_MODULE, [part for option in options.items() for part in option]
+    if trainer is not None and trainer.kind != "builtin":
+        module = LAUNCHER_MODULE
+        args = launcher_args(
+            trainer,
+            dataset_uri=dataset_uri,
+            training_id=training_id,
+            device=device,
+            early_stop=early_stop,
+            patience=patience,
+            telemetry_interval=telemetry_interval,
+        )
     return WorkloadSpec(
         name="trainer",
-        module=TRAINER_MODULE,
-        args=[part for option in options.items() for part in option],
+        module=module,
+        args=args,
         env=plain,
+        working_dir=trainer.working_dir if trainer is not None else None,
+        image=trainer.image if trainer is not None else None,
         secret_env=secret,
         labels={
             TAG_STAGE: "train",
@@ -255,8 +275,12 @@ def read_trained_model(
     epochs: int,
     result: WorkloadResult,
     telemetry: dict[str, Any] | None = None,
+    builtin: bool = True,
 ) -> TrainedModel:
     """What the trainer wrote into its run: the model URI, labels, final metrics and why it stopped.
+
+    The built-in trainer must have logged all of :data:`FINAL_METRICS`; a custom trainer only the task's primary
+    figure (the launcher checked it), and whichever of the others it reported are kept.
 
     The compute backend's timings (``result.timings``) are logged on the run first, and shown.
     """
@@ -278,7 +302,8 @@ def read_trained_model(
     if task not in FINAL_METRICS:
         reason = f"set {TAG_TASK}={task!r}; expected one of {sorted(FINAL_METRICS)}"
         raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=reason)
-    missing = [k for k in FINAL_METRICS[task] if k not in metrics]
+    required = FINAL_METRICS[task] if builtin else (PRIMARY_METRIC[task],)
+    missing = [k for k in required if k not in metrics]
     if missing:
         raise WorkloadFailed(result.name, result.exit_code, result.tail, reason=f"logged no final {missing}")
     return TrainedModel(
@@ -293,7 +318,7 @@ def read_trained_model(
         epochs=epochs,
         epochs_run=int(params.get("epochs_run", epochs)),
         device=params.get("device", ""),
-        metrics={k: float(metrics[k]) for k in FINAL_METRICS[task]},
+        metrics={k: float(metrics[k]) for k in FINAL_METRICS[task] if k in metrics},
         seconds=float(metrics.get("workload_seconds", result.seconds)),
         stop_reason=tags.get(TAG_STOP_REASON, ""),
         telemetry=dict(telemetry or {}),

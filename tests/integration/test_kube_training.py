@@ -25,7 +25,7 @@ from tasks.core.errors import ConfigurationError, PermanentError, ServiceUnavail
 from tasks.core.workload import WorkloadSpec
 from tasks.kube.manifests import LABEL_JOB, job_name
 from tasks.tracking.runs import experiment_id
-from tasks.training.trainer_job import trainer_spec
+from tasks.training.trainer_job import trainer_workload
 from tests.conftest import free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
@@ -61,7 +61,7 @@ class Training:
         return KubernetesGPUJob(**{**fields, **overrides})
 
     def spec(self, training_id: str, *, epochs: int = 2, hidden_size: int = 16, batch_size: int = 64) -> WorkloadSpec:
-        return trainer_spec(
+        return trainer_workload(
             dataset_uri=self.dataset_uri,
             training_id=training_id,
             epochs=epochs,

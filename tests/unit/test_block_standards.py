@@ -38,4 +38,4 @@ class TestEveryGpuflowBlockMeetsPrefectsStandards(BlockStandardTestSuite):
 
 def test_the_suite_covers_every_registered_block_type() -> None:
     slugs = sorted(cls.get_block_type_slug() for cls in block_types())
-    assert len(slugs) == len(set(slugs)) == 9, slugs
+    assert len(slugs) == len(set(slugs)) == 10, slugs

@@ -1,0 +1,106 @@
+"""Choose the trainer (a spec file, a saved block, or the built-in MLP) and turn it into the launcher's workload.
+
+A custom trainer always runs under gpuflow's launcher (``python -m workloads.launcher ... -- COMMAND``), which
+owns telemetry, the metrics relay, checkpoints, early stopping and the checks on exit (docs/trainers.md). An
+entry point is the command ``python -m workloads.launcher.entrypoint package.module:function``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.core.trainer_spec import TrainerSpec, TrainerSpecError, parse_trainer_text, trainer_spec_from_data
+from workloads.store import local_path
+from workloads.tags import TAG_TRAINER
+
+TrainerRef = str | TrainerSpec | dict[str, Any] | None
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+LAUNCHER_MODULE = "workloads.launcher"
+ENTRYPOINT_MODULE = "workloads.launcher.entrypoint"
+
+
+def looks_like_file(ref: str) -> bool:
+    """Whether a trainer reference names a file rather than a saved block."""
+    text = ref.strip()
+    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
+    return path.suffix.lower() in SPEC_SUFFIXES or "/" in text or path.is_file()
+
+
+def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
+    """The trainer a reference names: a spec file (YAML/JSON), a saved ``TrainerSpec`` block name, a mapping, or
+    ``None``/empty for the built-in MLP. A relative ``working_dir`` in a file is relative to the file's folder."""
+    if ref is None or isinstance(ref, TrainerSpec):
+        return ref or TrainerSpec()
+    if isinstance(ref, dict):
+        return trainer_spec_from_data(ref)
+    text = ref.strip()
+    if not text:
+        return TrainerSpec()
+    if looks_like_file(text):
+        path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
+        if not path.is_file():
+            raise TrainerSpecError(f"trainer spec file {path} does not exist")
+        spec = parse_trainer_text(path.read_text(encoding="utf-8"), f"trainer spec {path}")
+        if spec.working_dir and not Path(spec.working_dir).is_absolute():
+            spec = spec.model_copy(update={"working_dir": str((path.parent / spec.working_dir).resolve())})
+        return spec
+    from blocks.trainer_spec import load_trainer_block
+
+    return load_trainer_block(text)
+
+
+def trainer_command(spec: TrainerSpec) -> list[str]:
+    """What the launcher starts: the spec's command, or the entry-point runner for an SDK function."""
+    if spec.entry_point is not None:
+        return ["python", "-m", ENTRYPOINT_MODULE, spec.entry_point]
+    if spec.command is None:
+        raise TrainerSpecError("the built-in trainer runs without the launcher; it has no command")
+    return list(spec.command)
+
+
+def launcher_args(
+    spec: TrainerSpec,
+    *,
+    dataset_uri: str,
+    training_id: str,
+    device: str,
+    early_stop: str,
+    patience: int,
+    telemetry_interval: float | None,
+) -> list[str]:
+    """The launcher's command line for a custom trainer (its options, ``--``, then the trainer's command)."""
+    options = {
+        "--dataset-uri": dataset_uri,
+        "--training-id": training_id,
+        "--hparams": json.dumps(spec.hyperparameters, sort_keys=True),
+        "--device": device,
+        "--early-stop": early_stop,
+        "--patience": str(patience),
+        "--stop-grace": repr(float(spec.stop_grace_seconds)),
+    }
+    if spec.stall_timeout_seconds is not None:
+        options["--stall-timeout"] = repr(float(spec.stall_timeout_seconds))
+    if telemetry_interval is not None:
+        options["--telemetry-interval"] = repr(float(telemetry_interval))
+    return [*(part for option in options.items() for part in option), "--", *trainer_command(spec)]
+
+
+def record_trainer(tracking: Any, run_id: str, spec: TrainerSpec) -> None:
+    """Name the trainer on the train run (the ``gpuflow.trainer`` tag, ``trainer`` and ``hyperparameters`` params),
+    so lineage answers "what code trained this model". Params already logged (a retried run) are left."""
+    from mlflow.entities import Param, RunTag
+
+    from tasks.tracking.runs import client_for
+
+    client = client_for(tracking)
+    existing = client.get_run(run_id).data.params
+    params = {"trainer": spec.describe()[:6000]}
+    if spec.kind != "builtin":
+        params["hyperparameters"] = json.dumps(spec.hyperparameters, sort_keys=True)[:6000]
+    client.log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in params.items() if k not in existing],
+        tags=[RunTag(TAG_TRAINER, spec.describe()[:5000])],
+    )
