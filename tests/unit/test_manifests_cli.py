@@ -22,7 +22,7 @@ from tasks.kube.cluster_serving import ClusterServing
 from tasks.kube.manifests import job_name, rbac_manifests
 from tasks.kube.servers import server_name_for
 from tasks.tracking.model_registry import RegisteredVersion
-from tasks.training.trainer_job import trainer_spec
+from tasks.training.trainer_job import trainer_workload
 
 TRAIN = [
     "manifests", "train", "--image", "registry.example.com/gpuflow:0.1.0", "--namespace", "ml",
@@ -48,7 +48,7 @@ def test_train_prints_the_job_the_train_stage_would_run(capsys: pytest.CaptureFi
     assert code == 0, err
     (job,) = documents
     validate(job)
-    expected = trainer_spec(
+    expected = trainer_workload(
         dataset_uri="s3://bucket/gpuflow/datasets/digits/v1",
         training_id="train-0123abcd",
         epochs=7,

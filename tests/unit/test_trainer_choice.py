@@ -119,7 +119,7 @@ def test_the_workload_of_a_custom_trainer_carries_its_folder_and_image() -> None
     spec = TrainerSpec(command=["python", "train.py"], working_dir="/proj", image="team/cnn:1")
     workload = trainer_workload(
         dataset_uri="/s/d", training_id="t1", epochs=1, batch_size=8, learning_rate=0.1, hidden_size=4, seed=0,
-        device="cpu", run_id="r", tracking=MLflowTracking(uri="sqlite:///x.db"), store=DataStore(root_uri="/s"),
+        device="cpu", run_id="r", tracking=MLflowTracking(tracking_uri="sqlite:///x.db"), store=DataStore(root_uri="/s"),
         model_name="m", trainer=spec,
     )  # fmt: skip
     assert workload.module == "workloads.launcher" and workload.args[-3:] == ["--", "python", "train.py"]

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.workload import WorkloadSpec
-from tasks.training.trainer_job import trainer_spec
+from tasks.training.trainer_job import trainer_workload
 from workloads.trainer.config import parse_config
 
 
@@ -20,7 +20,7 @@ def make_spec(**extra: Any) -> WorkloadSpec:
         aws_access_key_id=SecretStr("AKIA-test"),
         aws_secret_access_key=SecretStr("very-secret"),
     )
-    return trainer_spec(
+    return trainer_workload(
         dataset_uri="s3://bucket/gpuflow/datasets/digits/abc",
         training_id="train-1",
         epochs=7,
