@@ -27,6 +27,7 @@ from tasks.core.dataset_spec import DatasetSpec
 from tasks.core.errors import ConfigurationError, GateFailed, ModelRejected, RolledBack
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
+from tasks.training.trainer_choice import resolve_trainer
 from workloads.tags import TAG_GATE_PASSED, TAG_MODEL_VERSION, TAG_ROLLOUT_DECISION
 
 own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
@@ -95,6 +96,8 @@ def ml_pipeline(
     pricing: str | None = None,
     serving: str | None = None,
     dataset_spec: str | DatasetSpec | None = None,
+    trainer: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
 ) -> PipelineResult | State:
     """Run prepare -> train -> evaluate -> rollout on one dataset: a new model earns its traffic or is rolled back.
 
@@ -105,7 +108,7 @@ def ml_pipeline(
         epochs: Training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
-        hidden_size: Width of the classifier's hidden layers.
+        hidden_size: Width of the MLP's hidden layers.
         seed: Seed for the split and the training.
         device: "auto" uses CUDA when present, else CPU.
         val_fraction: Share of rows for validation.
@@ -125,6 +128,9 @@ def ml_pipeline(
             promoted version keeps serving there; empty runs the canary as local processes.
         dataset_spec: The dataset spec (typed columns, target, split, duplicates): a YAML/JSON file or a saved
             DatasetSpec block name; empty uses the digits demo's schema. See docs/data.md.
+        trainer: Your training code: a trainer spec file (YAML/JSON) or a saved TrainerSpec block name; empty: the
+            built-in MLP. See docs/trainers.md.
+        hyperparameters: Overrides of the trainer's hyperparameters, checked against its declared types.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -132,6 +138,7 @@ def ml_pipeline(
     prices = resolve_pricing(pricing)  # a bad block name fails before any work
     if promote_on_pass:
         rollout_policy(policy, canary_analysis_seconds)  # a canary that can never promote fails before any work
+    resolve_trainer(trainer).with_overrides(hyperparameters or {})  # a bad trainer spec fails before any work
     parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
     client = runs.client_for(tracking_cfg)
     logger.info("pipeline %s (%s), MLflow run %s", runs.pipeline_version(), runs.environment_version(), parent)
@@ -184,6 +191,8 @@ def ml_pipeline(
                 data_store=data_store,
                 tracking=tracking,
                 parent_run_id=parent,
+                trainer=trainer,
+                hyperparameters=hyperparameters,
             ),
         )
         evaluation = timed(

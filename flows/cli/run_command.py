@@ -27,6 +27,18 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--dataset-spec", metavar="FILE|BLOCK", help="dataset spec: YAML/JSON file or saved block name")
     run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")
     add_trainer_options(run)
+    run.add_argument(
+        "--trainer",
+        metavar="FILE|BLOCK",
+        help="your training code: trainer spec file or saved block (docs/trainers.md)",
+    )
+    run.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one of the trainer's hyperparameters (repeatable; typed by the spec's declared types)",
+    )
     run.add_argument("--drop-duplicates", action="store_true", help="drop duplicate rows instead of failing")
     run.add_argument("--no-promote", action="store_true", help="register the model but never roll it out")
     run.add_argument("--data-store", metavar="BLOCK", help="saved DataStore block name")
@@ -76,7 +88,20 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         params["model_name"] = args.model_name
     if args.dataset_spec:
         params["dataset_spec"] = args.dataset_spec
+    if args.trainer:
+        params["trainer"] = args.trainer
+    if args.hp:
+        params["hyperparameters"] = hyperparameter_overrides(args)
     return params
+
+
+def hyperparameter_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--hp key=value`` pairs, typed by the trainer spec's declared types (a block needs the Prefect API)."""
+    from tasks.core.trainer_spec import parse_override
+    from tasks.training.trainer_choice import resolve_trainer
+
+    types = resolve_trainer(args.trainer).declared_types()
+    return dict(parse_override(text, types) for text in args.hp)
 
 
 def _summary(result: Any) -> str:
@@ -161,8 +186,11 @@ def refuse_early(args: argparse.Namespace) -> int | None:
     A named policy block is checked by ``ml_pipeline`` before any work (loading it needs the Prefect API).
     """
     from tasks.core.errors import GpuflowError
+    from tasks.training.trainer_choice import looks_like_file, resolve_trainer
 
     try:
+        if not args.trainer or looks_like_file(args.trainer):  # a block name is loaded once the API is up
+            resolve_trainer(args.trainer).with_overrides(hyperparameter_overrides(args))
         if args.dataset_spec:
             from tasks.data.spec import quick_check_spec
 
@@ -200,11 +228,16 @@ def _import_pipeline() -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``gpuflow run``; returns the exit code."""
     from flows.prefect_server import prefect_api
+    from tasks.core.errors import GpuflowError
 
     with prefect_api(_import_pipeline):
         from flows.pipeline import ml_pipeline
 
-        state = ml_pipeline(**_pipeline_parameters(args), return_state=True)
+        try:
+            parameters = _pipeline_parameters(args)
+        except GpuflowError as exc:  # a saved trainer block that is missing, or an override it refuses
+            return _fail(args, exc)
+        state = ml_pipeline(**parameters, return_state=True)
     from tasks.core.errors import GateFailed, ModelRejected
 
     if state.is_completed():

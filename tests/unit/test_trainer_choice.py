@@ -117,10 +117,10 @@ def test_the_workload_of_a_custom_trainer_carries_its_folder_and_image() -> None
     from blocks.mlflow_tracking import MLflowTracking
 
     spec = TrainerSpec(command=["python", "train.py"], working_dir="/proj", image="team/cnn:1")
+    tracking, store = MLflowTracking(tracking_uri="sqlite:///x.db"), DataStore(root_uri="/s")
     workload = trainer_workload(
         dataset_uri="/s/d", training_id="t1", epochs=1, batch_size=8, learning_rate=0.1, hidden_size=4, seed=0,
-        device="cpu", run_id="r", tracking=MLflowTracking(tracking_uri="sqlite:///x.db"), store=DataStore(root_uri="/s"),
-        model_name="m", trainer=spec,
+        device="cpu", run_id="r", tracking=tracking, store=store, model_name="m", trainer=spec,
     )  # fmt: skip
     assert workload.module == "workloads.launcher" and workload.args[-3:] == ["--", "python", "train.py"]
     assert workload.working_dir == "/proj" and workload.image == "team/cnn:1"
