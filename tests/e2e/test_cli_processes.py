@@ -56,6 +56,23 @@ def test_a_canary_that_can_never_promote_is_refused_with_the_arithmetic(tmp_path
     assert leftovers(tmp_path) == []
 
 
+def test_a_bad_trainer_spec_or_hyperparameter_is_refused_before_any_server_starts(tmp_path: Path) -> None:
+    spec = tmp_path / "trainer.yaml"
+    spec.write_text("command: [python, train.py]\nhyperparameter_types: {epochs: int, lr: float}\n")
+    cases = {
+        ("--trainer", str(tmp_path / "missing.yaml")): f"trainer spec file {tmp_path / 'missing.yaml'} does not exist",
+        ("--trainer", str(spec), "--hp", "lr=fast"): "hyperparameter 'lr' must be float, got 'fast'",
+        ("--trainer", str(spec), "--hp", "epoch=3"): "unknown hyperparameter 'epoch' (declared: epochs, lr)",
+        ("--hp", "dropout=0.5"): "unknown hyperparameter 'dropout' (declared: batch_size, epochs, hidden_size, "
+        "learning_rate, seed)",
+    }
+    for arguments, message in cases.items():
+        run = gpuflow(tmp_path, "run", *arguments, timeout=60)
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.strip().splitlines()[-1] == f"gpuflow: error: {message}"
+        assert tracebacks(run) == [] and not server_log(tmp_path).exists() and leftovers(tmp_path) == []
+
+
 def test_a_failure_while_the_server_is_still_booting_stops_it(tmp_path: Path) -> None:
     """The leak race, provoked: loading fails right after the server process started, long before it answers."""
     script = textwrap.dedent(
