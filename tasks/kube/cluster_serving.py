@@ -1,6 +1,6 @@
 """The rollout's stable and canary on a Kubernetes cluster (the :class:`~tasks.rollout.serving.Serving` seam).
 
-Objects, all from :mod:`tasks.kube.manifests` (``<name>`` is the block's ``server_name`` or the model's name):
+Objects, all from :mod:`tasks.kube.server_manifests` (``<name>`` is the block's ``server_name`` or the model's name):
 
 - Deployment ``<name>-stable``: the champion. It outlives the rollout: a promotion patches it to the new
   version (its pods roll), a rollback leaves its pod template alone.
@@ -36,12 +36,12 @@ from kubernetes.client.exceptions import ApiException
 
 from tasks.core.errors import ConfigurationError, RetryableError, WorkloadFailed
 from tasks.core.types import LogFn, Track
-from tasks.kube import diagnosis
+from tasks.kube import diagnosis, pod_status
 from tasks.kube.api import MERGE_PATCH, RawApi, api_client
 from tasks.kube.cluster_metrics import TrackCounters, prometheus_samples, prometheus_startup
-from tasks.kube.manifests import (
-    LABEL_MODEL_VERSION,
-    LABEL_TRACK,
+from tasks.kube.pod_settings import LABEL_MODEL_VERSION, LABEL_TRACK
+from tasks.kube.routes import route_status
+from tasks.kube.server_manifests import (
     SERVER_CONTAINER,
     SERVER_PORT,
     http_route,
@@ -50,7 +50,6 @@ from tasks.kube.manifests import (
     track_name,
     track_service,
 )
-from tasks.kube.routes import route_status
 from tasks.kube.server_pods import PodView, ProxyEndpoint
 from tasks.kube.servers import block_server_name, track_deployment
 from tasks.rollout.server_metrics import ServerSample, parse_server_metrics, startup_seconds
@@ -267,7 +266,7 @@ class ClusterServing:
 
     def failure(self, role: Track, detail: str) -> WorkloadFailed:
         pods = self._pods(role)
-        states = [diagnosis.progress(p.raw) for p in pods] or ["(no pods)"]
+        states = [pod_status.progress(p.raw) for p in pods] or ["(no pods)"]
         return WorkloadFailed(f"{role} Deployment {self._track_name(role)} in {self._ns}", None, states, detail)
 
     # -- traffic ----------------------------------------------------------------------------------------
@@ -493,7 +492,7 @@ class ClusterServing:
             raise ServerNotReady(
                 f"{what}: pod {pod.name}", code, self._log_tail(pod), reason=f"crashed before it was ready: {words}"
             )
-        problem = diagnosis.start_problem(pod.raw)
+        problem = pod_status.start_problem(pod.raw)
         if problem is not None:
             text, hopeless = problem
             if hopeless or waited >= self._block.image_pull_grace_seconds:
@@ -505,10 +504,10 @@ class ClusterServing:
         for pod in pods:
             if pod.ready:
                 continue
-            state = diagnosis.progress(pod.raw)
+            state = pod_status.progress(pod.raw)
             if (pod.raw.get("status") or {}).get("phase") == "Running":
                 state += " but not ready (GET /readyz does not answer 200)"
-            unschedulable = unschedulable or diagnosis.unschedulable_message(pod.raw) is not None
+            unschedulable = unschedulable or pod_status.unschedulable_message(pod.raw) is not None
             states.append(state)
         reason = f"had {ready} of {desired} pods ready after {timeout:g}s"
         return ServerNotReady(what, None, states or ["(no pods)"], reason=reason, blameless=unschedulable)

@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 from kubernetes_asyncio.client import CoreV1Api
 
-from tasks.kube.diagnosis import last_termination, pod_ended
+from tasks.kube.pod_status import last_termination, pod_ended
 
 REQUEST_TIMEOUT = 30.0  # seconds for a request that is not a stream
 

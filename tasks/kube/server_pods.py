@@ -11,7 +11,7 @@ import urllib3
 from kubernetes import client as k8s
 
 from tasks.kube import diagnosis
-from tasks.kube.manifests import LABEL_MODEL_VERSION
+from tasks.kube.pod_settings import LABEL_MODEL_VERSION
 from tasks.rollout.traffic import PREDICT_PATH, VERSION_HEADER, Answer, read_answer
 from workloads.server.config import EXIT_ERROR, EXIT_LISTEN, EXIT_UNAVAILABLE, EXIT_USAGE
 

@@ -12,7 +12,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from tasks.core.types import Track
-from tasks.kube.manifests import PodSettings, server_deployment, server_name
+from tasks.kube.pod_settings import PodSettings
+from tasks.kube.server_manifests import server_deployment, server_name
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing

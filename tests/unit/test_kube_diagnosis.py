@@ -12,16 +12,18 @@ from tasks.kube.diagnosis import (
     Failure,
     creation_refusal,
     job_failure,
+    replica_failure,
+    same_refusal,
+    workload_error,
+)
+from tasks.kube.pod_status import (
     job_finished,
     parse_time,
     pod_index,
     progress,
-    replica_failure,
-    same_refusal,
     start_problem,
     startup_timings,
     unschedulable_message,
-    workload_error,
 )
 
 PERMANENT = (2, 3, 126, 127)
