@@ -87,7 +87,7 @@ def training_manifests(spec: WorkloadSpec, settings: JobSettings) -> list[Manife
         ports = [{"name": "rdzv", "containerPort": settings.rendezvous_port, "protocol": "TCP"}]
     container = {
         "name": TRAINER_CONTAINER,
-        "image": pod.image,
+        "image": spec.image or pod.image,  # a custom trainer's own image (built FROM gpuflow's), else the block's
         "command": _trainer_command(spec, settings),
         "env": env,
         "resources": resources(pod),

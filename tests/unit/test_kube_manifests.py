@@ -95,6 +95,20 @@ def test_single_node_job_is_valid_and_runs_the_trainer_command_line() -> None:
     assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+def test_a_custom_trainer_runs_its_command_under_the_launcher_in_its_own_image() -> None:
+    launcher_args = ["--dataset-uri", "s3://b/d", "--training-id", TRAINING_ID, "--", "python", "train.py"]
+    custom = spec(module="workloads.launcher", args=launcher_args, image="registry.example.com/team/cnn:3")
+    (job,) = m.training_manifests(custom, settings(gpus=1))
+    validate(job)
+    assert container(job)["image"] == "registry.example.com/team/cnn:3"
+    assert container(job)["command"] == ["python", "-m", "workloads.launcher", *launcher_args]
+    (_service, indexed) = m.training_manifests(custom, settings(nodes=2, gpus=1))
+    validate(indexed)
+    command = container(indexed)["command"]  # torchrun's wrapper starts one launcher per rank, unchanged
+    assert command[command.index("-m", 3) :] == ["-m", "workloads.launcher", *launcher_args]
+    assert container(indexed)["image"] == "registry.example.com/team/cnn:3"
+
+
 def test_plain_env_by_value_and_secrets_only_by_key_reference() -> None:
     (job,) = m.training_manifests(spec(), settings())
     env = env_of(job)
