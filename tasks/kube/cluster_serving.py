@@ -19,54 +19,37 @@ pod count as it would with replicas, as capacity.
 The replayed labelled traffic goes where a client's would: ``service_url`` (in-cluster, or the gateway), else
 the API server's ``services/<name>:http/proxy``. Answers are attributed to a track by ``X-Model-Version``.
 Each track's figures are its pods' /metrics summed (:mod:`tasks.kube.cluster_metrics`), read through
-``pods/<pod>:8080/proxy/metrics`` or from Prometheus.
+``pods/<pod>:8080/proxy/metrics`` or from Prometheus. The API calls are :mod:`tasks.kube.server_objects`',
+the waits for a track (ready, gone, down) :mod:`tasks.kube.track_readiness`'.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import urllib3
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from tasks.core.errors import ConfigurationError, RetryableError, WorkloadFailed
 from tasks.core.types import LogFn, Track
-from tasks.kube import diagnosis, pod_status
-from tasks.kube.api import MERGE_PATCH, RawApi, api_client
+from tasks.kube import pod_status
+from tasks.kube.api import api_client
 from tasks.kube.cluster_metrics import TrackCounters, prometheus_samples, prometheus_startup
-from tasks.kube.pod_settings import LABEL_MODEL_VERSION, LABEL_TRACK
-from tasks.kube.routes import route_status
-from tasks.kube.server_manifests import (
-    SERVER_CONTAINER,
-    SERVER_PORT,
-    http_route,
-    server_selector,
-    server_service,
-    track_name,
-    track_service,
-)
-from tasks.kube.server_pods import PodView, ProxyEndpoint
+from tasks.kube.pod_settings import LABEL_MODEL_VERSION
+from tasks.kube.server_manifests import http_route, server_service, track_service
+from tasks.kube.server_objects import ServerObjects
 from tasks.kube.servers import block_server_name, track_deployment
+from tasks.kube.track_readiness import TrackReadiness
 from tasks.rollout.server_metrics import ServerSample, parse_server_metrics, startup_seconds
-from tasks.rollout.serving import ServerNotReady, ServerUnreachable
-from tasks.rollout.traffic import (
-    EndpointFactory,
-    Routes,
-    http_endpoint,
-)
+from tasks.rollout.traffic import Routes, http_endpoint
 from tasks.tracking.model_registry import RegisteredVersion
 
 if TYPE_CHECKING:
     from blocks.kubernetes_serving import KubernetesServing
 
-SCRAPE_TIMEOUT_SECONDS = 5.0
 GONE_TIMEOUT_SECONDS = 60.0
-LOG_TAIL_LINES = 30
 
 
 # -- pure helpers ------------------------------------------------------------------------------------
@@ -105,12 +88,11 @@ class ClusterServing:
         self._tracking_uri = tracking_uri
         self._log = log
         self._api = api or api_client(block.credentials)
-        self._raw = RawApi(self._api, self._ns)
+        self._objects = ServerObjects(self._api, self._ns, self._name)
+        self._waits = TrackReadiness(self._objects, block.poll_interval_seconds, block.image_pull_grace_seconds, log)
         self._gateway = bool(block.gateway)
         self._versions: dict[Track, RegisteredVersion] = {}
         self._counters: dict[Track, TrackCounters] = {"stable": TrackCounters(), "canary": TrackCounters()}
-        self._restarts: dict[str, int] = {}  # restart count of each pod when first seen ready
-        self._created: list[tuple[str, str]] = []  # (kind, name) this rollout created, in order
         self._stable_before: dict[str, Any] | None = None  # stable's replicas and template before the rollout
         self._steady = block.replicas  # stable's replicas outside a rollout
         self._stable_ready = False
@@ -147,11 +129,12 @@ class ClusterServing:
         self._restore_stable()
         if self._canary_live:
             self._remove_canary(wait=False)
-        if ("deployments", self._track_name("stable")) in self._created and not self._stable_ready:
-            self._log(f"removing {self._track_name('stable')}: this rollout created it and it never became ready")
-            for kind, name in reversed(self._created):
-                self._delete(kind, name)
-            self._created.clear()
+        stable = self._objects.track_name("stable")
+        if ("deployments", stable) in self._objects.created and not self._stable_ready:
+            self._log(f"removing {stable}: this rollout created it and it never became ready")
+            for kind, name in reversed(self._objects.created):
+                self._objects.delete(kind, name)
+            self._objects.created.clear()
 
     # -- starting ---------------------------------------------------------------------------------------
 
@@ -168,10 +151,10 @@ class ClusterServing:
             self._start_canary(version)
 
     def _start_stable(self, version: RegisteredVersion) -> None:
-        name = self._track_name("stable")
-        existing = self._read_deployment(name)
+        name = self._objects.track_name("stable")
+        existing = self._objects.read_deployment(name)
         if existing is None:
-            self._create(self._deployment("stable", version, self._block.replicas))
+            self._objects.create(self._deployment("stable", version, self._block.replicas))
         else:
             spec = existing.get("spec") or {}
             self._stable_before = {
@@ -187,29 +170,29 @@ class ClusterServing:
                     f"{version.version}: moving it to {version.version} with {self._steady} pods first"
                 )
                 self._stable_changed = True
-                self._patch_deployment(name, self._stable_patch(version, self._steady))
-        self._ensure(server_service(self._name, self._pod))
-        self._ensure(track_service(self._name, "stable", self._pod))
+                self._objects.patch_deployment(name, self._stable_patch(version, self._steady))
+        self._objects.ensure(server_service(self._name, self._pod))
+        self._objects.ensure(track_service(self._name, "stable", self._pod))
         if self._gateway:
             self._set_route({"stable": 100})
 
     def _start_canary(self, version: RegisteredVersion) -> None:
-        name = self._track_name("canary")
-        if self._read_deployment(name) is not None:
+        name = self._objects.track_name("canary")
+        if self._objects.read_deployment(name) is not None:
             self._log(f"Deployment {name} is left from an earlier rollout that did not finish: replacing it")
-            self._delete("deployments", name)
-            self._wait_gone("canary", GONE_TIMEOUT_SECONDS)
+            self._objects.delete("deployments", name)
+            self._waits.gone("canary", GONE_TIMEOUT_SECONDS)
         self._canary_live = True
-        self._ensure(track_service(self._name, "canary", self._pod))
-        self._create(self._deployment("canary", version, 1))
+        self._objects.ensure(track_service(self._name, "canary", self._pod))
+        self._objects.create(self._deployment("canary", version, 1))
 
     def wait_ready(self, role: Track, timeout: float) -> None:
         """Every pod of the track ready on its version, and no other pod left; a pod that crashes, cannot pull
         its image or has no node is reported with its state."""
-        name = self._track_name(role)
-        deployment = self._read_deployment(name)
+        name = self._objects.track_name(role)
+        deployment = self._objects.read_deployment(name)
         desired = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
-        self._wait_track(role, desired, self._timeout(timeout))
+        self._waits.ready(role, self._versions[role], desired, self._timeout(timeout))
         if role == "stable":
             self._stable_ready = True
             self._keep_stable()
@@ -218,7 +201,7 @@ class ClusterServing:
 
     def sample(self, role: Track) -> ServerSample:
         counters = self._counters[role]
-        pods = [p for p in self._pods(role) if not p.deleting]
+        pods = [p for p in self._objects.pods(role) if not p.deleting]
         if self._block.prometheus_url:
             samples = prometheus_samples(self._block.prometheus_url, self._ns, [p.name for p in pods])
             for name, found in samples.items():
@@ -226,17 +209,17 @@ class ClusterServing:
             return counters.total()
         for pod in pods:
             if pod.ready:
-                counters.update(pod.name, parse_server_metrics(self._scrape(role, pod)))
+                counters.update(pod.name, parse_server_metrics(self._objects.scrape(role, pod)))
         return counters.total()
 
     def startup(self, role: Track) -> dict[str, float]:
         """The slowest ready pod's model load and warm-up seconds."""
-        pods = [p for p in self._pods(role) if p.ready and not p.deleting]
+        pods = [p for p in self._objects.pods(role) if p.ready and not p.deleting]
         if self._block.prometheus_url:
             return prometheus_startup(self._block.prometheus_url, self._ns, [p.name for p in pods])
         found: dict[str, float] = {}
         for pod in pods:
-            for key, value in startup_seconds(self._scrape(role, pod)).items():
+            for key, value in startup_seconds(self._objects.scrape(role, pod)).items():
                 found[key] = max(found.get(key, 0.0), value)
         return found
 
@@ -248,36 +231,26 @@ class ClusterServing:
         now = time.monotonic()
         if role == "canary" and now - self._down_checked < min(self._block.poll_interval_seconds, 0.5):
             return None
-        pods = [p for p in self._pods(role) if not p.deleting]
-        reason: str | None = None
-        for pod in pods:
-            crash = pod.crash(self._restarts.get(pod.name, 0))
-            if crash is not None:
-                reason = f"{role} pod {pod.name} crashed: {crash[1]}; last log lines:\n" + "\n".join(
-                    f"  | {line}" for line in self._log_tail(pod) or ["(no output)"]
-                )
-                break
-        if reason is None and not pods:
-            reason = f"no {role} pod is left in Deployment {self._track_name(role)}"
+        reason = self._waits.down(role)
         if role == "canary":
             self._down_checked = now
             self._down = reason
         return reason
 
     def failure(self, role: Track, detail: str) -> WorkloadFailed:
-        pods = self._pods(role)
+        pods = self._objects.pods(role)
         states = [pod_status.progress(p.raw) for p in pods] or ["(no pods)"]
-        return WorkloadFailed(f"{role} Deployment {self._track_name(role)} in {self._ns}", None, states, detail)
+        return WorkloadFailed(f"{role} Deployment {self._objects.track_name(role)} in {self._ns}", None, states, detail)
 
     # -- traffic ----------------------------------------------------------------------------------------
 
     def routes(self, timeout: float) -> Routes:
         """User requests where a client's go; retries and shadows to stable's own Service."""
-        stable = self._proxy_factory(self._track_name("stable"), timeout)
+        stable = self._objects.proxy_factory(self._objects.track_name("stable"), timeout)
         if self._block.service_url:
             split = http_endpoint(self._block.service_url, timeout)
         else:
-            split = self._proxy_factory(self._name, timeout)
+            split = self._objects.proxy_factory(self._name, timeout)
         versions: dict[str, Track] = {
             self._versions["stable"].version: "stable",
             self._versions["canary"].version: "canary",
@@ -296,7 +269,7 @@ class ClusterServing:
             return float(weight)
         stable_n = total - canary_n
         order: list[tuple[Track, int]] = [("canary", canary_n), ("stable", stable_n)]
-        if canary_n < self._replicas("canary"):
+        if canary_n < self._objects.replicas("canary"):
             order.reverse()
         for role, count in order:  # add capacity before taking any away
             self._scale(role, count, timeout)
@@ -309,11 +282,11 @@ class ClusterServing:
     def promote(self) -> None:
         """Stable moves to the candidate (its pods roll) and becomes ready, then the canary goes."""
         version = self._versions["canary"]
-        name = self._track_name("stable")
+        name = self._objects.track_name("stable")
         self._stable_changed = True
         self._versions["stable"] = version
-        self._patch_deployment(name, self._stable_patch(version, self._steady))
-        self._wait_track("stable", self._steady, self._timeout())
+        self._objects.patch_deployment(name, self._stable_patch(version, self._steady))
+        self._waits.ready("stable", self._versions["stable"], self._steady, self._timeout())
         self._keep_stable()
         if self._gateway:
             self._set_route({"stable": 100})
@@ -326,7 +299,7 @@ class ClusterServing:
             return
         if self._gateway:
             self._set_route({"stable": 100}, strict=False)
-        elif self._replicas("stable") != self._steady:
+        elif self._objects.replicas("stable") != self._steady:
             self._scale("stable", self._steady, self._timeout())
         self._remove_canary(wait=True)
 
@@ -340,7 +313,7 @@ class ClusterServing:
 
     def _keep_stable(self) -> None:
         """Stable is ready as it is now: that is the state to put back if the rollout fails from here on."""
-        current = self._read_deployment(self._track_name("stable")) or {}
+        current = self._objects.read_deployment(self._objects.track_name("stable")) or {}
         spec = current.get("spec") or {}
         self._stable_before = {
             "replicas": self._steady,
@@ -348,9 +321,6 @@ class ClusterServing:
             "labels": (current.get("metadata") or {}).get("labels") or {},
         }
         self._stable_changed = False
-
-    def _track_name(self, role: Track) -> str:
-        return track_name(self._name, role)
 
     def _deployment(self, role: Track, version: RegisteredVersion, replicas: int) -> dict[str, Any]:
         return track_deployment(
@@ -376,7 +346,7 @@ class ClusterServing:
         """Put stable's replicas, and its template if this rollout changed it and that never became ready, back
         as they were; no waiting."""
         before = self._stable_before
-        current = self._read_deployment(self._track_name("stable"))
+        current = self._objects.read_deployment(self._objects.track_name("stable"))
         if before is None or current is None:
             return
         patch: dict[str, Any] = {}
@@ -386,24 +356,20 @@ class ClusterServing:
             patch.setdefault("spec", {})["template"] = before["template"]
             patch["metadata"] = {"labels": before["labels"]}
         if patch:
-            self._log(f"putting Deployment {self._track_name('stable')} back as it was before the rollout")
-            self._patch_deployment(self._track_name("stable"), patch)
+            self._log(f"putting Deployment {self._objects.track_name('stable')} back as it was before the rollout")
+            self._objects.patch_deployment(self._objects.track_name("stable"), patch)
 
     def _remove_canary(self, *, wait: bool) -> None:
-        self._delete("deployments", self._track_name("canary"))
-        self._delete("services", self._track_name("canary"))
+        self._objects.delete("deployments", self._objects.track_name("canary"))
+        self._objects.delete("services", self._objects.track_name("canary"))
         self._canary_live = False
         if wait:
-            self._wait_gone("canary", GONE_TIMEOUT_SECONDS)
+            self._waits.gone("canary", GONE_TIMEOUT_SECONDS)
 
     def _scale(self, role: Track, count: int, timeout: float) -> None:
-        if self._replicas(role) != count:
-            self._patch_deployment(self._track_name(role), {"spec": {"replicas": count}})
-        self._wait_track(role, count, timeout)
-
-    def _replicas(self, role: Track) -> int:
-        found = self._read_deployment(self._track_name(role)) or {}
-        return int((found.get("spec") or {}).get("replicas") or 0)
+        if self._objects.replicas(role) != count:
+            self._objects.patch_deployment(self._objects.track_name(role), {"spec": {"replicas": count}})
+        self._waits.ready(role, self._versions[role], count, timeout)
 
     def _set_route(self, weights: dict[str, int], *, strict: bool = True) -> None:
         """Write the route's weights and wait until the Gateway accepted them (:mod:`tasks.kube.routes`).
@@ -419,162 +385,16 @@ class ClusterServing:
             weights=weights,
             settings=self._pod,
         )
-        path = self._raw.path("httproutes", self._name)
-        if self._raw.get(path) is None:
-            self._raw.request("POST", self._raw.path("httproutes"), body=route)
-            self._created.append(("httproutes", self._name))
-        else:
-            self._raw.request("PATCH", path, body={"spec": route["spec"]}, content_type=MERGE_PATCH)
+        path = self._objects.put_route(route)
         try:
-            self._wait_route(path, self._block.route_accept_timeout_seconds)
+            self._objects.wait_route(
+                path,
+                self._block.gateway,
+                self._block.gateway_namespace,
+                self._block.route_accept_timeout_seconds,
+                self._block.poll_interval_seconds,
+            )
         except (ConfigurationError, RetryableError) as exc:
             if strict:
                 raise
             self._log(f"going on without the Gateway's answer: {exc}")
-
-    def _wait_route(self, path: str, timeout: float) -> None:
-        """Until the Gateway reports Accepted at the route's current generation; raises if it refuses or is silent."""
-        assert self._block.gateway
-        deadline = time.monotonic() + timeout
-        while True:
-            route = self._raw.get(path) or {}
-            status = route_status(route, self._block.gateway, self._block.gateway_namespace)
-            what = f"HTTPRoute {self._ns}/{self._name}"
-            if status.state == "accepted":
-                return
-            if status.state == "rejected":
-                raise ConfigurationError(f"{what}: {status.detail}")
-            now = time.monotonic()
-            if now > deadline:
-                raise RetryableError(f"{what} was not accepted within {timeout:g}s: {status.detail}")
-            time.sleep(min(self._block.poll_interval_seconds, 0.2, max(0.05, deadline - now)))
-
-    # -- waiting ----------------------------------------------------------------------------------------
-
-    def _wait_track(self, role: Track, desired: int, timeout: float) -> None:
-        """Until ``desired`` pods of the track are ready on its version and no other pod is left."""
-        version = self._versions[role]
-        deadline = time.monotonic() + timeout
-        first_seen: dict[str, float] = {}
-        what = f"{role} Deployment {self._track_name(role)} ({version.model_uri})"
-        while True:
-            pods = [p for p in self._pods(role) if not p.deleting]
-            ready = [p for p in pods if p.ready and p.version == version.version]
-            if len(ready) == desired and len(pods) == desired:
-                for pod in ready:
-                    self._restarts.setdefault(pod.name, pod.restarts)
-                return
-            now = time.monotonic()
-            for pod in pods:
-                if pod.version != version.version or pod.ready:
-                    continue
-                first_seen.setdefault(pod.name, now)
-                self._check_starting(what, pod, now - first_seen[pod.name])
-            refused = self._refused(role) if len(pods) < desired else None
-            if refused is not None and refused[1]:
-                raise ServerNotReady(what, None, [], reason=refused[0], blameless=True)
-            if now > deadline:
-                if refused is not None:  # a quota still full at the deadline
-                    reason = f"{refused[0]}; still after {timeout:g}s"
-                    raise ServerNotReady(what, None, [], reason=reason, blameless=True)
-                raise self._not_ready(what, pods, desired, len(ready), timeout)
-            time.sleep(min(self._block.poll_interval_seconds, max(0.05, deadline - now)))
-
-    def _refused(self, role: Track) -> tuple[str, bool] | None:
-        """Why the track's Deployment cannot create its pods (quota, Pod Security, a webhook), if it cannot."""
-        return diagnosis.replica_failure(self._read_deployment(self._track_name(role)) or {})
-
-    def _check_starting(self, what: str, pod: PodView, waited: float) -> None:
-        """Fail at once on a pod that crashed before it was ready, or that cannot pull its image past the grace."""
-        crash = pod.crash()
-        if crash is not None:
-            code, words = crash
-            raise ServerNotReady(
-                f"{what}: pod {pod.name}", code, self._log_tail(pod), reason=f"crashed before it was ready: {words}"
-            )
-        problem = pod_status.start_problem(pod.raw)
-        if problem is not None:
-            text, hopeless = problem
-            if hopeless or waited >= self._block.image_pull_grace_seconds:
-                raise ServerNotReady(f"{what}: pod {pod.name}", None, [], reason=text, blameless=True)
-
-    def _not_ready(self, what: str, pods: list[PodView], desired: int, ready: int, timeout: float) -> ServerNotReady:
-        states = []
-        unschedulable = False
-        for pod in pods:
-            if pod.ready:
-                continue
-            state = pod_status.progress(pod.raw)
-            if (pod.raw.get("status") or {}).get("phase") == "Running":
-                state += " but not ready (GET /readyz does not answer 200)"
-            unschedulable = unschedulable or pod_status.unschedulable_message(pod.raw) is not None
-            states.append(state)
-        reason = f"had {ready} of {desired} pods ready after {timeout:g}s"
-        return ServerNotReady(what, None, states or ["(no pods)"], reason=reason, blameless=unschedulable)
-
-    def _wait_gone(self, role: Track, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while any(not p.deleting for p in self._pods(role)):
-            if time.monotonic() > deadline:
-                self._log(f"{role} pods of {self._name} are still being deleted after {timeout:g}s")
-                return
-            time.sleep(min(self._block.poll_interval_seconds, 0.5))
-
-    # -- the API (tasks/kube/api.py) --------------------------------------------------------------------
-
-    def _pods(self, role: Track) -> list[PodView]:
-        selector = ",".join(f"{k}={v}" for k, v in {**server_selector(self._name), LABEL_TRACK: role}.items())
-        listed = json.loads(self._raw.request("GET", self._raw.path("pods"), query=[("labelSelector", selector)]))
-        return sorted((PodView.of(item) for item in listed.get("items") or []), key=lambda p: p.name)
-
-    def _scrape(self, role: Track, pod: PodView) -> str:
-        path = self._raw.path("pods", f"{pod.name}:{SERVER_PORT}", "proxy") + "/metrics"
-        try:
-            data = self._raw.request("GET", path, timeout=SCRAPE_TIMEOUT_SECONDS, raw_errors=True)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerUnreachable(f"{role} pod {pod.name}: GET {path} failed: {exc}") from exc
-        return data.decode("utf-8", errors="replace")
-
-    def _log_tail(self, pod: PodView) -> list[str]:
-        """The server container's last lines (the previous container's after a restart); [] if unreadable."""
-        for previous in ("true", "false") if pod.restarts else ("false",):
-            query = [("container", SERVER_CONTAINER), ("tailLines", str(LOG_TAIL_LINES)), ("previous", previous)]
-            try:
-                return (
-                    self._raw.request("GET", self._raw.path("pods", pod.name, "log"), query=query, raw_errors=True)
-                    .decode("utf-8", errors="replace")
-                    .splitlines()
-                )
-            except (ApiException, urllib3.exceptions.HTTPError, OSError):
-                continue
-        return []
-
-    def _proxy_factory(self, service: str, timeout: float) -> EndpointFactory:
-        path = self._raw.path("services", f"{service}:http", "proxy")
-        return lambda: ProxyEndpoint(self._api, path, timeout)
-
-    def _read_deployment(self, name: str) -> dict[str, Any] | None:
-        return self._raw.get(self._raw.path("deployments", name))
-
-    def _patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
-        self._raw.request("PATCH", self._raw.path("deployments", name), body=patch, content_type=MERGE_PATCH)
-
-    def _create(self, manifest: dict[str, Any]) -> None:
-        plural, name = manifest["kind"].lower() + "s", manifest["metadata"]["name"]
-        self._raw.request("POST", self._raw.path(plural), body=manifest)
-        self._created.append((plural, name))
-
-    def _ensure(self, manifest: dict[str, Any]) -> None:
-        """Create a Service unless it exists (Services outlive rollouts; their selectors never change)."""
-        if self._raw.get(self._raw.path("services", manifest["metadata"]["name"])) is None:
-            self._create(manifest)
-
-    def _delete(self, plural: str, name: str) -> None:
-        """Delete one object (a Deployment's pods follow in the background); one already gone is fine."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
-        try:
-            self._raw.request("DELETE", self._raw.path(plural, name), body=body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        self._created = [item for item in self._created if item != (plural, name)]
