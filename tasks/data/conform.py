@@ -1,4 +1,5 @@
-"""Read raw data by a dataset spec, check every value against it, and build the table the splits store.
+"""Check a table read by a dataset spec (:mod:`tasks.data.spec_reader`) against it, build the table the splits
+store, and split its rows by the spec's split method.
 
 What is stored (one column per stored feature, then the target):
 
@@ -20,48 +21,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
-from tasks.core.dataset_spec import (
-    BooleanColumn,
-    CategoryColumn,
-    DatasetSpec,
-    FloatColumn,
-    IntegerColumn,
-    TensorColumn,
-)
+from tasks.core.dataset_spec import BooleanColumn, CategoryColumn, DatasetSpec, FloatColumn, IntegerColumn, TensorColumn
 from tasks.core.errors import DataValidationError
 from tasks.data import arrays
-from tasks.data.ingest import (
-    _CONVERSION,
-    ROWS_NOTE,
-    RawFile,
-    _block_size,
-    _csv_header,
-    _empty,
-    _first_ragged_line,
-    _first_unparseable_csv,
-    check_columns,
-    first_unconvertible,
-)
-from tasks.data.schema import PrepareParams, _compact
+from tasks.data.duplicate_rows import table_repeats
+from tasks.data.raw_file import MAX_LISTED, ROWS_NOTE, first_problem, problem_listing
+from tasks.data.schema import PrepareParams
+from tasks.data.spec_reader import float_type
 from tasks.data.split import allocate, min_rows_per_class, splitmix64, stratified_split
-from tasks.data.validation import _first, _listing
-
-_MAX_LISTED = 8
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-@dataclass(frozen=True)
-class _Expected:
-    """What :func:`tasks.data.ingest.check_columns` needs to know about a spec."""
-
-    columns: tuple[str, ...]
-
-    def describe_columns(self) -> str:
-        return _compact(self.columns)
 
 
 @dataclass
@@ -77,142 +45,6 @@ class Conformed:
     duplicates_dropped: int = 0
     duplicate_examples: list[tuple[int, int]] = field(default_factory=list)
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- types
-
-
-def float_type(spec: DatasetSpec) -> pa.DataType:
-    return pa.float32() if spec.dtype == "float32" else pa.float64()
-
-
-def _read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
-    """The Arrow type each raw column is parsed as (before checks and encoding)."""
-    types: dict[str, pa.DataType] = {}
-    kind = float_type(spec)  # parsed straight into the stored type: the same values the digits schema parses
-    for column in spec.columns:
-        if isinstance(column, TensorColumn):
-            types.update(dict.fromkeys(column.element_columns(), kind))
-        elif isinstance(column, FloatColumn):
-            types[column.name] = kind
-        elif isinstance(column, IntegerColumn):
-            types[column.name] = pa.int64()
-        elif isinstance(column, BooleanColumn):
-            types[column.name] = pa.bool_()
-        else:
-            types[column.name] = pa.string()
-    target = spec.target
-    if target.type == "float":
-        types[target.name] = pa.float64()
-    else:
-        types[target.name] = pa.string() if target.string_classes else pa.int64()
-    group = spec.group_only()
-    if group:
-        types[group] = pa.string()
-    return types
-
-
-def _expected_text(spec: DatasetSpec, column: str, kind: pa.DataType) -> str:
-    if column == spec.target.name:
-        if spec.target.type == "float":
-            return "numbers (a float regression target)"
-        return f"integer class labels ({', '.join(str(c) for c in spec.target.classes or ())})"
-    if pa.types.is_boolean(kind):
-        return "booleans (true/false or 1/0)"
-    if pa.types.is_integer(kind):
-        return "whole numbers (integer)"
-    if pa.types.is_floating(kind):
-        return "numbers (float)"
-    return "text"
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def read_by_spec(raw: RawFile, spec: DatasetSpec) -> pa.Table:
-    """The raw file's declared columns, parsed as the spec says; a value that does not parse names its row."""
-    if raw.size == 0:
-        raise _empty(raw)
-    expected = _Expected(spec.raw_columns())
-    types = _read_types(spec)
-    if raw.format == "parquet":
-        return _read_parquet(raw, spec, expected, types)
-    header = _csv_header(raw)
-    check_columns(header, expected, raw.uri)  # type: ignore[arg-type]
-    convert = pcsv.ConvertOptions(
-        column_types=types,
-        include_columns=list(spec.raw_columns()),
-        null_values=[""],
-        strings_can_be_null=True,
-    )
-    options = pcsv.ReadOptions(use_threads=True, block_size=_block_size(raw.size))
-    try:
-        table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
-    except pa.ArrowInvalid as exc:
-        raise _explain(raw, spec, header, types, exc) from exc
-    if table.num_rows == 0:
-        raise DataValidationError(f"{raw.uri} has a header but no data rows")
-    return table
-
-
-def _explain(
-    raw: RawFile, spec: DatasetSpec, header: list[str], types: dict[str, pa.DataType], exc: pa.ArrowInvalid
-) -> DataValidationError:
-    text = str(exc)
-    if "Empty CSV file" in text:
-        return DataValidationError(f"{raw.uri} has a header but no data rows")
-    match = _CONVERSION.search(text)
-    if match and int(match.group(1)) < len(header):
-        column = header[int(match.group(1))]
-        row, value = _first_unparseable_csv(raw, column, types[column])
-        where = f"data row {row}" if row is not None else "a data row"
-        shown = value if value is not None else match.group(3)
-        return DataValidationError(
-            f"{raw.uri}: column {column!r} must hold {_expected_text(spec, column, types[column])}, but {where} "
-            f"holds {shown!r} ({ROWS_NOTE})"
-        )
-    if "CSV parse error" in text:
-        located = _first_ragged_line(raw, header[0])
-        if located is not None:
-            line, want, actual, content = located
-            return DataValidationError(
-                f"{raw.uri}: line {line} of the file (header is line 1) has {actual} field(s), expected {want}: "
-                f"{content[:80]!r}"
-            )
-    return DataValidationError(f"{raw.uri} is not a readable CSV file: {text}")
-
-
-def _read_parquet(raw: RawFile, spec: DatasetSpec, expected: _Expected, types: dict[str, pa.DataType]) -> pa.Table:
-    try:
-        parquet = pq.ParquetFile(raw.path)
-        check_columns(list(parquet.schema_arrow.names), expected, raw.uri)  # type: ignore[arg-type]
-        table = parquet.read(columns=list(spec.raw_columns()), use_threads=True)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataValidationError(f"{raw.uri} is not a readable Parquet file (truncated or corrupt?): {exc}") from exc
-    if table.num_rows == 0:
-        raise DataValidationError(f"{raw.uri} has the expected columns but no data rows")
-    for name, kind in types.items():
-        column = table.column(name)
-        if column.type == kind:
-            continue
-        values = column.combine_chunks()
-        if pa.types.is_string(kind) and not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-            if spec.target.name == name or pa.types.is_integer(values.type):
-                cast = pc.cast(values, kind)
-            else:
-                raise DataValidationError(
-                    f"{raw.uri}: column {name!r} has Parquet type {values.type}; expected text (category)"
-                )
-        else:
-            index = first_unconvertible(values, kind)
-            if index is not None:
-                raise DataValidationError(
-                    f"{raw.uri}: column {name!r} must hold {_expected_text(spec, name, kind)}, but data row "
-                    f"{index + 1} holds {values[index].as_py()!r} ({ROWS_NOTE})"
-                )
-            cast = pc.cast(values, kind)
-        table = table.set_column(table.schema.get_field_index(name), name, cast)
-    return table
 
 
 # --------------------------------------------------------------------------- checks
@@ -248,7 +80,7 @@ def conform(table: pa.Table, spec: DatasetSpec, params: PrepareParams, where: st
             vocabularies[column.name] = vocabulary
             stored[column.name] = codes
     if problems:
-        raise DataValidationError(_listing(where, f"bad feature values in {len(problems)} place(s)", problems))
+        raise DataValidationError(problem_listing(where, f"bad feature values in {len(problems)} place(s)", problems))
     target_column, target = _check_target(table, spec, where)
     stored[spec.target.name] = target_column
     out = pa.table(stored)
@@ -271,7 +103,11 @@ def conform(table: pa.Table, spec: DatasetSpec, params: PrepareParams, where: st
 
 def _null_problems(name: str, values: pa.ChunkedArray, nullable: bool) -> list[str]:
     if values.null_count and not nullable:
-        return [_first(name, pc.is_null(values), "missing value(s) (empty field; the column is not nullable)", values)]
+        return [
+            first_problem(
+                name, pc.is_null(values), "missing value(s) (empty field; the column is not nullable)", values
+            )
+        ]
     return []
 
 
@@ -295,10 +131,10 @@ def _number_problems(
     if floats:
         nan = pc.is_nan(values)
         if not nullable and pc.any(nan).as_py():
-            out.append(_first(name, nan, "NaN value(s) (the column is not nullable)", values))
+            out.append(first_problem(name, nan, "NaN value(s) (the column is not nullable)", values))
         inf = pc.is_inf(values)
         if pc.any(inf).as_py():
-            out.append(_first(name, inf, "infinite value(s)", values))
+            out.append(first_problem(name, inf, "infinite value(s)", values))
     if low is not None or high is not None:
         outside = pc.or_(
             pc.less(values, -np.inf if low is None else low), pc.greater(values, np.inf if high is None else high)
@@ -307,7 +143,7 @@ def _number_problems(
             outside = pc.and_(outside, pc.invert(pc.is_inf(values)))
         if pc.any(outside).as_py():
             shown = f"[{'-inf' if low is None else _num(low)}, {'inf' if high is None else _num(high)}]"
-            out.append(_first(name, outside, f"value(s) outside the allowed range {shown}", values))
+            out.append(first_problem(name, outside, f"value(s) outside the allowed range {shown}", values))
     return out
 
 
@@ -324,9 +160,9 @@ def _encode_category(column: CategoryColumn, values: pa.ChunkedArray) -> tuple[p
     codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string()))
     unknown = pc.and_(pc.is_null(codes), pc.is_valid(values))
     if pc.any(unknown).as_py():
-        declared = ", ".join(repr(v) for v in vocabulary[:_MAX_LISTED])
+        declared = ", ".join(repr(v) for v in vocabulary[:MAX_LISTED])
         what = f"value(s) not among the categories ({declared})"
-        return codes, vocabulary, _first(column.name, unknown, what, values)
+        return codes, vocabulary, first_problem(column.name, unknown, what, values)
     return codes, vocabulary, None
 
 
@@ -337,7 +173,7 @@ def _check_target(table: pa.Table, spec: DatasetSpec, where: str) -> tuple[pa.Ar
     values = table.column(name)
     if values.null_count:
         raise DataValidationError(
-            f"{where}: {_first(name, pc.is_null(values), 'missing target value(s)', values)} ({ROWS_NOTE})"
+            f"{where}: {first_problem(name, pc.is_null(values), 'missing target value(s)', values)} ({ROWS_NOTE})"
         )
     if target.type == "float":
         for mask, what in (
@@ -345,7 +181,7 @@ def _check_target(table: pa.Table, spec: DatasetSpec, where: str) -> tuple[pa.Ar
             (pc.is_inf(values), "infinite target value(s)"),
         ):
             if pc.any(mask).as_py():
-                raise DataValidationError(f"{where}: {_first(name, mask, what, values)} ({ROWS_NOTE})")
+                raise DataValidationError(f"{where}: {first_problem(name, mask, what, values)} ({ROWS_NOTE})")
         problems = _number_problems(name, values, False, target.min, target.max, floats=True)
         if problems:
             raise DataValidationError(f"{where}: {problems[0]} ({ROWS_NOTE})")
@@ -372,7 +208,7 @@ def _undeclared_message(
     for row in rows:
         found.setdefault(values[int(row)].as_py(), []).append(int(row) + 1)
     parts = []
-    for value, at in list(found.items())[:_MAX_LISTED]:
+    for value, at in list(found.items())[:MAX_LISTED]:
         listed = ", ".join(str(r) for r in at[:3]) + (", ..." if len(at) > 3 else "")
         parts.append(f"{value!r} ({len(at)} row(s): data row(s) {listed})")
     declared = ", ".join(repr(c) for c in classes)
@@ -388,7 +224,7 @@ def _group_ids(table: pa.Table, spec: DatasetSpec, where: str) -> np.ndarray:
     values = table.column(name)
     if values.null_count:
         raise DataValidationError(
-            f"{where}: {_first(name, pc.is_null(values), 'missing group value(s)', values)} ({ROWS_NOTE})"
+            f"{where}: {first_problem(name, pc.is_null(values), 'missing group value(s)', values)} ({ROWS_NOTE})"
         )
     distinct = pc.unique(values.combine_chunks())
     ordered = distinct.take(pc.sort_indices(distinct))
@@ -396,46 +232,9 @@ def _group_ids(table: pa.Table, spec: DatasetSpec, where: str) -> np.ndarray:
     return np.asarray(pc.cast(ids.combine_chunks(), pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _column_bits(array: pa.Array) -> list[np.ndarray]:
-    """A column's values as unsigned integers (nulls as 0, -0.0 as 0.0), plus a 0/1 null flag when it has nulls."""
-    filled = pc.fill_null(array, pa.scalar(0, array.type)) if array.null_count else array
-    values = arrays.view(filled)
-    if values.dtype.kind == "f":
-        values = values + values.dtype.type(0)  # -0.0 == 0.0
-    out = [values.view(np.dtype(f"u{values.dtype.itemsize}"))]
-    if array.null_count:
-        out.append(np.asarray(array.is_null().to_pylist(), dtype=np.uint8))
-    return out
-
-
-def _find_repeats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, the earlier row each repeats), 0-based: a 64-bit hash per row, then an exact byte check of the rows
-    whose hash occurs more than once (hash collisions are resolved, never trusted)."""
-    columns = [bits for column in table.columns for bits in _column_bits(column.combine_chunks())]
-    hashes = np.full(table.num_rows, _FNV_OFFSET, dtype=np.uint64)
-    for bits in columns:
-        hashes ^= bits.astype(np.uint64, copy=False)
-        hashes *= _FNV_PRIME
-    hashes = splitmix64(hashes, inplace=True)
-    ordered = np.sort(hashes)
-    repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
-    if len(repeated_hashes) == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    candidates = np.flatnonzero(np.isin(hashes, repeated_hashes))
-    record = np.ascontiguousarray(
-        np.concatenate([bits[candidates].view(np.uint8).reshape(len(candidates), -1) for bits in columns], axis=1)
-    )
-    keys = record.view(np.dtype((np.void, record.shape[1]))).ravel()
-    _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    first = candidates[first_index[inverse.ravel()]]
-    again = first != candidates
-    return candidates[again], first[again]
-
-
 def _handle_duplicates(conformed: Conformed, policy: str, where: str) -> None:
     """Rows identical in every stored column (features and target): reject, or drop all but the first."""
-    repeated, first_of = _find_repeats(conformed.table)
+    repeated, first_of = table_repeats(conformed.table)
     if len(repeated) == 0:
         return
     examples = [(int(r) + 1, int(f) + 1) for r, f in zip(repeated[:5], first_of[:5], strict=True)]

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from tasks.core.errors import ConfigurationError
 from tasks.data import arrays
-from tasks.data.ingest import feature_type, open_raw, read_table
+from tasks.data.ingest import open_raw
 from tasks.data.schema import DatasetSchema, PrepareParams, canonical_json
+from tasks.data.schema_reader import feature_type, read_table
 from tasks.data.split import SPLIT_NAMES, class_counts, stratified_split
 from tasks.data.validation import Checked, validate
 from workloads.dataset import MANIFEST, DatasetManifest, SplitFile, dataset_exists, dataset_uri, load_manifest

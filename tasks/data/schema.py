@@ -66,7 +66,7 @@ class DatasetSchema(BaseModel):
 
     def describe_columns(self) -> str:
         """A compact form of the expected columns for error messages, e.g. ``pixel_0..pixel_63, label``."""
-        return f"{_compact(self.features)}, {self.label}"
+        return f"{compact_names(self.features)}, {self.label}"
 
     def describe_labels(self) -> str:
         """``0..9`` for a contiguous label set, else the values."""
@@ -136,7 +136,7 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _compact(names: tuple[str, ...]) -> str:
+def compact_names(names: tuple[str, ...]) -> str:
     """``pixel_0..pixel_63`` when names are a numbered run, else a comma list."""
     if len(names) > 3:
         stem = names[0].rstrip("0123456789")

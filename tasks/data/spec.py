@@ -30,8 +30,8 @@ from tasks.core.dataset_spec import (
     spec_from_data,
 )
 from tasks.core.errors import DataNotFoundError, DataValidationError
-from tasks.data.conform import Conformed, _Expected, conform, read_by_spec, split_rows, stored_classes
-from tasks.data.ingest import RawFile, _csv_header, check_columns, detect_format, normalize_uri, open_raw
+from tasks.data.conform import Conformed, conform, split_rows, stored_classes
+from tasks.data.ingest import detect_format, normalize_uri, open_raw
 from tasks.data.publish import (
     PREPARE_FORMAT,
     Log,
@@ -42,7 +42,9 @@ from tasks.data.publish import (
     check_dataset_name,
     publish_result,
 )
+from tasks.data.raw_file import ExpectedColumns, RawFile, check_columns, csv_header
 from tasks.data.schema import PrepareParams, canonical_json
+from tasks.data.spec_reader import read_by_spec
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, is_s3, local_path
 
@@ -100,7 +102,7 @@ def quick_check_spec(data_uri: str, ref: str) -> None:
         raise DataValidationError(f"{uri} is empty (0 bytes); expected CSV or Parquet with a header and data rows")
     names = _header_names(uri, path)
     if names is not None:
-        check_columns(names, _Expected(spec.raw_columns()), uri)  # type: ignore[arg-type]
+        check_columns(names, ExpectedColumns(spec.raw_columns()), uri)
 
 
 def _header_names(uri: str, path: Path) -> list[str] | None:
@@ -108,7 +110,7 @@ def _header_names(uri: str, path: Path) -> list[str] | None:
 
     raw = RawFile(uri=uri, path=path, sha256="", size=path.stat().st_size, format=detect_format(uri, path))
     if raw.format == "csv":
-        return _csv_header(raw)
+        return csv_header(raw)
     try:
         return list(pq.read_schema(path).names)
     except (pa.ArrowException, OSError):

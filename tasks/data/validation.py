@@ -16,13 +16,10 @@ import pyarrow.compute as pc
 
 from tasks.core.errors import DataValidationError
 from tasks.data import arrays
-from tasks.data.ingest import ROWS_NOTE
+from tasks.data.duplicate_rows import FNV_OFFSET, FNV_PRIME, repeated_rows
+from tasks.data.raw_file import MAX_LISTED, ROWS_NOTE, first_problem, problem_listing
 from tasks.data.schema import DatasetSchema, PrepareParams
 from tasks.data.split import class_counts, min_rows_per_class, splitmix64
-
-_MAX_LISTED = 8
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ def scan_features(table: pa.Table, schema: DatasetSchema) -> tuple[np.ndarray, s
     low, high = _bounds(schema)
     features = table.select(list(schema.features))
     suspicious = {name for name in schema.features if features.column(name).null_count}
-    hashes = np.full(table.num_rows, _FNV_OFFSET, dtype=np.uint64)
+    hashes = np.full(table.num_rows, FNV_OFFSET, dtype=np.uint64)
     offset = 0
     for batch in features.to_batches():
         rows = batch.num_rows
@@ -110,7 +107,7 @@ def scan_features(table: pa.Table, schema: DatasetSchema) -> tuple[np.ndarray, s
                 if not (lowest >= low and highest <= high):  # False for NaN; inf is beyond any finite bound
                     suspicious.add(name)
             running ^= _bits(values, scratch)
-            running *= _FNV_PRIME
+            running *= FNV_PRIME
         offset += rows
     return hashes, suspicious
 
@@ -151,39 +148,26 @@ def check_features(table: pa.Table, schema: DatasetSchema, where: str, suspiciou
         if name in suspicious:
             problems.extend(_feature_problems(name, table.column(name), low, high, schema))
     if problems:
-        raise DataValidationError(_listing(where, f"bad feature values in {len(problems)} place(s)", problems))
+        raise DataValidationError(problem_listing(where, f"bad feature values in {len(problems)} place(s)", problems))
 
 
 def _feature_problems(name: str, column: pa.ChunkedArray, low: float, high: float, schema: DatasetSchema) -> list[str]:
     out: list[str] = []
     if column.null_count:
-        out.append(_first(name, pc.is_null(column), "missing value(s) (empty field)", column))
+        out.append(first_problem(name, pc.is_null(column), "missing value(s) (empty field)", column))
     nan = pc.is_nan(column)
     if pc.any(nan).as_py():
-        out.append(_first(name, nan, "NaN value(s)", column))
+        out.append(first_problem(name, nan, "NaN value(s)", column))
     inf = pc.is_inf(column)
     if pc.any(inf).as_py():
-        out.append(_first(name, inf, "infinite value(s) (or too large for the column's type)", column))
+        out.append(first_problem(name, inf, "infinite value(s) (or too large for the column's type)", column))
     finite = pc.and_(pc.invert(nan), pc.invert(inf))
     outside = pc.and_(finite, pc.or_(pc.less(column, low), pc.greater(column, high)))
     if pc.any(outside).as_py():
-        out.append(_first(name, outside, f"value(s) outside the allowed range {schema.describe_range()}", column))
+        out.append(
+            first_problem(name, outside, f"value(s) outside the allowed range {schema.describe_range()}", column)
+        )
     return out
-
-
-def _first(name: str, mask: pa.ChunkedArray | pa.Array, what: str, column: pa.ChunkedArray) -> str:
-    mask = pc.fill_null(mask, False)
-    count = int(pc.sum(mask).as_py() or 0)
-    index = int(pc.index(mask, True).as_py())
-    value = column[index].as_py()
-    shown = "" if value is None else f": {value!r}"
-    return f"column {name!r} has {count} {what}, first at data row {index + 1}{shown}"
-
-
-def _listing(where: str, kind: str, problems: list[str]) -> str:
-    shown = "; ".join(problems[:_MAX_LISTED])
-    more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return f"{where}: {kind} ({ROWS_NOTE}): {shown}{more}"
 
 
 # --------------------------------------------------------------------------- labels
@@ -194,7 +178,7 @@ def check_labels(table: pa.Table, schema: DatasetSchema, where: str) -> tuple[pa
     name = schema.label
     column = table.column(name)
     if column.null_count:
-        first = _first(name, pc.is_null(column), "missing label(s)", column)
+        first = first_problem(name, pc.is_null(column), "missing label(s)", column)
         raise DataValidationError(f"{where}: {first} ({ROWS_NOTE})")
     if pa.types.is_floating(column.type):
         column = _integral_labels(name, column, where)
@@ -211,11 +195,11 @@ def _integral_labels(name: str, column: pa.ChunkedArray, where: str) -> pa.Chunk
     """A float label column (Parquet written by pandas) is fine when every value is a whole number."""
     for mask, what in ((pc.is_nan(column), "NaN label(s)"), (pc.is_inf(column), "infinite label(s)")):
         if pc.any(mask).as_py():
-            raise DataValidationError(f"{where}: {_first(name, mask, what, column)} ({ROWS_NOTE})")
+            raise DataValidationError(f"{where}: {first_problem(name, mask, what, column)} ({ROWS_NOTE})")
     fractional = pc.not_equal(column, pc.floor(column))
     if pc.any(fractional).as_py():
         raise DataValidationError(
-            f"{where}: {_first(name, fractional, 'non-integer label(s)', column)}; labels must be whole numbers "
+            f"{where}: {first_problem(name, fractional, 'non-integer label(s)', column)}; labels must be whole numbers "
             f"({ROWS_NOTE})"
         )
     return pc.cast(column, pa.int64())
@@ -225,13 +209,13 @@ def _unknown_labels_message(where: str, schema: DatasetSchema, labels: np.ndarra
     values, first_index, counts = np.unique(labels[bad], return_index=True, return_counts=True)
     order = np.argsort(first_index, kind="stable")  # in the order they first appear
     parts = []
-    for i in order[:_MAX_LISTED]:
+    for i in order[:MAX_LISTED]:
         rows = bad[labels[bad] == values[i]][:3] + 1
         listed = ", ".join(str(int(r)) for r in rows)
         plural = "s" if counts[i] > 1 else ""
         more = ", ..." if counts[i] > 3 else ""
         parts.append(f"{int(values[i])} ({int(counts[i])} row{plural}: data row{plural} {listed}{more})")
-    more_values = f" and {len(values) - _MAX_LISTED} more value(s)" if len(values) > _MAX_LISTED else ""
+    more_values = f" and {len(values) - MAX_LISTED} more value(s)" if len(values) > MAX_LISTED else ""
     return (
         f"{where}: column {schema.label!r} holds {len(bad)} row(s) with labels outside the allowed "
         f"{schema.describe_labels()}: {'; '.join(parts)}{more_values} ({ROWS_NOTE})"
@@ -256,13 +240,12 @@ def find_duplicates(
     """Rows that repeat an earlier row exactly (every feature and the label); the first one is not counted."""
     if hashes is None:
         hashes = row_hashes(table, schema, labels)
-    ordered = np.sort(hashes)
-    repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
-    del ordered
-    if len(repeated_hashes) == 0:
-        return Duplicates(rows=np.empty(0, np.int64), first=np.empty(0, np.int64))
-    candidates = np.flatnonzero(np.isin(hashes, repeated_hashes)).astype(np.int64)
-    # Exact check: compare the candidates' bytes, not their hashes.
+    rows, first = repeated_rows(hashes, lambda candidates: _records(table, schema, labels, candidates))
+    return Duplicates(rows=rows, first=first)
+
+
+def _records(table: pa.Table, schema: DatasetSchema, labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The candidate rows' bytes, every feature then the label: what two rows must share to be duplicates."""
     subset = table.select(list(schema.features)).take(arrays.indices(candidates))
     width = sum(subset.schema.field(n).type.byte_width for n in schema.features) + 8
     record = np.empty((len(candidates), width), dtype=np.uint8)
@@ -274,11 +257,7 @@ def find_duplicates(
         record[:, offset : offset + size] = values.view(np.uint8).reshape(-1, size)
         offset += size
     record[:, offset:] = labels[candidates].astype(np.int64).view(np.uint8).reshape(-1, 8)
-    keys = record.view(np.dtype((np.void, width))).ravel()
-    _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    first = candidates[first_index[inverse.ravel()]]
-    repeated = first != candidates
-    return Duplicates(rows=candidates[repeated], first=first[repeated])
+    return record
 
 
 def _duplicates_message(where: str, duplicates: Duplicates) -> str:

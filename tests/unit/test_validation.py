@@ -11,8 +11,8 @@ import pytest
 
 from tasks.core.errors import ConfigurationError, DataValidationError
 from tasks.data.demo import digits_schema
-from tasks.data.ingest import check_columns, first_unconvertible
 from tasks.data.publish import prepare_dataset
+from tasks.data.raw_file import check_columns, first_unconvertible
 from tasks.data.schema import DatasetSchema, PrepareParams
 from tasks.data.validation import find_duplicates, row_hashes
 from tests.fixtures.raw_files import (

@@ -1,0 +1,161 @@
+"""Read a raw file by a dataset spec: each declared column parsed as the spec says (tensor elements and floats
+as the spec's float type, integers, booleans, categories and string classes as text), only the declared columns.
+A value that does not parse names its column, its 1-based data row and what was expected; checking the values
+against the spec is :mod:`tasks.data.conform`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from tasks.core.dataset_spec import BooleanColumn, DatasetSpec, FloatColumn, IntegerColumn, TensorColumn
+from tasks.core.errors import DataValidationError
+from tasks.data import arrays
+from tasks.data.raw_file import (
+    CSV_CONVERSION,
+    ROWS_NOTE,
+    ExpectedColumns,
+    RawFile,
+    block_size,
+    check_columns,
+    csv_header,
+    empty_file_error,
+    first_ragged_line,
+    first_unconvertible,
+    first_unparseable_csv,
+)
+
+
+def float_type(spec: DatasetSpec) -> pa.DataType:
+    return pa.float32() if spec.dtype == "float32" else pa.float64()
+
+
+def _read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
+    """The Arrow type each raw column is parsed as (before checks and encoding)."""
+    types: dict[str, pa.DataType] = {}
+    kind = float_type(spec)  # parsed straight into the stored type: the same values the digits schema parses
+    for column in spec.columns:
+        if isinstance(column, TensorColumn):
+            types.update(dict.fromkeys(column.element_columns(), kind))
+        elif isinstance(column, FloatColumn):
+            types[column.name] = kind
+        elif isinstance(column, IntegerColumn):
+            types[column.name] = pa.int64()
+        elif isinstance(column, BooleanColumn):
+            types[column.name] = pa.bool_()
+        else:
+            types[column.name] = pa.string()
+    target = spec.target
+    if target.type == "float":
+        types[target.name] = pa.float64()
+    else:
+        types[target.name] = pa.string() if target.string_classes else pa.int64()
+    group = spec.group_only()
+    if group:
+        types[group] = pa.string()
+    return types
+
+
+def _expected_text(spec: DatasetSpec, column: str, kind: pa.DataType) -> str:
+    if column == spec.target.name:
+        if spec.target.type == "float":
+            return "numbers (a float regression target)"
+        return f"integer class labels ({', '.join(str(c) for c in spec.target.classes or ())})"
+    if pa.types.is_boolean(kind):
+        return "booleans (true/false or 1/0)"
+    if pa.types.is_integer(kind):
+        return "whole numbers (integer)"
+    if pa.types.is_floating(kind):
+        return "numbers (float)"
+    return "text"
+
+
+def read_by_spec(raw: RawFile, spec: DatasetSpec) -> pa.Table:
+    """The raw file's declared columns, parsed as the spec says; a value that does not parse names its row."""
+    if raw.size == 0:
+        raise empty_file_error(raw)
+    expected = ExpectedColumns(spec.raw_columns())
+    types = _read_types(spec)
+    if raw.format == "parquet":
+        return _read_parquet(raw, spec, expected, types)
+    header = csv_header(raw)
+    check_columns(header, expected, raw.uri)
+    convert = pcsv.ConvertOptions(
+        column_types=types,
+        include_columns=list(spec.raw_columns()),
+        null_values=[""],
+        strings_can_be_null=True,
+    )
+    options = pcsv.ReadOptions(use_threads=True, block_size=block_size(raw.size))
+    try:
+        table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
+    except pa.ArrowInvalid as exc:
+        raise _explain(raw, spec, header, types, exc) from exc
+    if table.num_rows == 0:
+        raise DataValidationError(f"{raw.uri} has a header but no data rows")
+    return table
+
+
+def _explain(
+    raw: RawFile, spec: DatasetSpec, header: list[str], types: dict[str, pa.DataType], exc: pa.ArrowInvalid
+) -> DataValidationError:
+    text = str(exc)
+    if "Empty CSV file" in text:
+        return DataValidationError(f"{raw.uri} has a header but no data rows")
+    match = CSV_CONVERSION.search(text)
+    if match and int(match.group(1)) < len(header):
+        column = header[int(match.group(1))]
+        row, value = first_unparseable_csv(raw, column, types[column])
+        where = f"data row {row}" if row is not None else "a data row"
+        shown = value if value is not None else match.group(3)
+        return DataValidationError(
+            f"{raw.uri}: column {column!r} must hold {_expected_text(spec, column, types[column])}, but {where} "
+            f"holds {shown!r} ({ROWS_NOTE})"
+        )
+    if "CSV parse error" in text:
+        located = first_ragged_line(raw, header[0])
+        if located is not None:
+            line, want, actual, content = located
+            return DataValidationError(
+                f"{raw.uri}: line {line} of the file (header is line 1) has {actual} field(s), expected {want}: "
+                f"{content[:80]!r}"
+            )
+    return DataValidationError(f"{raw.uri} is not a readable CSV file: {text}")
+
+
+def _read_parquet(
+    raw: RawFile, spec: DatasetSpec, expected: ExpectedColumns, types: dict[str, pa.DataType]
+) -> pa.Table:
+    try:
+        parquet = pq.ParquetFile(raw.path)
+        check_columns(list(parquet.schema_arrow.names), expected, raw.uri)
+        table = parquet.read(columns=list(spec.raw_columns()), use_threads=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(f"{raw.uri} is not a readable Parquet file (truncated or corrupt?): {exc}") from exc
+    if table.num_rows == 0:
+        raise DataValidationError(f"{raw.uri} has the expected columns but no data rows")
+    for name, kind in types.items():
+        column = table.column(name)
+        if column.type == kind:
+            continue
+        values = column.combine_chunks()
+        if pa.types.is_string(kind) and not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            if spec.target.name == name or pa.types.is_integer(values.type):
+                cast = pc.cast(values, kind)
+            else:
+                raise DataValidationError(
+                    f"{raw.uri}: column {name!r} has Parquet type {values.type}; expected text (category)"
+                )
+        else:
+            index = first_unconvertible(values, kind)
+            if index is not None:
+                raise DataValidationError(
+                    f"{raw.uri}: column {name!r} must hold {_expected_text(spec, name, kind)}, but data row "
+                    f"{index + 1} holds {values[index].as_py()!r} ({ROWS_NOTE})"
+                )
+            cast = pc.cast(values, kind)
+        table = table.set_column(table.schema.get_field_index(name), name, cast)
+    return table
