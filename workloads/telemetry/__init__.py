@@ -4,11 +4,12 @@ No Prefect or MLflow import anywhere in this package: workloads run it inside po
 for metric names, units and what is reported when there is no GPU.
 """
 
+from workloads.telemetry.accumulator import Accumulator
 from workloads.telemetry.milestones import DATA_LOADED, FIRST_STEP, MODEL_LOADED, WARMED_UP, Milestones
 from workloads.telemetry.readings import DomainReading, GpuUnit, HostReading, PowerDomain, Sample, UnitReading
 from workloads.telemetry.sampler import GpuSampler
 from workloads.telemetry.series import read_series
-from workloads.telemetry.summary import Accumulator, DeviceSummary, TelemetrySummary, percentile
+from workloads.telemetry.summary import DeviceSummary, TelemetrySummary, percentile
 
 __all__ = [
     "DATA_LOADED",

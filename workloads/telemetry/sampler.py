@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from workloads.telemetry.accumulator import Accumulator
 from workloads.telemetry.host import HostProbe
 from workloads.telemetry.nvml import NvmlReader
 from workloads.telemetry.readings import GpuUnit, HostReading, Sample
 from workloads.telemetry.series import encode_series
-from workloads.telemetry.summary import Accumulator, TelemetrySummary
+from workloads.telemetry.summary import TelemetrySummary
 
 MIN_INTERVAL_S = 0.05
 
