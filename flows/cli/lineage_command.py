@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flows.cli.arguments import EXIT_FAILED, EXIT_OK
 
@@ -39,24 +39,12 @@ def add_lineage_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     return parser
 
 
-def _money(cost: dict[str, Any]) -> str:
-    return f"{cost['total']:.4f} {cost['currency']} ({cost['basis']})"
-
-
-def _gpu_line(gpu: dict[str, Any]) -> str:
-    if not gpu.get("has_gpu"):
-        notes = [m.split(": ", 1)[-1] for m in gpu.get("missing", [])]  # "<stage>: no GPU: <why>"
-        why = sorted({n.removeprefix("no GPU: ") for n in notes if n.startswith("no GPU")})
-        return "no GPU" + (f" ({'; '.join(why)})" if why else "")
-    util = gpu.get("util_mean_pct")
-    util_text = f", util mean {util:.0f}%" if util is not None else ""
-    return f"{gpu['gpu_count']} x {', '.join(gpu['gpu_names'])}, {gpu['gpu_seconds']:.1f} GPU-s{util_text}"
-
-
 def render_table(lineage: Lineage) -> str:
     """The lineage as a two-column table for the terminal."""
     from rich.console import Console
     from rich.table import Table
+
+    from tasks.reporting.gpu_cost_text import lineage_cost_text, lineage_gpu_text
 
     table = Table(title=f"{lineage.model_name} version {lineage.model_version}", show_header=False)
     table.add_column(style="bold")
@@ -76,9 +64,9 @@ def render_table(lineage: Lineage) -> str:
         ("hyperparameters", ", ".join(f"{k}={v}" for k, v in lineage.hyperparameters.items()) or "unknown"),
         ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(lineage.test_metrics.items())) or "none"),
         ("quality gate", {True: "passed", False: "failed", None: "unknown"}[lineage.gate_passed]),
-        ("GPU", _gpu_line(lineage.gpu["run"])),
-        ("cost", _money(lineage.cost["run"])),
-        *((f"  {stage}", _money(c)) for stage, c in lineage.cost["stages"].items()),
+        ("GPU", lineage_gpu_text(lineage.gpu["run"])),
+        ("cost", lineage_cost_text(lineage.cost["run"])),
+        *((f"  {stage}", lineage_cost_text(c)) for stage, c in lineage.cost["stages"].items()),
     ]
     for key, value in rows:
         table.add_row(key, value)

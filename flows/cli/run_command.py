@@ -108,6 +108,8 @@ def _summary(result: Any) -> str:
     from rich.console import Console
     from rich.table import Table
 
+    from tasks.reporting.gpu_cost_text import run_cost_text, run_gpu_text
+
     table = Table(title="gpuflow run", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -123,8 +125,8 @@ def _summary(result: Any) -> str:
         ("canary", _canary_text(result.canary)),
         ("champion", f"version {result.champion_version}" if result.champion_version else "none"),
         ("training stopped", result.stop_reason or "n/a"),
-        ("GPU", _gpu_text(result.gpu)),
-        ("cost", _cost_text(result.cost)),
+        ("GPU", run_gpu_text(result.gpu)),
+        ("cost", run_cost_text(result.cost)),
         ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items())),
         ("pipeline run", result.pipeline_run_id),
     ]
@@ -148,22 +150,6 @@ def _canary_text(canary: dict[str, Any] | None) -> str:
             f" agreement {_fmt(step.get('agreement'))})"
         )
     return "\n".join(lines)
-
-
-def _gpu_text(gpu: dict[str, Any]) -> str:
-    run = gpu.get("run") or {}
-    if not run.get("gpu_count"):
-        reasons = sorted({str(m).split(": ", 1)[-1] for m in run.get("missing") or []}) or ["NVML saw no device"]
-        return "none used (" + "; ".join(reasons) + "); costs in node-hours"
-    names = ", ".join(run.get("gpu_names") or [])
-    return f"{run['gpu_count']} x {names}: {run.get('gpu_seconds', 0):.1f} GPU-seconds"
-
-
-def _cost_text(cost: dict[str, Any]) -> str:
-    if not cost:
-        return "n/a"
-    per_stage = ", ".join(f"{stage} {figures['total']:.5f}" for stage, figures in cost.get("stages", {}).items())
-    return f"{cost['run']['total']:.5f} {cost['currency']} ({cost['basis']}; {per_stage})"
 
 
 def _fmt(value: Any) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from blocks.pricing import GpuPricing
+from tasks.reporting.gpu_cost_text import devices, money, no_gpu_reasons
 from tasks.reporting.run_data import RunData
 from workloads.tags import TAG_DATASET_VERSION, TAG_PIPELINE_VERSION
 from workloads.trainer.telemetry import DATA_LOADING_SECONDS
@@ -20,16 +20,8 @@ def _n(value: float | None, digits: int = 1, unit: str = "") -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
-def _money(value: float | None, currency: str) -> str:
-    return "n/a" if value is None else f"{value:,.4f} {currency}"
-
-
 def _gib(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 2**30:.2f}"
-
-
-def _gpus(figures: dict[str, Any]) -> str:
-    return f"{figures['gpu_count']} x {', '.join(figures['gpu_names'])}" if figures.get("gpu_count") else "no GPU"
 
 
 def _stage_table(data: RunData) -> list[str]:
@@ -43,7 +35,7 @@ def _stage_table(data: RunData) -> list[str]:
     rows.append(("**run**", data.gpu["run"], data.cost["run"]))
     for stage, g, c in rows:
         lines.append(
-            f"| {stage} | {_n(g.get('duration_s'))} | {_gpus(g)} | {_n(g.get('gpu_seconds'))} "
+            f"| {stage} | {_n(g.get('duration_s'))} | {devices(g)} | {_n(g.get('gpu_seconds'))} "
             f"| {_n(g.get('util_mean_pct'))} | {_n(g.get('util_p95_pct'))} | {_gib(g.get('mem_peak_bytes'))} "
             f"| {_n(g.get('power_mean_w'))} | {_n(g.get('energy_j'), 0)} "
             f"| {_n(c['total'], 4) if c else 'n/a'} | {_n(c['idle_cost'], 4) if c else 'n/a'} "
@@ -56,11 +48,10 @@ def _gpu_statement(data: RunData, pricing: GpuPricing) -> str:
     if data.has_gpu:
         g = data.gpu["run"]
         return (
-            f"GPUs: {_gpus(g)}; {_n(g['gpu_seconds'])} GPU-seconds over the run, utilisation "
+            f"GPUs: {devices(g)}; {_n(g['gpu_seconds'])} GPU-seconds over the run, utilisation "
             f"{_n(g['util_mean_pct'])} % on average (time-weighted)."
         )
-    notes = [note.split(": ", 1)[-1] for note in data.gpu["run"]["missing"]]  # "<stage>: no GPU: <why>"
-    reasons = sorted({note for note in notes if note.startswith("no GPU")})
+    reasons = no_gpu_reasons(data.gpu["run"]["missing"])  # each note is "<stage>: no GPU: <why>"
     why = f" ({'; '.join(reasons)})" if reasons else ""
     return (
         f"**No GPU was used in this run**{why}. GPU figures are empty and costs are priced by node-hour "
@@ -85,7 +76,7 @@ def _convergence_lines(data: RunData) -> list[str]:
         lines.append(
             f"- {c.target_fraction:.0%} of best ({_n(c.target_value, 4)}) first reached at epoch {c.target_epoch}: "
             f"{c.epochs_to_target} epochs, {_n(c.seconds_to_target, 2)} s of epoch time, {gpu_part}, "
-            f"cost {_money(c.cost_to_target, currency)}"
+            f"cost {money(c.cost_to_target, currency)}"
         )
     if c.gpu_seconds_after_best is not None:
         lines.append(
@@ -138,7 +129,7 @@ def _compare_table(runs: Sequence[RunData]) -> list[str]:
             f"| {_n(c.best_value if c else None, 4)} | {c.epochs if c else 0} "
             f"| {c.epochs_to_target if c and c.epochs_to_target is not None else 'n/a'} "
             f"| {_n(d.gpu['run']['gpu_seconds']) if d.has_gpu else 'no GPU'} "
-            f"| {_money(d.cost['run']['total'], d.currency)} "
+            f"| {money(d.cost['run']['total'], d.currency)} "
             f"| {d.stop_reason or 'n/a'} |"
         )
     return lines
