@@ -9,6 +9,7 @@ time without a GPU. Convergence figures are tasks/reporting/convergence_figures.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,23 +110,30 @@ class StageData:
 
 
 @dataclass(frozen=True)
-class RunData:
-    """Everything the report shows about one pipeline run (or one lone train run)."""
+class RunRecord:
+    """What MLflow holds about one run, before anything is worked out from it."""
 
     run_id: str
-    label: str
     kind: str  # "pipeline" or "train"
     tags: dict[str, str]
     stages: dict[str, StageData]
     epochs: list[dict[str, float]]
     train_metrics: dict[str, float]
     stop_reason: str
+    test_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RunData(RunRecord):
+    """Everything the report shows about one pipeline run (or one lone train run): its record, priced and
+    analysed."""
+
+    label: str
     epoch_gpu_seconds: list[float] | None  # None: no GPU in training
     epoch_costs: list[float] | None
     convergence: ConvergenceReport | None
     gpu: dict[str, Any]
     cost: dict[str, Any]
-    test_metrics: dict[str, float]
 
     @property
     def has_gpu(self) -> bool:
@@ -199,20 +207,6 @@ def epoch_costs(
     return [e["epoch_seconds"] / 3600.0 * pricing.node_hour_price for e in epochs]
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What MLflow holds about one run, before anything is worked out from it."""
-
-    run_id: str
-    kind: str  # "pipeline" or "train"
-    tags: dict[str, str]
-    stages: dict[str, StageData]
-    epochs: list[dict[str, float]]
-    train_metrics: dict[str, float]
-    stop_reason: str
-    test_metrics: dict[str, float]
-
-
 def read_run(client: MlflowClient, root: Run) -> RunRecord:
     """Read one run's stages, telemetry, training history and test metrics from MLflow."""
     runs = stage_runs(client, root)
@@ -241,20 +235,13 @@ def assemble(record: RunRecord, pricing: GpuPricing, label: str) -> RunData:
     gpu_s = epoch_gpu_seconds(record.epochs, record.stages.get("train"))
     costs = epoch_costs(record.epochs, gpu_s, gpu, cost, pricing)
     return RunData(
-        run_id=record.run_id,
+        **{f.name: getattr(record, f.name) for f in dataclasses.fields(RunRecord)},
         label=label,
-        kind=record.kind,
-        tags=record.tags,
-        stages=record.stages,
-        epochs=record.epochs,
-        train_metrics=record.train_metrics,
-        stop_reason=record.stop_reason,
         epoch_gpu_seconds=gpu_s,
         epoch_costs=costs,
         convergence=analyse_convergence(record.epochs, gpu_seconds=gpu_s, costs=costs) if record.epochs else None,
         gpu=gpu,
         cost=cost,
-        test_metrics=record.test_metrics,
     )
 
 
