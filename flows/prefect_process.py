@@ -22,6 +22,7 @@ from typing import IO
 
 from tasks.core import settings
 from tasks.core.errors import ServiceUnavailable
+from tasks.core.processes import signal_group
 
 DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 START_LOCK_TIMEOUT_SECONDS = 900.0  # other commands' servers starting first, one after the other
@@ -209,8 +210,7 @@ class TemporaryPrefectServer:
         warning = None
         if process is not None:
             group = process.pid  # its own session: the group id is its pid
-            with suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
+            signal_group(group, signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
@@ -218,11 +218,9 @@ class TemporaryPrefectServer:
                     f"gpuflow: warning: the temporary Prefect server (pid {process.pid}) did not stop within "
                     f"{STOP_SECONDS:g} s of SIGTERM; killed it"
                 )
-                with suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
+                signal_group(group, signal.SIGKILL)
                 process.wait()
-            with suppress(ProcessLookupError):  # anything it started that is still in its group
-                os.killpg(group, signal.SIGKILL)
+            if signal_group(group, signal.SIGKILL):  # anything it started that is still in its group
                 warning = warning or "gpuflow: warning: killed processes the temporary Prefect server left behind"
         if self._log is not None:
             self._log.close()

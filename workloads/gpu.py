@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from workloads.tags import TAG_GPU_COUNT, TAG_GPU_NAMES, TAG_GPU_SUMMARY
 from workloads.telemetry.nvml import NvmlReader
 
 
@@ -34,9 +35,9 @@ class GpuInventory:
 
     def as_tags(self) -> dict[str, str]:
         return {
-            "gpuflow.gpu.count": str(self.count),
-            "gpuflow.gpu.names": ", ".join(self.names) if self.names else "none",
-            "gpuflow.gpu.summary": self.describe(),
+            TAG_GPU_COUNT: str(self.count),
+            TAG_GPU_NAMES: ", ".join(self.names) if self.names else "none",
+            TAG_GPU_SUMMARY: self.describe(),
         }
 
 

@@ -50,3 +50,8 @@ TAG_ROLLOUT_BACKEND = "gpuflow.rollout.backend"
 # telemetry of every stage
 TAG_TELEMETRY = "gpuflow.telemetry"
 TAG_TELEMETRY_MISSING = "gpuflow.telemetry.missing"
+
+# the GPUs NVML sees where a stage runs (workloads/gpu.py)
+TAG_GPU_COUNT = "gpuflow.gpu.count"
+TAG_GPU_NAMES = "gpuflow.gpu.names"
+TAG_GPU_SUMMARY = "gpuflow.gpu.summary"

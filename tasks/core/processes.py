@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+from tasks.core.types import LogFn
 
 
 def import_root(module: str) -> str | None:
@@ -51,7 +53,7 @@ def spawn_group(command: Sequence[str], env: Mapping[str, str], cwd: str | None 
     )
 
 
-def pump_lines(stream: IO[bytes], on_line: Callable[[str], None]) -> None:
+def pump_lines(stream: IO[bytes], on_line: LogFn) -> None:
     """Pass each output line (decoded, line end stripped) to ``on_line`` until the stream closes."""
     try:
         for raw in iter(stream.readline, b""):

@@ -17,6 +17,10 @@ from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
 # podFailurePolicy fails on them at once; a local process exiting with one is a permanent failure.
 PERMANENT_EXIT_CODES: tuple[int, ...] = (EXIT_CONFIG, EXIT_DATA, 126, 127)
 
+# A workload label (Kubernetes: ``gpuflow.io/training-id``) the trainer's spec carries and the Job's name is
+# derived from, so a retried stage finds its Job.
+LABEL_TRAINING_ID = "gpuflow.training-id"
+
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 

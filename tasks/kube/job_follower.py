@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +23,7 @@ from kubernetes_asyncio.client import BatchV1Api, CoreV1Api
 from kubernetes_asyncio.config import ConfigException
 
 from tasks.core.errors import ConfigurationError, ServiceUnavailable
+from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadSpec
 from tasks.kube.diagnosis import Failure, creation_refusal, exit_meanings, job_failure, same_refusal
 from tasks.kube.job_manifests import JobSettings
@@ -229,7 +230,7 @@ class JobFollower:
                 )
                 self.streams[name] = asyncio.create_task(follower.run(), name=f"log-{name}")
 
-    def _prefixed(self, prefix: str) -> Callable[[str], None]:
+    def _prefixed(self, prefix: str) -> LogFn:
         return lambda text: self.line(prefix + text)
 
     def _start_problem(self) -> Failure | None:

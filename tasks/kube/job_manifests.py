@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.core.errors import ConfigurationError
-from tasks.core.workload import PERMANENT_EXIT_CODES, WorkloadSpec
+from tasks.core.workload import LABEL_TRAINING_ID, PERMANENT_EXIT_CODES, WorkloadSpec
 from tasks.kube.checks import slug, whole_number
 from tasks.kube.pod_settings import (
     LABEL_JOB,
@@ -63,7 +63,7 @@ def job_name(spec: WorkloadSpec) -> str:
     The same training id always gives the same name (a retried stage finds its Job); the hash of the full
     id keeps names distinct when the readable part is cut short.
     """
-    ident = spec.labels.get("gpuflow.training-id") or spec.labels.get("gpuflow.io/training-id") or spec.name
+    ident = spec.labels.get(LABEL_TRAINING_ID) or spec.labels.get("gpuflow.io/training-id") or spec.name
     digest = hashlib.sha256(f"{spec.name}\0{ident}".encode()).hexdigest()[:8]
     readable = slug(f"gpuflow-{spec.name}-{ident}") if ident != spec.name else slug(f"gpuflow-{spec.name}")
     readable = readable[: JOB_NAME_MAX - len(digest) - 1].rstrip("-")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
@@ -22,6 +21,7 @@ from prefect_kubernetes.credentials import KubernetesCredentials
 from prefect_kubernetes.jobs import KubernetesJob
 
 from tasks.core.errors import RetryableWorkloadFailure, ServiceUnavailable
+from tasks.core.types import LogFn
 from tasks.kube.api import api_error, check_status
 from tasks.kube.job_manifests import JobSettings
 from tasks.kube.pod_logs import REQUEST_TIMEOUT, raw
@@ -40,7 +40,7 @@ class JobObjects:
         workload: str,
         settings: JobSettings,
         manifests: list[Manifest],
-        note: Callable[[str], None],
+        note: LogFn,
         poll: float,
     ) -> None:
         self.credentials, self.workload, self.settings, self.note, self.poll = (

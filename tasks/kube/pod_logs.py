@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
 from kubernetes_asyncio.client import CoreV1Api
 
+from tasks.core.types import LogFn
 from tasks.kube.pod_status import last_termination, pod_ended
 
 REQUEST_TIMEOUT = 30.0  # seconds for a request that is not a stream
@@ -39,7 +39,7 @@ class PodLogFollower:
         namespace: str,
         pod: str,
         container: str,
-        emit: Callable[[str], None],
+        emit: LogFn,
         *,
         retry_seconds: float = 1.0,
     ) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from blocks.pricing import GpuPricing
 from tasks.reporting.gpu_cost_text import devices, money, no_gpu_reasons
 from tasks.reporting.run_data import RunData
-from workloads.tags import TAG_DATASET_VERSION, TAG_PIPELINE_VERSION
+from workloads.tags import TAG_DATASET_VERSION, TAG_MODEL_VERSION, TAG_PIPELINE_VERSION
 from workloads.trainer.telemetry import DATA_LOADING_SECONDS
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -144,7 +144,7 @@ def render_markdown(runs: Sequence[RunData], images: dict[str, str], pricing: Gp
         "",
         f"- pipeline version: {data.tags.get(TAG_PIPELINE_VERSION, 'n/a')}",
         f"- dataset version: {data.tags.get(TAG_DATASET_VERSION, 'n/a')}",
-        f"- model version: {data.tags.get('gpuflow.model_version', 'n/a')}",
+        f"- model version: {data.tags.get(TAG_MODEL_VERSION, 'n/a')}",
         f"- test accuracy: {_n(data.test_metrics.get('accuracy'), 4)}",
         f"- stage runs: {', '.join(f'{s.stage} {s.run_id}' for s in data.stages.values())}",
         "",

@@ -24,7 +24,7 @@ from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError, RetryableError, WorkloadFailed
 from tasks.core.trainer_spec import TrainerSpec
-from tasks.core.workload import WorkloadResult, WorkloadSpec
+from tasks.core.workload import LABEL_TRAINING_ID, WorkloadResult, WorkloadSpec
 from tasks.tracking.runs import client_for, current_flow_run_id, experiment_id, stage_run
 from tasks.training.trainer_choice import LAUNCHER_MODULE, launcher_args
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
@@ -171,7 +171,7 @@ def trainer_workload(
         secret_env=secret,
         labels={
             TAG_STAGE: "train",
-            "gpuflow.training-id": training_id,
+            LABEL_TRAINING_ID: training_id,
             TAG_MODEL: model_name,
             **({"gpuflow.dataset-version": dataset_version} if dataset_version else {}),
             **({"gpuflow.pipeline-run": pipeline_run} if pipeline_run else {}),

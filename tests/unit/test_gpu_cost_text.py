@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tasks.reporting.gpu_cost_text import (
     devices,
     lineage_cost_text,
@@ -12,7 +14,7 @@ from tasks.reporting.gpu_cost_text import (
     run_gpu_text,
 )
 
-GPU = {
+GPU: dict[str, Any] = {
     "has_gpu": True,
     "gpu_count": 2,
     "gpu_names": ["NVIDIA H200", "NVIDIA H200"],
@@ -20,7 +22,7 @@ GPU = {
     "util_mean_pct": 71.6,
     "missing": [],
 }
-NO_GPU = {
+NO_GPU: dict[str, Any] = {
     "has_gpu": False,
     "gpu_count": 0,
     "gpu_names": [],
@@ -28,7 +30,7 @@ NO_GPU = {
     "util_mean_pct": None,
     "missing": ["train: no GPU: NVML Shared Library Not Found", "evaluate: no GPU: NVML Shared Library Not Found"],
 }
-COST = {
+COST: dict[str, Any] = {
     "currency": "USD",
     "basis": "on-demand",
     "run": {"total": 1234.567891, "currency": "USD", "basis": "on-demand"},
