@@ -17,16 +17,18 @@ from blocks.mlflow_tracking import resolve_tracking
 from blocks.quality_gate import resolve_gate
 from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
-from tasks.evaluation.gate import GateDecision, decide, outcome, render_markdown
-from tasks.evaluation.scoring import (
-    HEADLINE_METRICS,
-    Evaluation,
-    gate_tags,
-    load_test_split,
-    report_artifacts,
-    report_evaluation,
-    score_model,
+from tasks.evaluation.gate import (
+    GateDecision,
+    apply_gate,
+    check_gate_for_task,
+    outcome,
+    primary_regression,
+    render_markdown,
 )
+from tasks.evaluation.metrics import PRIMARY_METRIC, headline_metrics
+from tasks.evaluation.reporting import gate_tags
+from tasks.evaluation.result import Evaluation
+from tasks.evaluation.scoring import load_test_split, report_artifacts, report_evaluation, score_model
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.tracking.events import MODEL_EVALUATED, emit, model_resource
 from tasks.tracking.model_registry import current_champion, move_aliases, register_version, trained_model
@@ -38,6 +40,8 @@ from workloads.tags import (
     TAG_MODEL_VERSION,
     TAG_PREVIOUS_CHAMPION_VERSION,
     TAG_PROMOTED,
+    TAG_TASK,
+    TAG_TEST_METRIC_PREFIX,
     TAG_TRAIN_RUN,
 )
 
@@ -81,36 +85,47 @@ def evaluate(
 
     model = trained_model(tracking_cfg, train_run_id)
     split = load_test_split(store, dataset_uri)
+    task = split.task
+    # Before any run or registry write: a gate that cannot judge this task, or a model of another task.
+    check_gate_for_task(thresholds, task, len(split.class_names) if task == "classification" else None)
+    split.require_task(model.task, f"the model of training run {train_run_id}")
+    previous = current_champion(tracking_cfg, model_name)
+    if previous is not None:
+        split.require_task(previous.task, f"the champion, {model_name} version {previous.version},")
     if model.dataset_version and model.dataset_version != split.version:
         logger.warning(
             "run %s trained on dataset %s; scoring it on %s", train_run_id, model.dataset_version, split.version
         )
+    primary = PRIMARY_METRIC[task]
+    custom = list(thresholds.custom_metrics)
     with (
         stage_run(tracking_cfg, "evaluate", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,
         stage_telemetry(tracking_cfg, run_id, "evaluate") as telemetry,
     ):
         logger.info("evaluate run %s on %s", run_id, record_gpu_inventory(tracking_cfg, run_id))
-        challenger = score_model(tracking_cfg, model.model_uri, model.labels, split)
-        previous = current_champion(tracking_cfg, model_name)
+        challenger = score_model(tracking_cfg, model.model_uri, model.labels, split, task, custom)
         previous_version = previous.version if previous else None
-        champion = score_model(tracking_cfg, previous.model_uri, previous.labels, split) if previous else None
-        accuracy = challenger.metrics["accuracy"]
-        regression = champion.metrics["accuracy"] - accuracy if champion else None
-        decision = decide(
+        champion = (
+            score_model(tracking_cfg, previous.model_uri, previous.labels, split, task, custom) if previous else None
+        )
+        regression = primary_regression(task, challenger.metrics, champion.metrics if champion else None)
+        decision = apply_gate(
             thresholds,
-            accuracy=accuracy,
-            ece=challenger.metrics["ece"],
-            champion_accuracy=champion.metrics["accuracy"] if champion else None,
+            task,
+            metrics=challenger.metrics,
+            champion_metrics=champion.metrics if champion else None,
             champion_version=previous_version,
         )
         promote = decision.passed and promote_on_pass
 
+        headline = [*headline_metrics(task), *(metric.name for metric in custom)]
         version_tags = {
             **gate_tags(decision),
             TAG_EVALUATE_RUN: run_id,
             TAG_DATASET_VERSION: split.version,
-            **{f"gpuflow.test_{key}": f"{challenger.metrics[key]:.6f}" for key in HEADLINE_METRICS},
-        }
+            **{f"{TAG_TEST_METRIC_PREFIX}{key}": f"{challenger.metrics[key]:.6f}" for key in headline
+               if key in challenger.metrics},
+        }  # fmt: skip
         registered = register_version(tracking_cfg, model_name, model, version_tags)
         report = render_markdown(
             decision,
@@ -122,6 +137,7 @@ def evaluate(
             outcome=outcome(
                 decision, version=registered.version, promote_on_pass=promote_on_pass, champion_version=previous_version
             ),
+            task=task,
         )
         report_evaluation(
             tracking_cfg,
@@ -136,6 +152,7 @@ def evaluate(
                 TAG_TRAIN_RUN: train_run_id,
                 TAG_PREVIOUS_CHAMPION_VERSION: previous_version or "",
                 TAG_PROMOTED: str(promote).lower(),
+                TAG_TASK: task,
             },
             report=report,
         )
@@ -155,6 +172,8 @@ def evaluate(
         evaluate_run_id=run_id,
         dataset_uri=dataset_uri,
         dataset_version=split.version,
+        task=task,
+        primary_metric=primary,
         metrics=challenger.metrics,
         champion_metrics=champion.metrics if champion else None,
         regression=regression,
@@ -164,6 +183,7 @@ def evaluate(
         promoted=promote,
         seconds=round(seconds, 3),
         telemetry=telemetry.as_dict(),
+        custom_metrics=[metric.name for metric in custom],
     )
     emit(MODEL_EVALUATED, model_resource(model_name), evaluation.event_payload())
     if decision.passed:

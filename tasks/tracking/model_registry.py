@@ -24,13 +24,15 @@ from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, RetryableError
 from tasks.core.mlflow_errors import is_not_found, not_found_as
 from tasks.tracking.runs import client_for
-from workloads.tags import TAG_DATASET_VERSION, TAG_LABELS, TAG_MODEL_URI, TAG_TRAIN_RUN
+from workloads.tags import TAG_DATASET_VERSION, TAG_LABELS, TAG_MODEL_URI, TAG_TASK, TAG_TRAIN_RUN
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: loading the evaluate flow stays cheap
     from mlflow import MlflowClient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CLASSIFICATION = "classification"
+MODEL_TASKS = (CLASSIFICATION, "regression")
 
 
 class ChampionMoved(RetryableError):
@@ -44,8 +46,9 @@ class TrainedModel(BaseModel):
 
     run_id: str
     model_uri: str = Field(description="The logged model, e.g. models:/m-<id>.")
-    labels: list[str] = Field(description="Class labels in logit order.")
+    labels: list[str] = Field(description="Class labels in output order; empty for a regression model.")
     dataset_version: str | None = None
+    task: str = Field(default=CLASSIFICATION, description="classification or regression (the gpuflow.task tag).")
 
 
 class RegisteredVersion(BaseModel):
@@ -55,8 +58,9 @@ class RegisteredVersion(BaseModel):
 
     name: str
     version: str
-    labels: list[str]
+    labels: list[str] = Field(description="Class labels in output order; empty for a regression model.")
     run_id: str | None = None
+    task: str = Field(default=CLASSIFICATION, description="classification or regression (the gpuflow.task tag).")
 
     @property
     def model_uri(self) -> str:
@@ -76,6 +80,19 @@ def _parse_labels(raw: str | None, where: str) -> list[str]:
     return [str(label) for label in labels]
 
 
+def _parse_task(raw: str | None, where: str) -> str:
+    """The model's task; no tag means classification (every model logged before the tag existed)."""
+    task = raw or CLASSIFICATION
+    if task not in MODEL_TASKS:
+        raise ConfigurationError(f"{where} has a {TAG_TASK} tag {task!r}; expected one of {', '.join(MODEL_TASKS)}")
+    return task
+
+
+def _model_labels(task: str, raw: str | None, where: str) -> list[str]:
+    """A classifier's class labels (required); a regressor has none."""
+    return _parse_labels(raw, where) if task == CLASSIFICATION else []
+
+
 def read_trained_model(client: MlflowClient, run_id: str) -> TrainedModel:
     """The model a training run logged; a missing run or tag is a ``ConfigurationError`` naming it."""
     with not_found_as(
@@ -88,11 +105,14 @@ def read_trained_model(client: MlflowClient, run_id: str) -> TrainedModel:
         raise ConfigurationError(
             f"MLflow run {run_id!r} has no {TAG_MODEL_URI} tag: it logged no model (is it a finished training run?)"
         )
+    where = f"MLflow run {run_id!r}"
+    task = _parse_task(tags.get(TAG_TASK), where)
     return TrainedModel(
         run_id=run_id,
         model_uri=model_uri,
-        labels=_parse_labels(tags.get(TAG_LABELS), f"MLflow run {run_id!r}"),
+        labels=_model_labels(task, tags.get(TAG_LABELS), where),
         dataset_version=tags.get(TAG_DATASET_VERSION),
+        task=task,
     )
 
 
@@ -111,16 +131,20 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 def read_version(client: MlflowClient, name: str, version: str) -> RegisteredVersion:
-    """A registry version with its labels (from the version's tags, else its training run's)."""
+    """A registry version with its task and labels (from the version's tags, else its training run's)."""
     found = client.get_model_version(name, version)
-    raw = found.tags.get(TAG_LABELS)
-    if not raw and found.run_id:
-        raw = client.get_run(found.run_id).data.tags.get(TAG_LABELS)
+    tags = dict(found.tags)
+    if found.run_id and not (TAG_LABELS in tags and TAG_TASK in tags):
+        run_tags = client.get_run(found.run_id).data.tags
+        tags = {**{k: run_tags[k] for k in (TAG_LABELS, TAG_TASK) if k in run_tags}, **tags}
+    where = f"model {name!r} version {version}"
+    task = _parse_task(tags.get(TAG_TASK), where)
     return RegisteredVersion(
         name=name,
         version=str(found.version),
-        labels=_parse_labels(raw, f"model {name!r} version {version}"),
+        labels=_model_labels(task, tags.get(TAG_LABELS), where),
         run_id=found.run_id,
+        task=task,
     )
 
 
@@ -185,17 +209,14 @@ def register_version(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    all_tags = {
-        **tags,
-        TAG_TRAIN_RUN: model.run_id,
-        TAG_MODEL_URI: model.model_uri,
-        TAG_LABELS: json.dumps(model.labels),
-    }
+    all_tags = {**tags, TAG_TRAIN_RUN: model.run_id, TAG_MODEL_URI: model.model_uri, TAG_TASK: model.task}
+    if model.task == CLASSIFICATION:
+        all_tags[TAG_LABELS] = json.dumps(model.labels)
     for existing in client.search_model_versions(f"name = '{name}' and run_id = '{model.run_id}'"):
         if existing.tags.get(TAG_MODEL_URI) == model.model_uri:
             for key, value in all_tags.items():
                 client.set_model_version_tag(name, str(existing.version), key, value)
-            return RegisteredVersion(name=name, version=str(existing.version), labels=model.labels, run_id=model.run_id)
+            return _registered(name, str(existing.version), model)
     # The source is the model's resolved location, not models:/m-<id>: MLflow's SQL registry store
     # resolves models:/ sources through the *global* tracking URI, which is not the one in use here.
     created = client.create_model_version(
@@ -206,7 +227,11 @@ def register_version(
         description=f"Trained in MLflow run {model.run_id} ({model.model_uri}).",
         model_id=_model_id(model.model_uri),
     )
-    return RegisteredVersion(name=name, version=str(created.version), labels=model.labels, run_id=model.run_id)
+    return _registered(name, str(created.version), model)
+
+
+def _registered(name: str, version: str, model: TrainedModel) -> RegisteredVersion:
+    return RegisteredVersion(name=name, version=version, labels=model.labels, run_id=model.run_id, task=model.task)
 
 
 @task(name="move-aliases", cache_policy=NO_CACHE)
