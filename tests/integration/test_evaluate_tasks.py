@@ -268,3 +268,29 @@ def test_bad_inputs_are_refused_naming_the_problem_and_register_nothing(home: Ta
         evaluate(train_run_id=home.classifier, dataset_uri=home.cancer, model_name=name, gate=broken)
 
     _nothing_registered(name)
+
+
+def test_the_task_tag_is_read_from_the_training_run_and_checked(home: TaskHome) -> None:
+    from blocks.mlflow_tracking import MLflowTracking
+    from tasks.tracking.model_registry import read_trained_model
+    from tasks.tracking.runs import start_run
+
+    client = registry_client()
+
+    def run_with(tags: dict[str, str]) -> str:
+        run_id = start_run(MLflowTracking.embedded(), "train", stage="train")
+        for key, value in {"gpuflow.model_uri": "models:/m-0123", **tags}.items():
+            client.set_tag(run_id, key, value)
+        return run_id
+
+    regressor = read_trained_model(client, run_with({"gpuflow.task": "regression"}))
+    assert (regressor.task, regressor.labels) == ("regression", [])
+    old = read_trained_model(client, run_with({"gpuflow.labels": '["a", "b"]'}))  # no task tag: a classifier
+    assert (old.task, old.labels) == ("classification", ["a", "b"])
+    ranking = run_with({"gpuflow.task": "ranking"})
+    with pytest.raises(ConfigurationError, match=rf"run '{ranking}' has a gpuflow.task tag 'ranking'; expected one "
+                       r"of classification, regression"):  # fmt: skip
+        read_trained_model(client, ranking)
+    unlabelled = run_with({"gpuflow.task": "classification"})
+    with pytest.raises(ConfigurationError, match=rf"run '{unlabelled}' has no gpuflow.labels tag"):
+        read_trained_model(client, unlabelled)
