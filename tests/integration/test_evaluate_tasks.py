@@ -22,6 +22,7 @@ from uuid import UUID
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from blocks.quality_gate import CustomMetric, GateRule, QualityGate
@@ -266,6 +267,15 @@ def test_bad_inputs_are_refused_naming_the_problem_and_register_nothing(home: Ta
     with pytest.raises(CustomMetricFailed, match=rf"custom metric 'broken' \({FIXTURES}:broken_metric\) raised "
                        r"ZeroDivisionError: division by zero in the team's metric"):  # fmt: skip
         evaluate(train_run_id=home.classifier, dataset_uri=home.cancer, model_name=name, gate=broken)
+
+    # a rule without a bound, as the UI's form lets one be saved (the form's schema cannot say "one of three")
+    unbounded = save_gate()
+    with get_client(sync_client=True) as client:
+        saved = client.read_block_document_by_name(unbounded, "gpuflow-quality-gate")
+        client.update_block_document(saved.id, BlockDocumentUpdate(data={**saved.data, "rules": [{"metric": "rmse"}]}))
+    with pytest.raises(ConfigurationError, match=rf"quality gate block '{unbounded}' is not valid: rules.0: Value "
+                       r"error, gate rule on 'rmse' sets none of at_least, at_most and max_regression"):  # fmt: skip
+        evaluate(train_run_id=home.regressor, dataset_uri=home.diabetes, model_name=name, gate=unbounded)
 
     _nothing_registered(name)
 
