@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.canary_policy import rollout_policy
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
+from blocks.quality_gate import resolve_gate
 from flows.evaluate import evaluate
 from flows.prefect_server import own_prefect_ephemeral_server
 from flows.prepare import prepare
@@ -25,6 +26,7 @@ from flows.train import train
 from tasks.core import settings
 from tasks.core.dataset_spec import DatasetSpec
 from tasks.core.errors import ConfigurationError, GateFailed, ModelRejected, RolledBack
+from tasks.evaluation.gate import check_gate_for_task
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
 from tasks.training.trainer_choice import resolve_trainer
@@ -168,6 +170,7 @@ def ml_pipeline(
             ),
         )
         client.set_tag(parent, runs.TAG_DATASET_VERSION, prepared.dataset_version)
+        check_gate_for_task(resolve_gate(gate), prepared.task)  # a rule the task cannot meet fails before training
         if prepared.task != "classification":  # until evaluation and the canary speak regression (issue 14)
             raise ConfigurationError(
                 f"dataset {prepared.dataset_name} version {prepared.dataset_version} is a {prepared.task} dataset "
