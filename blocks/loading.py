@@ -43,12 +43,36 @@ def not_saved(cls: type[Block], name: str) -> ConfigurationError:
 
 
 def load_saved(cls: type[B], name: str) -> B:
-    """The saved block of ``cls``'s type called ``name`` (``slug/name`` accepted); a missing one names what exists."""
+    """The saved block of ``cls``'s type called ``name`` (``slug/name`` accepted); a missing one names what exists.
+
+    A saved block that no longer validates (a field the UI's form let through, or one an upgrade made invalid)
+    is a ``ConfigurationError`` with pydantic's reasons; Prefect's own error only says that validation failed.
+    """
     bare = strip_slug(cls, name)
     try:
         block = cls.load(bare)
     except ValueError as exc:
         raise not_saved(cls, bare) from exc
+    except RuntimeError as exc:
+        if "failed validation" not in str(exc):
+            raise
+        raise invalid_block(cls, bare) from exc
     if not isinstance(block, cls):
         raise ConfigurationError(f"block {name!r} is a {type(block).__name__}, not a {cls.__name__}")
     return block
+
+
+def invalid_block(cls: type[Block], name: str) -> ConfigurationError:
+    """Why the saved block ``name`` does not validate, field by field."""
+    from prefect.client.orchestration import get_client
+    from pydantic import ValidationError
+
+    with get_client(sync_client=True) as client:
+        saved = client.read_block_document_by_name(name, cls.get_block_type_slug())
+    kind = cls.get_block_type_slug()
+    try:
+        cls.model_validate(saved.data)
+    except ValidationError as invalid:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or kind}: {e['msg']}" for e in invalid.errors())
+        return ConfigurationError(f"{kind} block {name!r} is not valid: {problems}")
+    return ConfigurationError(f"{kind} block {name!r} failed validation when loaded; save it again from the UI")

@@ -273,8 +273,11 @@ def test_bad_inputs_are_refused_naming_the_problem_and_register_nothing(home: Ta
     with get_client(sync_client=True) as client:
         saved = client.read_block_document_by_name(unbounded, "gpuflow-quality-gate")
         client.update_block_document(saved.id, BlockDocumentUpdate(data={**saved.data, "rules": [{"metric": "rmse"}]}))
-    with pytest.raises(ConfigurationError, match=rf"quality gate block '{unbounded}' is not valid: rules.0: Value "
-                       r"error, gate rule on 'rmse' sets none of at_least, at_most and max_regression"):  # fmt: skip
+    expected = (
+        rf"gpuflow-quality-gate block '{unbounded}' is not valid: rules.0: Value "
+        r"error, gate rule on 'rmse' sets none of at_least, at_most and max_regression"
+    )
+    with pytest.raises(ConfigurationError, match=expected):
         evaluate(train_run_id=home.regressor, dataset_uri=home.diabetes, model_name=name, gate=unbounded)
 
     _nothing_registered(name)
