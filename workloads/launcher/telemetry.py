@@ -58,10 +58,11 @@ class LaunchTelemetry(TrainingTelemetry):
             return {}
         return self._attribute(step, now)
 
-    def _attribute(self, step: int, now: float) -> dict[str, float]:
+    def _attribute(self, step: int, now: float, then: str | None = None) -> dict[str, float]:
+        """Close the open segment as ``step`` 's; time from now on goes to ``then`` (default: the next step)."""
         closed = self._label(self._open)
         self._open += 1
-        self.sampler.mark(self._label(self._open))
+        self.sampler.mark(then or self._label(self._open))
         self._names[closed] = f"step {step}"
         self._last_step, self._attributed_at = step, now
         segment = self.sampler.summary(closed)
@@ -77,13 +78,12 @@ class LaunchTelemetry(TrainingTelemetry):
         Returns the figures of the last reported step when it came too soon to get them (it gets the time up to
         the trainer's exit), so the last step always carries the whole launch's cumulative figure.
         """
-        late = None
         if self._reported is not None and self._reported != self._last_step:
-            late = (self._reported, self._attribute(self._reported, time.monotonic()))
+            return self._reported, self._attribute(self._reported, time.monotonic(), then=FINISH)
         tail = f"after step {self._last_step}" if self._last_step is not None else "trainer"
         self._names.setdefault(self._label(self._open), tail)
         self.sampler.mark(FINISH)
-        return late
+        return None
 
     def segments(self) -> dict[str, TelemetrySummary]:
         return {self._names.get(label, label): s for label, s in self.sampler.summaries().items()}
