@@ -310,6 +310,14 @@ def test_missing_dataset_is_a_data_error(setup: Setup) -> None:
     )
 
 
+def test_hyperparameter_name_mlflow_refuses_is_a_configuration_error(setup: Setup) -> None:
+    result = setup.launch(COMMAND_TRAINER, {"learning rate?": 0.1})
+
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith("error: MLflow refused the hyperparameters as params: ")
+    assert "Traceback" not in result.stderr and result.stdout == ""  # refused before the trainer started
+
+
 def test_sdk_fail_ends_with_its_code_and_line(setup: Setup) -> None:
     result = setup.launch(entry_point(f"{SDK}:gives_up"))
 

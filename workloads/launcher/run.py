@@ -183,7 +183,16 @@ class Launch:
         differing = [k for k, v in text.items() if k in existing and existing[k] != v[:6000]]
         if differing:
             warn(f"note: run already has params {', '.join(differing)} with other values; they were left as logged")
-        self.client.log_batch(self.config.run_id, params=new, tags=[RunTag(TAG_TRAINING_ID, self.config.training_id)])
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_batch(
+                self.config.run_id, params=new, tags=[RunTag(TAG_TRAINING_ID, self.config.training_id)]
+            )
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
+                raise
+            raise ConfigError(f"MLflow refused the hyperparameters as params: {exc.message}") from None
 
     def replay(self, stopper: EarlyStopper, history: dict[str, dict[int, float]], task: str) -> None:
         """Feed the steps logged before a restart to the stopper, as the built-in trainer does."""
@@ -273,7 +282,9 @@ class Launch:
                     f"error: the trainer did not exit within --stop-grace {self.config.stop_grace:g} s of the stop "
                     "request; it was sent SIGTERM"
                 )
-                return exit_code(trainer.stop(grace=10.0))
+                code = trainer.stop(grace=10.0)
+                self.drain(tail, reader, relay, stopper, sync, files)
+                return exit_code(code)
             if stall and now - last_line > stall:
                 warn(f"error: the trainer wrote no metrics line for {stall:g} s (--stall-timeout); it was stopped")
                 trainer.stop(grace=min(self.config.stop_grace, 10.0) or 1.0)
