@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -29,7 +30,9 @@ class TrainerProcess:
     """One trainer command, run in a new process group."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
-        self.command = list(command)
+        # "python" is the launcher's own interpreter (the image's, or the venv gpuflow runs from), not whichever
+        # python PATH finds first: the trainer then sees the same packages (gpuflow's SDK among them)
+        self.command = [sys.executable if part == "python" and i == 0 else part for i, part in enumerate(command)]
         self.env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.signalled: int | None = None  # the first signal forwarded
