@@ -14,6 +14,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.loading import load_saved
+from tasks.core.errors import ConfigurationError
 
 METRIC_NAME = r"^[a-z][a-z0-9_]*$"
 FUNCTION_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -122,6 +123,34 @@ class QualityGate(Block):
         return self
 
 
+GATE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def resolve_gate(name: str | None) -> QualityGate:
-    """A saved block by name, or the default thresholds when no name is given (an invalid saved one is named)."""
-    return load_saved(QualityGate, name) if name else QualityGate()
+    """A gate file (YAML/JSON, the block's fields), a saved block by name, or the default thresholds when no name
+    is given; an invalid file or saved block is a ConfigurationError naming its fields."""
+    if not name:
+        return QualityGate()
+    if name.strip().lower().endswith(GATE_FILE_SUFFIXES):
+        return gate_from_file(name.strip())
+    return load_saved(QualityGate, name)
+
+
+def gate_from_file(path_text: str) -> QualityGate:
+    """The gate a YAML or JSON file declares (the same fields as the block's form)."""
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path_text.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(f"quality gate file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return QualityGate.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"quality gate file {path} is not valid YAML or JSON: {exc}") from None
+    except ValidationError as invalid:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'gate'}: {e['msg']}" for e in invalid.errors())
+        raise ConfigurationError(f"quality gate file {path} is not valid: {problems}") from None

@@ -85,6 +85,8 @@ def main() -> None:
         signature=infer_signature(example, proba[:5]),
         input_example=example,
         pyfunc_predict_fn="predict_proba",  # the contract: class probabilities in the dataset's class order
+        # MLflow saves scikit-learn models with skops, which loads only the types named here: our own model's
+        skops_trusted_types=["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     )
     print(f"logged HistGradientBoosting ({model.n_iter_} iterations), val_accuracy {accuracy:.4f}")
 

@@ -47,7 +47,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "--serving", metavar="BLOCK", help="saved KubernetesServing block: run the canary as Deployments on a cluster"
     )
     run.add_argument("--tracking", metavar="BLOCK", help="saved MLflowTracking block name")
-    run.add_argument("--gate", metavar="BLOCK", help="saved QualityGate block name")
+    run.add_argument("--gate", metavar="FILE|BLOCK", help="quality gate: YAML/JSON file or saved block name")
     run.add_argument("--policy", metavar="BLOCK", help="saved CanaryPolicy block name")
     run.add_argument(
         "--canary-seconds",

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,19 @@ class CustomMetricFailed(PermanentError):
 MetricFunction = Callable[..., Any]
 
 
+def _import_from_project(module_name: str) -> Any:
+    """The module from the installed packages, else from the current folder (your project, where you run gpuflow:
+    the ``gpuflow`` command's own path does not include it)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.split(".")[0] or here in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def resolve(reference: str, name: str) -> MetricFunction:
     """The function behind ``package.module:function``; a ``ConfigurationError`` naming both when it is not there."""
     module_name, colon, attribute = reference.partition(":")
@@ -40,7 +55,7 @@ def resolve(reference: str, name: str) -> MetricFunction:
             f"custom metric {name!r}: function {reference!r} is not a reference of the form package.module:function"
         )
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_project(module_name)
     except Exception as exc:  # ImportError, or whatever the module raises while it loads
         raise ConfigurationError(
             f"custom metric {name!r}: cannot import module {module_name!r} of {reference!r}: "
