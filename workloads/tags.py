@@ -22,6 +22,9 @@ TAG_CACHE_HIT = "gpuflow.dataset_cache_hit"
 TAG_MODEL_URI = "gpuflow.model_uri"
 TAG_LABELS = "gpuflow.labels"  # classification only: the class labels in output order, JSON
 TAG_TASK = "gpuflow.task"  # "classification" or "regression"; absent means classification (models of before)
+# Not a tag: a key of a logged model's MLflow metadata (``log_model(metadata=...)``), the vocabulary of each string
+# input column, {column: [value, ...]}, so the server refuses a category never seen in training (docs/serving.md).
+METADATA_CATEGORIES = "gpuflow.categories"
 TAG_TRAINING_ID = "gpuflow.training_id"
 TAG_RESUMED_FROM = "gpuflow.resumed_from_epoch"
 TAG_STOP_REASON = "gpuflow.stop_reason"

@@ -1,8 +1,9 @@
 """Routes and answers: what each request gets, the predict path tuned for one-row JSON requests.
 
 The app owns the server's state (loading, ready, stopping), the open connections, the batcher and the
-metrics. Response bytes that do not depend on the request are built once: a one-row JSON prediction is a
-header prefix, the Date line and one of ``n_classes`` prebuilt tails.
+metrics. Response bytes that do not depend on the request are built once: a one-row JSON classification is a
+header prefix, the Date line and one of ``n_classes`` prebuilt tails. Answers follow the model's task: class
+labels (and probabilities with ``?proba=1``) for a classifier, ``{"predictions": [value, ...]}`` for a regressor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 
 from workloads.server import openapi
 from workloads.server.batching import Batcher, Item
-from workloads.server.codec import COMPACT, JSON, Encoder, decode_compact, decode_json, expected_compact, softmax
+from workloads.server.codec import COMPACT, JSON, Encoder, ValueEncoder, decode_compact, expected_compact, softmax
 from workloads.server.config import ServerConfig
 from workloads.server.connection import Connection
 from workloads.server.errors import HttpError
@@ -71,6 +72,7 @@ class App:
         self.batcher: Batcher | None = None
         self.stopping = False
         self._encoder: Encoder | None = None
+        self._values = ValueEncoder()
         self._json_prefix = b""
         self._model_headers = b""  # X-Model-Name/-Version lines, also on refusals once a model is loaded
         self._compact_prefix = b""
@@ -100,6 +102,7 @@ class App:
             observe=self._observe_batch,
         )
         self._encoder = Encoder(predictor.labels)
+        self._values = ValueEncoder()
         model_headers = f"X-Model-Name: {_header(predictor.name)}\r\nX-Model-Version: {_header(predictor.version)}\r\n"
         self._model_headers = model_headers.encode("latin-1", "replace")
         base = b"HTTP/1.1 200 OK\r\nServer: gpuflow\r\n" + self._model_headers
@@ -179,35 +182,76 @@ class App:
             content_type = content_type.split(b";", 1)[0].strip()
         content_type = content_type.lower()
         proba = _proba(request.query) if request.query else False
+        if proba and predictor.regression:
+            raise HttpError(400, "proba=1 on a regression model", "no proba parameter: a regressor has no classes")
+        spec = predictor.input_spec
         if content_type == JSON:
-            x = decode_json(request.body, predictor.n_features, predictor.feature_names, self.config.max_rows)
-            return Item(x, connection, request, False, proba)
-        if content_type == COMPACT:
-            return Item(
-                decode_compact(request.body, predictor.n_features, self.config.max_rows),
-                connection,
-                request,
-                True,
-                proba,
-            )
+            return Item(spec.decode(request.body, self.config.max_rows), connection, request, False, proba)
+        if content_type == COMPACT and not spec.typed:
+            x = decode_compact(request.body, predictor.n_features, self.config.max_rows)
+            if spec.dtype != "float32":
+                x = x.astype(spec.dtype)
+            return Item(x, connection, request, True, proba)
         shown = _text(request.content_type) if request.content_type else "missing"
+        if spec.typed:
+            raise HttpError(415, f"Content-Type {shown}", "application/json (this model takes typed columns)")
         raise HttpError(
             415,
             f"Content-Type {shown}",
             f"application/json, or application/octet-stream ({expected_compact(predictor.n_features)})",
         )
 
-    def _deliver(self, items: list[Item], logits: np.ndarray | None, failure: BaseException | None) -> None:
+    def _deliver(self, items: list[Item], out: np.ndarray | None, failure: BaseException | None) -> None:
         """Answer a batch: each item gets its rows' predictions, in its own format."""
-        if logits is None:
-            for item in items:
+        predictor = self.predictor
+        assert predictor is not None
+        if out is None:
+            self._failed(items, failure, predictor.refusals_are_client_errors)
+        elif predictor.regression:
+            self._deliver_values(items, out.reshape(len(out)))
+        else:
+            self._deliver_classes(items, out, predictor.output == "logits")
+
+    def _failed(self, items: list[Item], failure: BaseException | None, client_fault: bool) -> None:
+        """Inference failed: a fault of the server (500), or the model refusing this request's values (422)."""
+        if not client_fault:
+            rows = sum(len(item.x) for item in items)
+            log.error("inference failed on %d rows", rows, exc_info=failure)
+        for item in items:
+            if client_fault:
+                message = f"the model refused these rows: {failure}"
+                error = HttpError(422, message[:500], "values the model was trained on (see GET /v1/model)")
+            else:
                 error = HttpError(500, f"inference failed: {failure!r}", "a server that works: please report this")
-                self.error(item.connection, item.request, "/v1/predict", error)
-            return
+            self.error(item.connection, item.request, "/v1/predict", error)
+
+    def _deliver_values(self, items: list[Item], values: np.ndarray) -> None:
+        encoder = self._values
+        count = self.metrics.count
+        stopping = self.stopping
+        start = 0
+        for item in items:
+            stop = start + len(item.x)
+            request = item.request
+            keep_alive = request.keep_alive and not stopping
+            connection_line = request.connection if not stopping else CLOSE
+            part = np.ascontiguousarray(values[start:stop])
+            if item.compact:
+                body, prefix = encoder.compact(part), self._compact_prefix
+            else:
+                body, prefix = encoder.json(part), self._json_prefix
+            data = b"%s%s%sContent-Length: %d\r\n\r\n%s" % (prefix, date_line(), connection_line, len(body), body)
+            start = stop
+            item.connection.send(data, keep_alive)
+            count("/v1/predict", 200, time.perf_counter() - item.received)
+
+    def _deliver_classes(self, items: list[Item], scores: np.ndarray, logits: bool) -> None:
         encoder = self._encoder
         assert encoder is not None
-        indices = logits.argmax(axis=1)
-        probabilities = softmax(logits) if any(item.proba for item in items) else None
+        indices = scores.argmax(axis=1)
+        probabilities = None
+        if any(item.proba for item in items):
+            probabilities = softmax(scores) if logits else scores
         count = self.metrics.count
         stopping = self.stopping
         start = 0
@@ -279,9 +323,11 @@ class App:
                 "name": predictor.name,
                 "version": predictor.version,
                 "uri": predictor.uri,
+                "task": predictor.task,
                 "backend": predictor.backend,
-                "labels": predictor.labels,
+                "labels": None if predictor.regression else predictor.labels,
                 "n_features": predictor.n_features,
+                "input": predictor.input_spec.describe(),
                 "feature_names": predictor.feature_names,
                 "max_rows": self.config.max_rows,
                 "max_body_bytes": self.config.max_body_bytes,
@@ -296,9 +342,9 @@ class App:
             openapi.document(
                 model=predictor.name if predictor else self.config.model_uri,
                 version=predictor.version if predictor else "(loading)",
-                n_features=predictor.n_features if predictor else None,
+                inputs=predictor.input_spec if predictor else None,
+                task=predictor.task if predictor else None,
                 labels=predictor.labels if predictor else None,
-                feature_names=predictor.feature_names if predictor else None,
                 max_rows=self.config.max_rows,
                 max_body_bytes=self.config.max_body_bytes,
             )

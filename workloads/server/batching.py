@@ -12,6 +12,9 @@ When a queued batch runs (checked once per event-loop turn, after the turn's rea
 
 Otherwise a timer fires when (4) would hold. Inference runs inline on the loop (microseconds for a compiled
 MLP) or, when ``offload``, in one worker thread while the loop keeps parsing the next batch's requests.
+
+A batch that fails is run again request by request, so a request the model refuses (say, a category it never
+saw) fails alone and the others in its batch are answered.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Item:
 
 
 Deliver = Callable[[list[Item], np.ndarray | None, BaseException | None], None]
+Outcome = tuple[list[Item], np.ndarray | None, BaseException | None]
 
 
 class Batcher:
@@ -129,6 +133,24 @@ class Batcher:
         self._lone = False  # what is left has already waited
         return items
 
+    def _compute(self, items: list[Item], x: np.ndarray) -> tuple[list[Outcome], float | None]:
+        """Infer the batch (and its seconds); when it fails, each request alone (in the same thread)."""
+        started = time.perf_counter()
+        try:
+            out = self._infer(x)
+        except Exception as exc:
+            if len(items) == 1:
+                return [(items, None, exc)], None
+        else:
+            return [(items, out, None)], time.perf_counter() - started
+        outcomes: list[Outcome] = []
+        for item in items:
+            try:
+                outcomes.append(([item], self._infer(item.x), None))
+            except Exception as exc:
+                outcomes.append(([item], None, exc))
+        return outcomes, None
+
     def _run(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -136,31 +158,27 @@ class Batcher:
         items = self._take()
         x = items[0].x if len(items) == 1 else np.concatenate([item.x for item in items])
         if self._executor is None:
-            started = time.perf_counter()
-            try:
-                out = self._infer(x)
-            except Exception as exc:
-                log.exception("inference failed on a batch of %d rows", len(x))
-                self._deliver(items, None, exc)
-            else:
-                self._observe(len(x), time.perf_counter() - started)
-                self._deliver(items, out, None)
+            self._answer(len(x), *self._compute(items, x))
             self._reschedule()
             return
         self._busy = True
-        started = time.perf_counter()
-        future = self._loop.run_in_executor(self._executor, self._infer, x)
-        future.add_done_callback(lambda done: self._finished(items, len(x), started, done))
+        future = self._loop.run_in_executor(self._executor, self._compute, items, x)
+        future.add_done_callback(lambda done: self._finished(items, len(x), done))
 
-    def _finished(self, items: list[Item], rows: int, started: float, done: asyncio.Future[np.ndarray]) -> None:
+    def _answer(self, rows: int, outcomes: list[Outcome], seconds: float | None) -> None:
+        if seconds is not None:
+            self._observe(rows, seconds)
+        for items, out, error in outcomes:
+            self._deliver(items, out, error)
+
+    def _finished(self, items: list[Item], rows: int, done: asyncio.Future[tuple[list[Outcome], float | None]]) -> None:
         self._busy = False
         error = done.exception()
-        if error is not None:
-            log.error("inference failed on a batch of %d rows: %r", rows, error)
+        if error is not None:  # _compute catches the model's errors: this is the worker thread failing
+            log.error("the inference thread failed on a batch of %d rows: %r", rows, error)
             self._deliver(items, None, error)
         else:
-            self._observe(rows, time.perf_counter() - started)
-            self._deliver(items, done.result(), None)
+            self._answer(rows, *done.result())
         self._reschedule()
 
     def _reschedule(self) -> None:

@@ -7,10 +7,12 @@ costs a few microseconds. Every refusal is an :class:`HttpError` saying what was
 Forms (see docs/serving.md):
 
 - JSON ``{"rows": [[f1, ..., fn], ...]}``; ``{"instances": [...]}`` with the same lists, or objects keyed by
-  feature name when the model's signature names its features.
+  feature name when the model's signature names its features. A model with a tensor input (say ``[1, 8, 8]``)
+  also takes each row as nested lists of that shape; its rows are kept flat here (the model reshapes them).
 - Compact ``application/octet-stream``: the rows as little-endian float32, ``n_features`` values per row and
-  nothing else. The answer is compact too: one little-endian int32 class index per row (an index into
-  ``labels`` from ``GET /v1/model``), followed, with ``?proba=1``, by ``n_classes`` float32 probabilities per row.
+  nothing else. The answer is compact too: for a classifier one little-endian int32 class index per row (an
+  index into ``labels`` from ``GET /v1/model``), followed, with ``?proba=1``, by ``n_classes`` float32
+  probabilities per row; for a regressor one little-endian float32 value per row.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ def _instances(items: list[Any], feature_names: list[str] | None) -> list[Any]:
     return rows
 
 
-def decode_json(body: bytes, n_features: int, feature_names: list[str] | None, max_rows: int) -> np.ndarray:
-    """A JSON body as float32 ``[rows, n_features]``."""
+def parse_rows(body: bytes, n_features: int, feature_names: list[str] | None, max_rows: int) -> tuple[list[Any], str]:
+    """The body's rows (``instances`` objects put in feature order) and the key they came under."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -94,23 +96,70 @@ def decode_json(body: bytes, n_features: int, feature_names: list[str] | None, m
         )
     if not isinstance(rows, list) or not rows:
         raise HttpError(400, f"{key} is {_show(rows)}, not a non-empty list", EXPECTED_JSON)
-    if isinstance(rows[0], int | float):
-        raise HttpError(422, f"{key} is one flat list of numbers", f"a list of rows: [[{n_features} numbers], ...]")
+    if isinstance(rows[0], int | float | str):
+        raise HttpError(422, f"{key} is one flat list of values", f"a list of rows: [[{n_features} values], ...]")
     if len(rows) > max_rows:
         raise HttpError(413, f"{len(rows)} rows in one request", f"at most {max_rows} rows per request")
     if key == "instances":
         rows = _instances(rows, feature_names)
+    return rows, key
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
+def _tensor_problem(rows: list[Any], shape: tuple[int, ...], n_features: int) -> str:
+    """Name the first row that is neither nested lists of ``shape`` nor ``n_features`` flat numbers."""
+    for i, row in enumerate(rows):
+        try:
+            array = np.array(row)
+        except (ValueError, TypeError, OverflowError):
+            return f"row {i} is ragged (nested lists of different lengths)"
+        if array.shape == shape or array.shape == (n_features,):
+            if array.dtype.kind not in "iuf" or _has_bool(row):
+                return _find_bad_value([np.asarray(row, dtype=object).reshape(-1).tolist()], n_features).replace(
+                    "row 0", f"row {i}"
+                )
+            continue
+        return f"row {i} has shape {list(array.shape)}"
+    return "rows do not all have the same shape"
+
+
+def decode_json(
+    body: bytes,
+    n_features: int,
+    feature_names: list[str] | None,
+    max_rows: int,
+    *,
+    dtype: Any = np.float32,
+    shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """A JSON body as ``[rows, n_features]`` numbers of ``dtype`` (float32 unless the model takes float64).
+
+    With a tensor ``shape`` (per row, e.g. ``(1, 8, 8)``) each row may also be nested lists of that shape;
+    the result stays flat either way.
+    """
+    rows, key = parse_rows(body, n_features, feature_names, max_rows)
     try:
         array = np.array(rows)
-        ok = array.dtype.kind in "iuf" and array.ndim == 2 and array.shape[1] == n_features
+        ok = array.dtype.kind in "iuf" and array.ndim >= 2
     except (ValueError, TypeError, OverflowError):
         ok = False
-    if not ok:
+    if ok and shape is not None and array.shape[1:] == shape:
+        array = array.reshape(len(array), n_features)
+    if not ok or array.ndim != 2 or array.shape[1] != n_features:
+        if shape is not None:
+            expected = f"{key}: each row nested lists of shape {list(shape)} or {n_features} numbers"
+            raise HttpError(422, _tensor_problem(rows, shape, n_features), expected)
         raise HttpError(422, _find_bad_value(rows, n_features), f"{key}: lists of {n_features} numbers")
-    if (b"true" in body or b"false" in body) and any(isinstance(v, bool) for row in rows for v in row):
-        raise HttpError(422, _find_bad_value(rows, n_features), f"{key}: lists of {n_features} numbers")
-    x = array.astype(np.float32)
-    _check_finite(x)
+    if (b"true" in body or b"false" in body) and _has_bool(rows):
+        problem = _find_bad_value([np.asarray(row, dtype=object).reshape(-1).tolist() for row in rows], n_features)
+        raise HttpError(422, problem, f"{key}: lists of {n_features} numbers")
+    x = array.astype(dtype)
+    check_finite(x)
     return x
 
 
@@ -125,17 +174,20 @@ def decode_compact(body: bytes, n_features: int, max_rows: int) -> np.ndarray:
     if rows > max_rows:
         raise HttpError(413, f"{rows} rows in one request", f"at most {max_rows} rows per request")
     x = np.frombuffer(body, dtype="<f4").reshape(rows, n_features)
-    _check_finite(x)
+    check_finite(x)
     return x
 
 
-def _check_finite(x: np.ndarray) -> None:
+def check_finite(x: np.ndarray) -> None:
+    """Refuse NaN and infinity (JSON numbers beyond float32's range become infinity when converted)."""
     if not np.isfinite(x).all():
         row, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        kind = "float32" if x.dtype == np.float32 else str(x.dtype)
+        limit = "about +-3.4e38" if x.dtype == np.float32 else "about +-1.8e308"
         raise HttpError(
             422,
-            f"row {row} value {column} is {x[row, column]} after conversion to float32",
-            "finite numbers within float32 range (about +-3.4e38)",
+            f"row {row} value {column} is {x[row, column]} after conversion to {kind}",
+            f"finite numbers within {kind} range ({limit})",
         )
 
 
@@ -175,3 +227,15 @@ class Encoder:
     def compact(indices: np.ndarray, probabilities: np.ndarray | None) -> bytes:
         head = indices.astype("<i4").tobytes()
         return head if probabilities is None else head + probabilities.astype("<f4").tobytes()
+
+
+class ValueEncoder:
+    """Response bodies of a regressor: one number per row (JSON keeps the model's precision, compact is float32)."""
+
+    @staticmethod
+    def json(values: np.ndarray) -> bytes:
+        return b'{"predictions":' + orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY) + b"}"
+
+    @staticmethod
+    def compact(values: np.ndarray) -> bytes:
+        return values.astype("<f4").tobytes()

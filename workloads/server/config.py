@@ -69,7 +69,7 @@ def _bounded(kind: Callable[[str], Any], low: float, high: float | None = None) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m workloads.server",
-        description="Serve one MLflow PyTorch classifier over HTTP with dynamic batching.",
+        description="Serve one MLflow model (PyTorch, or any flavor via pyfunc) over HTTP with dynamic batching.",
         epilog=(
             f"Every flag also reads {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT). Exit codes: 0 stopped by a signal, "
             "1 unexpected error, 2 bad arguments or model not found/unservable, 3 MLflow unreachable, "
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-rows", "most rows in one request", defaults.max_rows, type=_bounded(int, 1))
     add(
         "--backend",
-        "numpy: compiled MLP (fails if the model is not a supported chain); torch; auto: numpy when possible",
+        "PyTorch models: numpy, the compiled MLP (fails if the model is not a supported chain); torch; auto: "
+        "numpy when possible. Other flavors run through mlflow.pyfunc (auto only)",
         defaults.backend,
         choices=("auto", "numpy", "torch"),
     )

@@ -4,9 +4,11 @@ MLflow's own ``models:/`` resolution reads the process-global tracking URI; the 
 tracking URI (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``) and resolves through a client built from it,
 the same logic as ``tasks/tracking/model_registry.py: model_location`` (copied: a workload imports nothing from tasks/).
 
-Besides the module this gathers what serving needs: the class labels in logit order (the ``gpuflow.labels``
-tag of the version, else of its training run), the feature count and names (from the signature, else the
-input example, else the first linear layer) and an input example to warm up and verify with.
+Besides the model this gathers what serving needs: the task and the class labels in output order (the
+``gpuflow.task`` and ``gpuflow.labels`` tags of the version, else of its training run), the input the
+signature declares (inputs.py; without a signature the width comes from the input example, else the first
+linear layer) and an input example to warm up and verify with. A model with the ``pytorch`` flavor loads as
+its module; any other loads through ``mlflow.pyfunc``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import numpy as np
 
 from workloads.server.config import EXIT_UNAVAILABLE, EXIT_USAGE
 from workloads.server.errors import ModelLoadError
-from workloads.tags import TAG_LABELS
+from workloads.server.inputs import InputSpec, example_rows, input_spec
+from workloads.tags import TAG_LABELS, TAG_TASK
 
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model id> or runs:/<run id>/<path>"
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,12 @@ class ModelSource:
     run_id: str | None
     labels: list[Any] | None
     alias: str | None = None
+    task: str = "classification"
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """The module and what serving needs to feed it and name its outputs."""
+    """The model (a torch module, or a pyfunc model) and what serving needs to feed it and name its outputs."""
 
     source: ModelSource
     module: Any
@@ -52,6 +57,8 @@ class LoadedModel:
     feature_names: list[str] | None
     example: np.ndarray | None
     seconds: float
+    flavor: str = "pytorch"  # or "pyfunc"
+    inputs: InputSpec | None = None  # None: no signature (plain float rows of n_features)
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -72,11 +79,28 @@ def _labels_tag(raw: str | None, where: str) -> list[Any] | None:
     return labels
 
 
-def _run_labels(client: Any, run_id: str | None) -> list[Any] | None:
-    if not run_id:
+def _task_tag(raw: str | None, where: str) -> str | None:
+    if not raw:
         return None
-    run = client.get_run(run_id)
-    return _labels_tag(run.data.tags.get(TAG_LABELS), f"MLflow run {run_id}")
+    if raw not in TASKS:
+        raise ModelLoadError(f"{where} has a {TAG_TASK} tag {raw[:40]!r}; expected one of {', '.join(TASKS)}", 2)
+    return raw
+
+
+def _described(tags: dict[str, str], where: str) -> tuple[list[Any] | None, str | None]:
+    """The labels and the task a set of tags gives (each None when absent)."""
+    return _labels_tag(tags.get(TAG_LABELS), where), _task_tag(tags.get(TAG_TASK), where)
+
+
+def _with_run(
+    client: Any, run_id: str | None, labels: list[Any] | None, task: str | None
+) -> tuple[list[Any] | None, str]:
+    """Fill what the model's own tags lack from its training run's tags; no task tag at all is classification."""
+    if run_id and (labels is None or task is None):
+        run_labels, run_task = _described(client.get_run(run_id).data.tags, f"MLflow run {run_id}")
+        labels = labels if labels is not None else run_labels
+        task = task or run_task
+    return labels, task or "classification"
 
 
 def _resolve(client: Any, uri: str) -> ModelSource:
@@ -84,8 +108,8 @@ def _resolve(client: Any, uri: str) -> ModelSource:
         run_id, _, path = uri.removeprefix("runs:/").partition("/")
         run = client.get_run(run_id)
         location = run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
-        labels = _labels_tag(run.data.tags.get(TAG_LABELS), f"MLflow run {run_id}")
-        return ModelSource(uri, f"run-{run_id}", run_id, location, run_id, labels)
+        labels, task = _described(run.data.tags, f"MLflow run {run_id}")
+        return ModelSource(uri, f"run-{run_id}", run_id, location, run_id, labels, task=task or "classification")
     if not uri.startswith("models:/"):
         raise ModelLoadError(f"unsupported model URI {uri!r}: expected {_URI_FORMS}", EXIT_USAGE)
     rest = uri.removeprefix("models:/")
@@ -99,16 +123,13 @@ def _resolve(client: Any, uri: str) -> ModelSource:
         raise ModelLoadError(f"model URI {uri!r} names no version or alias: expected {_URI_FORMS}", EXIT_USAGE)
     else:  # models:/m-<id>: a logged model outside the registry
         logged = client.get_logged_model(rest)
-        labels = _labels_tag(logged.tags.get(TAG_LABELS), f"logged model {rest}") or _run_labels(
-            client, logged.source_run_id
-        )
-        return ModelSource(uri, logged.name, rest, str(logged.artifact_location), logged.source_run_id, labels)
+        labels, task = _with_run(client, logged.source_run_id, *_described(logged.tags, f"logged model {rest}"))
+        location = str(logged.artifact_location)
+        return ModelSource(uri, logged.name, rest, location, logged.source_run_id, labels, task=task)
     found = client.get_model_version(name, version)
-    labels = _labels_tag(found.tags.get(TAG_LABELS), f"model {name!r} version {version}")
-    if labels is None:
-        labels = _run_labels(client, found.run_id)
+    labels, task = _with_run(client, found.run_id, *_described(found.tags, f"model {name!r} version {version}"))
     location = str(client.get_model_version_download_uri(name, version))
-    return ModelSource(uri, name, str(found.version), location, found.run_id, labels, alias)
+    return ModelSource(uri, name, str(found.version), location, found.run_id, labels, alias, task)
 
 
 def resolve(uri: str, tracking_uri: str | None) -> ModelSource:
@@ -130,41 +151,43 @@ def resolve(uri: str, tracking_uri: str | None) -> ModelSource:
         ) from exc
 
 
-def _signature_features(model_meta: Any) -> tuple[int | None, list[str] | None]:
-    """Feature count and names from the MLflow signature, when it has them."""
-    signature = getattr(model_meta, "signature", None)
-    if signature is None or signature.inputs is None:
-        return None, None
-    inputs = signature.inputs
-    if inputs.has_input_names() and not inputs.is_tensor_spec():
-        names = [str(name) for name in inputs.input_names()]
-        return len(names), names
-    specs = inputs.inputs
-    if len(specs) == 1 and getattr(specs[0], "shape", None) is not None and len(specs[0].shape) == 2:
-        width = int(specs[0].shape[1])
-        return (width if width > 0 else None), None
-    return None, None
+def _load_module(meta: Any, path: str, source: ModelSource) -> tuple[Any, str]:
+    """The PyTorch module (``pytorch`` flavor) or the pyfunc model (any other flavor), and which it is."""
+    if "pytorch" in meta.flavors:
+        import mlflow.pytorch
 
+        try:
+            return mlflow.pytorch.load_model(path, map_location="cpu"), "pytorch"
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the PyTorch model {source.uri}: {exc}", EXIT_USAGE) from exc
+    if "python_function" not in meta.flavors:
+        flavors = ", ".join(sorted(meta.flavors))
+        raise ModelLoadError(
+            f"{source.uri} has neither a pytorch nor a python_function flavor (it has {flavors}): expected a "
+            "model logged with mlflow.<flavor>.log_model",
+            EXIT_USAGE,
+        )
+    import mlflow.pyfunc
 
-def _example(model_meta: Any, path: str) -> np.ndarray | None:
     try:
-        example = model_meta.load_input_example(path)
+        return mlflow.pyfunc.load_model(path), "pyfunc"
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {source.uri} through mlflow.pyfunc: {exc}", EXIT_USAGE) from exc
+
+
+def _example(meta: Any, path: str, spec: InputSpec | None) -> np.ndarray | None:
+    try:
+        example = meta.load_input_example(path)
     except Exception as exc:  # a missing or odd example only costs the warm-up its realistic rows
         log.debug("no usable input example: %s", exc)
         return None
-    if example is None:
-        return None
-    array = np.asarray(example.to_numpy() if hasattr(example, "to_numpy") else example)
-    if array.ndim != 2 or array.dtype.kind not in "iuf":
-        return None
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return example_rows(example, spec)
 
 
 def load(source: ModelSource, tracking_uri: str | None) -> LoadedModel:
-    """Download the model's files and load its PyTorch module on CPU."""
+    """Download the model's files and load it on CPU: its PyTorch module, or its pyfunc model."""
     started = time.perf_counter()
     import mlflow.artifacts
-    import mlflow.pytorch
     from mlflow.models import Model
 
     try:
@@ -175,17 +198,10 @@ def load(source: ModelSource, tracking_uri: str | None) -> LoadedModel:
         meta = Model.load(path)
     except Exception as exc:
         raise ModelLoadError(f"{source.uri} at {source.location} is not an MLflow model: {exc}", EXIT_USAGE) from exc
-    if "pytorch" not in meta.flavors:
-        flavors = ", ".join(sorted(meta.flavors))
-        raise ModelLoadError(f"{source.uri} has no pytorch flavor (it has {flavors}): expected a PyTorch model", 2)
-    try:
-        module = mlflow.pytorch.load_model(path, map_location="cpu")
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load the PyTorch model {source.uri}: {exc}", EXIT_USAGE) from exc
-    n_features, names = _signature_features(meta)
-    example = _example(meta, path)
-    if n_features is None and example is not None:
-        n_features = int(example.shape[1])
-    if example is not None and n_features is not None and example.shape[1] != n_features:
-        example = None
-    return LoadedModel(source, module, n_features, names, example, time.perf_counter() - started)
+    module, flavor = _load_module(meta, path, source)
+    spec = input_spec(meta.signature, meta.metadata, torch=flavor == "pytorch", where=source.uri)
+    example = _example(meta, path, spec)
+    n_features = spec.n_features if spec else (int(example.shape[1]) if example is not None else None)
+    names = spec.feature_names if spec else None
+    seconds = time.perf_counter() - started
+    return LoadedModel(source, module, n_features, names, example, seconds, flavor, spec)

@@ -1,12 +1,16 @@
-"""The OpenAPI 3.1 description served at ``GET /openapi.json``, filled in with the loaded model's shape.
+"""The OpenAPI 3.1 description served at ``GET /openapi.json``, generated from the loaded model's signature and task.
 
 Kept beside the handlers it describes and rebuilt once the model is known, so the document states the real
-feature count, labels and limits instead of placeholders.
+input (feature count, tensor shape, typed columns and their categories), the answers of the model's task
+(class labels, or numbers for a regressor) and the limits instead of placeholders.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workloads.server.inputs import InputSpec
 
 _ERROR = {
     "description": "Refused; the body says what was wrong and what was expected.",
@@ -29,28 +33,127 @@ def _status(description: str) -> dict[str, Any]:
     }
 
 
+def _nested(shape: tuple[int, ...], leaf: dict[str, Any]) -> dict[str, Any]:
+    schema = leaf
+    for size in reversed(shape):
+        schema = {"type": "array", "items": schema, "minItems": size, "maxItems": size}
+    return schema
+
+
+_VALUE: dict[str, dict[str, Any]] = {
+    "number": {"type": "number"},
+    "integer": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+    "string": {"type": "string"},
+}
+
+
+def _row_schemas(inputs: InputSpec | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema of one row in ``rows``, and of one element of ``instances``."""
+    number: dict[str, Any] = {"type": "number"}
+    if inputs is None:
+        row: dict[str, Any] = {"type": "array", "items": number}
+        return row, row
+    flat = {"type": "array", "items": number, "minItems": inputs.n_features, "maxItems": inputs.n_features}
+    if inputs.shape is not None:
+        row = {"oneOf": [_nested(inputs.shape, number), flat]}
+        return row, row
+    if not inputs.columns:
+        return flat, flat
+    values = []
+    for column in inputs.columns:
+        value: dict[str, Any] = dict(_VALUE[column.kind])
+        if column.categories is not None:
+            value["enum"] = list(column.categories)
+        values.append(value)
+    row = {"type": "array", "prefixItems": values, "items": False, "minItems": len(values)} if inputs.typed else flat
+    names = [column.name for column in inputs.columns]
+    keyed = {"type": "object", "properties": dict(zip(names, values, strict=True)), "required": names}
+    return row, {"oneOf": [row, keyed]}
+
+
+def _answers(task: str | None, labels: list[Any] | None) -> tuple[str, dict[str, Any], str]:
+    """Summary, JSON answer schema and compact answer description for the task."""
+    number: dict[str, Any] = {"type": "number"}
+    if task == "regression":
+        answer = {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {"predictions": {"type": "array", "items": number}},
+        }
+        return (
+            "Predict one value per row (a regression model).",
+            answer,
+            "One little-endian float32 value per row.",
+        )
+    label: dict[str, Any] = {"enum": labels} if labels else {}
+    answer = {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {
+            "predictions": {"type": "array", "items": label},
+            "probabilities": {"type": "array", "items": {"type": "array", "items": number}},
+            "labels": {"type": "array", "description": "Probability column order."},
+        },
+    }
+    return (
+        "Predict class labels (and probabilities with proba=1) for rows of raw features.",
+        answer,
+        "One little-endian int32 label index per row (labels from GET /v1/model); with proba=1 followed by "
+        "n_classes float32 per row.",
+    )
+
+
 def document(
     *,
     model: str,
     version: str,
-    n_features: int | None,
+    inputs: InputSpec | None,
+    task: str | None,
     labels: list[Any] | None,
-    feature_names: list[str] | None,
     max_rows: int,
     max_body_bytes: int,
 ) -> dict[str, Any]:
-    """The API document; ``n_features``/``labels`` are None before the model is loaded."""
-    number: dict[str, Any] = {"type": "number"}
-    row: dict[str, Any] = {"type": "array", "items": number}
-    if n_features is not None:
-        row |= {"minItems": n_features, "maxItems": n_features}
+    """The API document; ``inputs``, ``task`` and ``labels`` are None before the model is loaded."""
+    row, instance = _row_schemas(inputs)
     rows = {"type": "array", "items": row, "minItems": 1, "maxItems": max_rows}
-    instance: dict[str, Any] = row
-    if feature_names:
-        keyed = {"type": "object", "properties": {name: number for name in feature_names}, "required": feature_names}
-        instance = {"oneOf": [row, keyed]}
-    label: dict[str, Any] = {"enum": labels} if labels else {}
-    width = f"{n_features}" if n_features is not None else "n_features"
+    summary, answer, compact_answer = _answers(task, labels)
+    width = f"{inputs.n_features}" if inputs is not None else "n_features"
+    request_content: dict[str, Any] = {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"type": "object", "required": ["rows"], "properties": {"rows": rows}},
+                    {
+                        "type": "object",
+                        "required": ["instances"],
+                        "properties": {"instances": {"type": "array", "items": instance, "maxItems": max_rows}},
+                    },
+                ]
+            }
+        },
+    }
+    answer_content: dict[str, Any] = {"application/json": {"schema": answer}}
+    if inputs is None or not inputs.typed:
+        request_content["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": f"Rows of {width} little-endian float32 values, back to back.",
+        }
+        answer_content["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": compact_answer,
+        }
+    parameters = []
+    if task != "regression":
+        parameters.append(
+            {
+                "name": "proba",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                "description": "1 or true: also return class probabilities.",
+            }
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -61,64 +164,11 @@ def document(
         "paths": {
             "/v1/predict": {
                 "post": {
-                    "summary": "Predict class labels (and probabilities with proba=1) for rows of raw features.",
-                    "parameters": [
-                        {
-                            "name": "proba",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
-                            "description": "1 or true: also return class probabilities (softmax of the logits).",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {"type": "object", "required": ["rows"], "properties": {"rows": rows}},
-                                        {
-                                            "type": "object",
-                                            "required": ["instances"],
-                                            "properties": {
-                                                "instances": {"type": "array", "items": instance, "maxItems": max_rows}
-                                            },
-                                        },
-                                    ]
-                                }
-                            },
-                            "application/octet-stream": {
-                                "schema": {"type": "string", "format": "binary"},
-                                "description": f"Rows of {width} little-endian float32 values, back to back.",
-                            },
-                        },
-                    },
+                    "summary": summary,
+                    "parameters": parameters,
+                    "requestBody": {"required": True, "content": request_content},
                     "responses": {
-                        "200": {
-                            "description": "One prediction per row, in row order.",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["predictions"],
-                                        "properties": {
-                                            "predictions": {"type": "array", "items": label},
-                                            "probabilities": {
-                                                "type": "array",
-                                                "items": {"type": "array", "items": number},
-                                            },
-                                            "labels": {"type": "array", "description": "Probability column order."},
-                                        },
-                                    }
-                                },
-                                "application/octet-stream": {
-                                    "schema": {"type": "string", "format": "binary"},
-                                    "description": "One little-endian int32 label index per row (labels from "
-                                    "GET /v1/model); with proba=1 followed by n_classes float32 per row.",
-                                },
-                            },
-                        },
+                        "200": {"description": "One prediction per row, in row order.", "content": answer_content},
                         "400": _ERROR,
                         "405": _ERROR,
                         "413": _ERROR,
@@ -130,7 +180,7 @@ def document(
             },
             "/v1/model": {
                 "get": {
-                    "summary": "The model served: name, version, labels, features.",
+                    "summary": "The model served: name, version, task, labels, input.",
                     "responses": {"200": _status("Model metadata."), "503": _ERROR},
                 }
             },

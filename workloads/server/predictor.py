@@ -1,9 +1,16 @@
-"""Turn a loaded PyTorch module into the function the batcher calls: float32 rows in, logits out.
+"""Turn a loaded model into the function the batcher calls: rows in, the model's outputs out.
 
-The compiled numpy chain (``compiled.py``) is used when the module is one and it reproduces torch's
-outputs on the model's input example and random rows around it; otherwise torch runs the module under
-``torch.inference_mode``. Both are limited to ``--threads`` intra-op threads: on small batches BLAS thread
-hand-offs cost more than they save (a 64-row batch took 135 us with OpenBLAS's default threads, 17 us on one).
+A PyTorch module runs as the compiled numpy chain (``compiled.py``) when it is one and that reproduces torch's
+outputs on the model's input example and random rows around it; otherwise torch runs it under
+``torch.inference_mode``. A tensor input (say ``[1, 8, 8]``) is reshaped from the flat rows for torch; the
+numpy chain takes the flat rows (it only compiles when the module starts by flattening them). Any other
+flavor goes through ``mlflow.pyfunc`` (pyfunc_path.py). All are limited to ``--threads`` intra-op threads: on
+small batches BLAS thread hand-offs cost more than they save (a 64-row batch took 135 us with OpenBLAS's
+default threads, 17 us on one).
+
+Outputs per task (checked here, on real rows, before the server is ready): a classifier answers logits
+(torch) or class probabilities (pyfunc) ``[rows, classes]`` in ``gpuflow.labels`` order; a regressor one
+value per row, ``[rows]`` or ``[rows, 1]``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import numpy as np
 from workloads.server.compiled import Unsupported, compile_module, matches
 from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
-from workloads.server.model_loading import LoadedModel
+from workloads.server.inputs import InputSpec
+from workloads.server.model_loading import LoadedModel, ModelSource
 
 log = logging.getLogger(__name__)
 OFFLOAD_ABOVE_S = 0.001  # a full batch slower than this runs in a worker thread (with --offload auto)
@@ -32,17 +40,29 @@ class Predictor:
     name: str
     version: str
     uri: str
-    labels: list[Any]
+    labels: list[Any]  # classification: in output order; empty for regression
     n_features: int
     feature_names: list[str] | None
-    backend: str
+    backend: str  # numpy, torch or pyfunc
     infer: Callable[[np.ndarray], np.ndarray]
     load_seconds: float
     backend_note: str = ""
+    task: str = "classification"
+    output: str = "logits"  # what infer returns: logits or probabilities [rows, classes], or values (regression)
+    inputs: InputSpec | None = None  # None: plain float32 rows of n_features
+    refusals_are_client_errors: bool = False  # the model alone can refuse a request's values (unknown categories)
 
     @property
     def n_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.inputs or InputSpec(self.n_features)
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
 
 def limit_threads(threads: int) -> None:
@@ -54,7 +74,7 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _torch_function(module: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_function(module: Any, shape: tuple[int, ...] | None) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
     if hasattr(module, "eval"):
@@ -64,8 +84,11 @@ def _torch_function(module: Any) -> Callable[[np.ndarray], np.ndarray]:
             log.debug("module refuses eval(); using it as loaded")
 
     def infer(x: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(x)
+        if shape is not None:
+            rows = rows.reshape(len(rows), *shape)
         with torch.inference_mode():
-            out = module(torch.from_numpy(np.ascontiguousarray(x)))
+            out = module(torch.from_numpy(rows))
         if isinstance(out, tuple | list):
             out = out[0]
         return np.asarray(out.detach().to("cpu", torch.float32).numpy())
@@ -92,12 +115,54 @@ def _verification_rows(example: np.ndarray | None, n_features: int) -> np.ndarra
     return np.ascontiguousarray(noise, dtype=np.float32)
 
 
+def _is_probabilities(out: np.ndarray) -> bool:
+    return bool(np.all((out >= -1e-6) & (out <= 1 + 1e-6)) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+def task_labels(source: ModelSource, task: str, out: np.ndarray, output: str) -> list[Any]:
+    """The labels to answer with, once the model's output on real rows fits its task; else ModelLoadError."""
+    uri = source.uri
+    if task == "regression":
+        if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
+            return []
+        raise ModelLoadError(
+            f"{uri}: a regression model (gpuflow.task) outputs shape {list(out.shape)}; expected [rows] or [rows, 1]",
+            EXIT_USAGE,
+        )
+    what = "logits" if output == "logits" else "class probabilities"
+    expected = f"{what} [rows, classes]"
+    if output == "probabilities":
+        expected += " (log a scikit-learn classifier with pyfunc_predict_fn='predict_proba')"
+    if out.ndim != 2 or (output == "probabilities" and not _is_probabilities(out)):
+        shown = f"values {list(out.shape)} that are not probabilities" if out.ndim == 2 else f"shape {list(out.shape)}"
+        raise ModelLoadError(f"{uri}: a classifier outputs {shown}; expected {expected}", EXIT_USAGE)
+    labels = source.labels
+    n_classes = int(out.shape[1])
+    if labels is None:
+        log.warning("%s has no gpuflow.labels tag: answering class indices 0..%d", uri, n_classes - 1)
+        labels = list(range(n_classes))
+    if len(labels) != n_classes:
+        raise ModelLoadError(
+            f"{uri}: {len(labels)} labels in gpuflow.labels but the model outputs {n_classes} {what}", EXIT_USAGE
+        )
+    return labels
+
+
 def build(loaded: LoadedModel, config: ServerConfig) -> Predictor:
-    """Pick the backend and check the model against its labels; :class:`ModelLoadError` when unservable."""
-    started = time.perf_counter()
+    """Pick the backend and check the model against its task and labels; :class:`ModelLoadError` when unservable."""
     limit_threads(config.threads)
+    if loaded.flavor == "pyfunc":
+        from workloads.server.pyfunc_path import build_pyfunc
+
+        return build_pyfunc(loaded, config)
+    return _build_torch(loaded, config)
+
+
+def _build_torch(loaded: LoadedModel, config: ServerConfig) -> Predictor:
+    started = time.perf_counter()
     module = loaded.module
-    reference = _torch_function(module)
+    shape = loaded.inputs.shape if loaded.inputs else None
+    reference = _torch_function(module, shape)
     compiled = None
     note = ""
     if config.backend != "torch":
@@ -116,30 +181,19 @@ def build(loaded: LoadedModel, config: ServerConfig) -> Predictor:
     try:
         expected = reference(rows)
     except Exception as exc:
-        raise ModelLoadError(
-            f"{loaded.source.uri}: the model fails on float32 rows of {n_features} features: {exc}", EXIT_USAGE
-        ) from exc
-    if expected.ndim != 2:
-        raise ModelLoadError(
-            f"{loaded.source.uri}: output shape {expected.shape}; expected logits [rows, classes]", EXIT_USAGE
-        )
+        wanted = f"tensors [rows, {', '.join(map(str, shape))}]" if shape else f"float32 rows of {n_features} features"
+        raise ModelLoadError(f"{loaded.source.uri}: the model fails on {wanted}: {exc}", EXIT_USAGE) from exc
+    labels = task_labels(loaded.source, loaded.source.task, expected, "logits")
     if compiled is not None:
-        mismatch = matches(compiled, expected, rows)
+        try:
+            mismatch = matches(compiled, expected, rows)
+        except Exception as exc:  # e.g. a layer that needs the unflattened tensor: shapes do not line up
+            mismatch = f"fails on flat rows ({exc})"
         if mismatch is not None:
             note = f"numpy version does not reproduce torch ({mismatch})"
             compiled = None
     if compiled is None and config.backend == "numpy":
         raise ModelLoadError(f"{loaded.source.uri}: --backend numpy impossible: {note}", EXIT_USAGE)
-    labels = loaded.source.labels
-    n_classes = int(expected.shape[1])
-    if labels is None:
-        log.warning("%s has no gpuflow.labels tag: answering class indices 0..%d", loaded.source.uri, n_classes - 1)
-        labels = list(range(n_classes))
-    if len(labels) != n_classes:
-        raise ModelLoadError(
-            f"{loaded.source.uri}: {len(labels)} labels in gpuflow.labels but the model outputs {n_classes} logits",
-            EXIT_USAGE,
-        )
     if note:
         log.info("%s: using torch (%s)", loaded.source.uri, note)
     source = loaded.source
@@ -154,13 +208,17 @@ def build(loaded: LoadedModel, config: ServerConfig) -> Predictor:
         infer=compiled if compiled is not None else reference,
         load_seconds=loaded.seconds + time.perf_counter() - started,
         backend_note=note,
+        task=source.task,
+        output="values" if source.task == "regression" else "logits",
+        inputs=loaded.inputs,
     )
 
 
 def warm_up(predictor: Predictor, config: ServerConfig, example: np.ndarray | None) -> tuple[float, float]:
     """Run inference at batch sizes 1 and ``max_batch_size``; returns (seconds, best full-batch seconds)."""
     started = time.perf_counter()
-    base = example if example is not None else np.zeros((1, predictor.n_features), dtype=np.float32)
+    dtype = predictor.input_spec.dtype
+    base = example if example is not None else np.zeros((1, predictor.n_features), dtype=dtype)
     one = np.ascontiguousarray(base[:1])
     full = np.ascontiguousarray(base[np.arange(config.max_batch_size) % len(base)])
     best_full = float("inf")
