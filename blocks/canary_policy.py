@@ -6,10 +6,16 @@ docs/rollout.md). The ``local_*`` traffic fields (rate, concurrency, timeout) se
 labelled test split, which both backends send: locally to the two processes, on a cluster through the
 Service or gateway clients use (the names predate the cluster backend and stay for saved blocks).
 ``local_server_commands`` only concerns local processes.
+
+The labelled checks depend on the model's task (its ``gpuflow.task`` tag): a classifier is held to
+``min_accuracy`` and exact agreement with stable; a regressor to ``max_rmse_ratio`` and agreement within
+``agreement_atol + agreement_rtol * |stable|``. Those fields are empty by default, meaning the task's default;
+one set for the other task is refused before any server starts (:meth:`CanaryPolicy.for_task`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 from prefect.blocks.core import Block
@@ -18,6 +24,29 @@ from pydantic import Field, field_validator
 from blocks.loading import load_saved
 from tasks.core.errors import ConfigurationError
 from tasks.core.types import Track
+
+DEFAULT_MIN_ACCURACY = 0.9
+DEFAULT_MAX_RMSE_RATIO = 1.1
+DEFAULT_AGREEMENT_ATOL = 1e-6
+DEFAULT_AGREEMENT_RTOL = 0.1
+_TASK_FIELDS = {
+    "classification": ("min_accuracy",),
+    "regression": ("max_rmse_ratio", "agreement_atol", "agreement_rtol"),
+}
+
+
+@dataclass(frozen=True)
+class TaskThresholds:
+    """The labelled checks' thresholds for one task, the policy's empty fields filled with the task's defaults."""
+
+    task: str
+    min_accuracy: float | None = None  # classification
+    max_rmse_ratio: float | None = None  # regression
+    agreement_atol: float = 0.0  # regression: |canary - stable| <= atol + rtol * |stable|
+    agreement_rtol: float = 0.0
+
+    def agree(self, canary: float, stable: float) -> bool:
+        return abs(canary - stable) <= self.agreement_atol + self.agreement_rtol * abs(stable)
 
 
 class CanaryPolicy(Block):
@@ -66,14 +95,37 @@ class CanaryPolicy(Block):
         description="A canary p95 at most this much above the stable p95 passes whatever the ratio: sub-millisecond "
         "p95s differ by bucket resolution and scheduler noise, not by the model.",
     )
-    min_accuracy: float = Field(
-        default=0.9, ge=0.0, le=1.0, description="Lowest canary accuracy on labelled traffic (answers vs labels)."
+    min_accuracy: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Classification only: lowest canary accuracy on labelled traffic (answers vs labels). "
+        f"Empty: {DEFAULT_MIN_ACCURACY}.",
     )
     min_agreement: float = Field(
         default=0.9,
         ge=0.0,
         le=1.0,
-        description="Lowest share of canary answers equal to the stable version's answer for the same row.",
+        description="Lowest share of canary answers that agree with the stable version's answer for the same row: "
+        "the same class, or for regression within agreement_atol + agreement_rtol x |stable|.",
+    )
+    max_rmse_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Regression only: highest canary RMSE divided by stable's RMSE, both on the same labelled "
+        f"replayed rows. Empty: {DEFAULT_MAX_RMSE_RATIO}.",
+    )
+    agreement_atol: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Regression only: absolute tolerance (target units) of agreement, "
+        f"|canary - stable| <= atol + rtol x |stable|. Empty: {DEFAULT_AGREEMENT_ATOL:g}.",
+    )
+    agreement_rtol: float | None = Field(
+        default=None,
+        ge=0.0,
+        description=f"Regression only: relative tolerance of agreement (see agreement_atol). Empty: "
+        f"{DEFAULT_AGREEMENT_RTOL:g}.",
     )
     server_start_timeout_seconds: float = Field(
         default=180.0, gt=0, description="How long a model server may take to answer GET /readyz with 200."
@@ -116,6 +168,34 @@ class CanaryPolicy(Block):
             if not command or not command[0].strip():
                 raise ValueError(f"local_server_commands[{role!r}] must start with a module name")
         return commands
+
+    def for_task(self, task: str) -> TaskThresholds:
+        """The thresholds for a model of ``task``; a threshold set for the other task is a ConfigurationError."""
+        if task not in _TASK_FIELDS:
+            raise ConfigurationError(f"unknown model task {task!r}: expected one of {', '.join(_TASK_FIELDS)}")
+        misplaced = [
+            f"{name}={getattr(self, name)}"
+            for other, names in _TASK_FIELDS.items()
+            if other != task
+            for name in names
+            if getattr(self, name) is not None
+        ]
+        if misplaced:
+            own = ", ".join(_TASK_FIELDS[task])
+            raise ConfigurationError(
+                f"the canary policy sets {', '.join(misplaced)}, which only applies to "
+                f"{'regression' if task == 'classification' else 'classification'} models, but this model is a "
+                f"{task} model: leave it empty (its thresholds are {own})"
+            )
+        if task == "classification":
+            accuracy = self.min_accuracy if self.min_accuracy is not None else DEFAULT_MIN_ACCURACY
+            return TaskThresholds(task, min_accuracy=accuracy)
+        return TaskThresholds(
+            task,
+            max_rmse_ratio=self.max_rmse_ratio if self.max_rmse_ratio is not None else DEFAULT_MAX_RMSE_RATIO,
+            agreement_atol=self.agreement_atol if self.agreement_atol is not None else DEFAULT_AGREEMENT_ATOL,
+            agreement_rtol=self.agreement_rtol if self.agreement_rtol is not None else DEFAULT_AGREEMENT_RTOL,
+        )
 
     def first_step_requests(self) -> float:
         """Canary requests the first (smallest) step receives at most: rate x window x weight."""

@@ -24,13 +24,13 @@ from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import MLflowTracking, resolve_tracking
 from flows.prefect_server import own_prefect_ephemeral_server
 from tasks.core import settings
-from tasks.evaluation.scoring import load_test_split
 from tasks.reporting.stage_telemetry import stage_telemetry
 from tasks.rollout.canary import RolloutResult
 from tasks.rollout.canary_steps import CanaryOutcome, run_canary
 from tasks.rollout.model_lock import RolloutLocked, lock_name, rollout_lock
 from tasks.rollout.recording import report
 from tasks.rollout.registry_moves import promote, retire
+from tasks.rollout.replay import load_replay_split
 from tasks.rollout.serving import LocalServers, Serving
 from tasks.rollout.target import dataset_uri as target_dataset_uri
 from tasks.rollout.target import resolve_target
@@ -112,7 +112,10 @@ def rollout(
 
     with rollout_lock(model_name, lock_timeout_seconds, announce=logger.info):
         target = resolve_target(tracking_cfg, model_name, candidate_version)
-        split = load_test_split(store, dataset_uri or target_dataset_uri(store, target))
+        policy_cfg.for_task(target.task)  # a threshold meant for the other task is refused before servers start
+        split = load_replay_split(
+            store, dataset_uri or target_dataset_uri(store, target), target.task, target.candidate.labels
+        )
         previous = target.champion.version if target.champion else None
         with (
             stage_run(tracking_cfg, "rollout", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,

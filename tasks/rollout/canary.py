@@ -7,8 +7,8 @@ Pure functions and frozen models, so every rule is unit-tested without servers. 
 - error rate and p95 latency: each server's own ``/metrics``, as deltas between two scrapes (the step's
   start and the check), exactly as a Prometheus query would read them on a cluster; p95 is estimated from the
   latency histogram's buckets the way PromQL's ``histogram_quantile`` does;
-- accuracy and agreement: the traffic driver's labelled record (tasks/rollout/traffic.py), since only the driver
-  knows the labels;
+- accuracy (classification), RMSE and its ratio to stable's on the same rows (regression), and agreement: the
+  traffic driver's labelled record (tasks/rollout/traffic.py), since only the driver knows the labels;
 - requests that never reached the canary (refused, reset, timed out) are in no server's counters; the
   driver's transport errors are added to the canary's requests and errors so a dying canary cannot look clean.
 
@@ -23,13 +23,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.canary_policy import CanaryPolicy
+from blocks.canary_policy import CanaryPolicy, TaskThresholds
 from tasks.rollout.server_metrics import ServerSample, histogram_quantile
 from tasks.rollout.traffic import TargetRecord, TrafficRecord
 
 P95 = 0.95
 CheckName = Literal[
-    "canary_ready", "canary_up", "min_requests", "error_rate", "p95_latency_ratio", "accuracy", "agreement"
+    "canary_ready",
+    "canary_up",
+    "min_requests",
+    "error_rate",
+    "p95_latency_ratio",
+    "accuracy",
+    "rmse_ratio",
+    "agreement",
 ]
 StepDecision = Literal["continue", "promote", "roll_back"]
 Decision = Literal["promoted", "rolled_back", "promoted_without_canary"]
@@ -63,7 +70,8 @@ class TargetFigures(BaseModel):
     routed: int = Field(description="User requests the driver routed here.")
     transport_errors: int
     answered: int
-    accuracy: float | None = Field(description="Correct answers / answered, on labelled traffic.")
+    accuracy: float | None = Field(description="Correct answers / answered, on labelled traffic (classification).")
+    rmse: float | None = Field(default=None, description="Root mean squared error of its answers (regression).")
     client_p95_seconds: float | None = Field(description="p95 latency the driver measured (HTTP round trip).")
 
 
@@ -88,6 +96,10 @@ class StepFigures(BaseModel):
     )
     p95_ratio: float | None
     agreement: float | None
+    rmse_ratio: float | None = Field(
+        default=None, description="Regression: canary RMSE / stable RMSE on the compared rows (the same rows)."
+    )
+    task: str = Field(default="classification", description="The model's task: which labelled checks ran.")
     compared: int = Field(description="Canary answers compared with stable's answer for the same row.")
     retried_on_stable: int
     unanswered: int
@@ -111,6 +123,8 @@ class StepFigures(BaseModel):
             "p95_seconds": {"stable": self.stable.p95_seconds, "canary": self.canary.p95_seconds},
             "p95_ratio": self.p95_ratio,
             "accuracy": {"stable": self.stable.accuracy, "canary": self.canary.accuracy},
+            "rmse": {"stable": self.stable.rmse, "canary": self.canary.rmse},
+            "rmse_ratio": self.rmse_ratio,
             "agreement": self.agreement,
             "decision": self.decision,
             "failed_check": self.failed_check,
@@ -128,7 +142,9 @@ def _client_p95(latencies: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(P95 * len(ordered)) - 1)]
 
 
-def target_figures(version: str, sample: ServerSample | None, record: TargetRecord) -> TargetFigures:
+def target_figures(
+    version: str, sample: ServerSample | None, record: TargetRecord, task: str = "classification"
+) -> TargetFigures:
     """One version's figures; ``sample`` is None when its /metrics could not be read."""
     served = sample.total if sample else 0.0
     failed = sample.errors if sample else 0.0
@@ -143,7 +159,8 @@ def target_figures(version: str, sample: ServerSample | None, record: TargetReco
         routed=record.routed,
         transport_errors=record.transport_errors,
         answered=record.answered,
-        accuracy=_ratio(record.correct, record.answered),
+        accuracy=_ratio(record.correct, record.answered) if task == "classification" else None,
+        rmse=record.rmse if task == "regression" else None,
         client_p95_seconds=_client_p95(record.latencies),
     )
 
@@ -158,10 +175,10 @@ def fmt_ms(value: float | None) -> str:
 
 def _judge(
     policy: CanaryPolicy,
+    thresholds: TaskThresholds,
     canary: TargetFigures,
     stable_p95: float | None,
-    agreement: float | None,
-    compared: int,
+    record: TrafficRecord,
 ) -> list[CheckResult]:
     """The threshold checks, in the order their failures are reported."""
     checks: list[CheckResult] = []
@@ -197,11 +214,48 @@ def _judge(
         else:
             detail, passed = f"{measured} is above the maximum {limit:.2f}", False
         checks.append(CheckResult(name="p95_latency_ratio", passed=passed, value=ratio, threshold=limit, detail=detail))
-    checks.append(
-        _at_least("accuracy", canary.accuracy, policy.min_accuracy, f"{canary.answered} labelled answers", "accuracy")
-    )
-    checks.append(_at_least("agreement", agreement, policy.min_agreement, f"{compared} rows", "agreement with stable"))
+    checks += _labelled_checks(policy, thresholds, canary, record)
     return checks
+
+
+def _labelled_checks(
+    policy: CanaryPolicy, thresholds: TaskThresholds, canary: TargetFigures, record: TrafficRecord
+) -> list[CheckResult]:
+    """The task's labelled check (accuracy, or RMSE against stable's), then agreement with stable."""
+    agreement = _ratio(record.agreed, record.compared)
+    basis = f"{record.compared} rows"
+    if thresholds.task == "regression":
+        assert thresholds.max_rmse_ratio is not None
+        within = f"within {thresholds.agreement_atol:g} + {thresholds.agreement_rtol:g} x |stable|"
+        return [
+            _at_most("rmse_ratio", record.rmse_ratio, thresholds.max_rmse_ratio, basis, record),
+            _at_least("agreement", agreement, policy.min_agreement, basis, f"agreement with stable ({within})"),
+        ]
+    assert thresholds.min_accuracy is not None
+    answered = f"{canary.answered} labelled answers"
+    return [
+        _at_least("accuracy", canary.accuracy, thresholds.min_accuracy, answered, "accuracy"),
+        _at_least("agreement", agreement, policy.min_agreement, basis, "agreement with stable"),
+    ]
+
+
+def _at_most(name: CheckName, value: float | None, maximum: float, basis: str, record: TrafficRecord) -> CheckResult:
+    """A ceiling check on the canary's RMSE over stable's on the same rows; no figure yet passes (min_requests)."""
+    passed = value is None or value <= maximum
+    verdict = "≤" if passed else "is above the maximum"
+    rmse = f"canary RMSE {_rmse(record.paired_canary_squared_error, record.compared)} / stable RMSE "
+    rmse += f"{_rmse(record.paired_stable_squared_error, record.compared)}"
+    return CheckResult(
+        name=name,
+        passed=passed,
+        value=value,
+        threshold=maximum,
+        detail=f"{rmse} = {fmt_number(value)} on the same {basis} {verdict} {maximum:.3f}",
+    )
+
+
+def _rmse(squared_error: float, rows: int) -> str:
+    return fmt_number((squared_error / rows) ** 0.5 if rows else None)
 
 
 def _at_least(name: CheckName, value: float | None, minimum: float, basis: str, what: str) -> CheckResult:
@@ -231,6 +285,7 @@ def analyse_step(
     canary_down: str | None = None,
     final: bool,
     last_step: bool,
+    task: str = "classification",
 ) -> StepFigures:
     """Judge one step at one check.
 
@@ -248,9 +303,11 @@ def analyse_step(
         canary_down: Why the canary is not answering (exited, unreachable), or None while it is up.
         final: The step's window is over: the decision may continue or promote; before, it can only roll back.
         last_step: This is the policy's last step (passing it promotes).
+        task: The model's task (its labelled checks); a policy threshold of the other task is refused.
     """
-    stable_figures = target_figures(stable_version, stable, record.stable)
-    canary_figures = target_figures(canary_version, canary, record.canary)
+    thresholds = policy.for_task(task)
+    stable_figures = target_figures(stable_version, stable, record.stable, task)
+    canary_figures = target_figures(canary_version, canary, record.canary, task)
     scope: Literal["step", "rollout"] = "step"
     stable_p95 = stable_figures.p95_seconds
     if stable.total < policy.min_requests:
@@ -275,7 +332,7 @@ def analyse_step(
             )
         )
         if enough:
-            checks += _judge(policy, canary_figures, stable_p95, agreement, record.compared)
+            checks += _judge(policy, thresholds, canary_figures, stable_p95, record)
 
     failed = next((check for check in checks if not check.passed), None)
     decision: StepDecision = "roll_back" if failed else ("promote" if final and last_step else "continue")
@@ -288,6 +345,8 @@ def analyse_step(
         stable_p95_scope=scope,
         p95_ratio=p95_ratio,
         agreement=agreement,
+        rmse_ratio=record.rmse_ratio if task == "regression" else None,
+        task=task,
         compared=record.compared,
         retried_on_stable=record.retried_on_stable,
         unanswered=record.unanswered,

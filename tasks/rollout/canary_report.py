@@ -29,6 +29,26 @@ def _check_cell(step: StepFigures, name: CheckName) -> str:
     return "pass" if check.passed else "**FAIL**"
 
 
+def _labelled_rows(step: StepFigures, policy: CanaryPolicy) -> list[str]:
+    """The task's labelled figures: accuracy for a classifier, RMSE (and its ratio) for a regressor."""
+    s, c = step.stable, step.canary
+    thresholds = policy.for_task(step.task)
+    agreement = f"| agreement with stable | — | {fmt_number(step.agreement)} ({step.compared} rows) | "
+    if step.task == "regression":
+        tolerance = f"within {thresholds.agreement_atol:g} + {thresholds.agreement_rtol:g} x abs(stable)"
+        return [
+            f"| RMSE (labelled) | {fmt_number(s.rmse)} | {fmt_number(c.rmse)} | | |",
+            f"| RMSE ratio on the same rows | — | {fmt_number(step.rmse_ratio)} | ≤ {thresholds.max_rmse_ratio:.3f} "
+            f"| {_check_cell(step, 'rmse_ratio')} |",
+            f"{agreement}≥ {policy.min_agreement:.3f} ({tolerance}) | {_check_cell(step, 'agreement')} |",
+        ]
+    return [
+        f"| accuracy (labelled) | {fmt_number(s.accuracy)} | {fmt_number(c.accuracy)} "
+        f"| ≥ {thresholds.min_accuracy:.3f} | {_check_cell(step, 'accuracy')} |",
+        f"{agreement}≥ {policy.min_agreement:.3f} | {_check_cell(step, 'agreement')} |",
+    ]
+
+
 def render_markdown(result: RolloutResult, policy: CanaryPolicy) -> str:
     """The rollout as Markdown: the verdict, then one table per step with both versions side by side."""
     stable_label = f"stable v{result.previous_champion_version}" if result.previous_champion_version else "stable"
@@ -62,11 +82,7 @@ def render_markdown(result: RolloutResult, policy: CanaryPolicy) -> str:
             f"| p95 latency, server side | {fmt_ms(s.p95_seconds)} | {fmt_ms(c.p95_seconds)} | ratio "
             f"{fmt_number(step.p95_ratio, 2)} ≤ {policy.max_p95_latency_ratio:.2f} (or within "
             f"{fmt_ms(policy.latency_tolerance_seconds)}) | {_check_cell(step, 'p95_latency_ratio')} |",
-            f"| accuracy (labelled) | {fmt_number(s.accuracy)} | {fmt_number(c.accuracy)} "
-            f"| ≥ {policy.min_accuracy:.3f} "
-            f"| {_check_cell(step, 'accuracy')} |",
-            f"| agreement with stable | — | {fmt_number(step.agreement)} ({step.compared} rows) | "
-            f"≥ {policy.min_agreement:.3f} | {_check_cell(step, 'agreement')} |",
+            *_labelled_rows(step, policy),
             f"| routed by the driver | {s.routed} | {c.routed} | | |",
             f"| p95 latency, client side | {fmt_ms(s.client_p95_seconds)} | {fmt_ms(c.client_p95_seconds)} | | |",
             "",

@@ -15,8 +15,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.canary_policy import CanaryPolicy
-from tasks.evaluation.scoring import LabelledSplit
 from tasks.rollout.canary import CheckName, Decision, StepFigures, analyse_step
+from tasks.rollout.replay import ReplaySplit
 from tasks.rollout.server_metrics import EMPTY_SAMPLE, ServerSample
 from tasks.rollout.serving import ServerNotReady, ServerUnreachable, Serving
 from tasks.rollout.target import RolloutTarget
@@ -108,6 +108,7 @@ def canary_step(
                 canary_down=down,
                 final=final,
                 last_step=index == len(policy.step_weights),
+                task=target.task,
             ).model_copy(update={"effective_weight": effective})
             if figures.decision == "roll_back" or final:
                 return figures, time.monotonic()
@@ -125,18 +126,22 @@ def _describe(figures: StepFigures) -> str:
 
     c, s = figures.canary, figures.stable
     failed = f" [{figures.failed_check}]" if figures.failed_check else ""
+    labelled = (
+        f"RMSE ratio {show(figures.rmse_ratio)}" if figures.task == "regression" else f"accuracy {show(c.accuracy)}"
+    )
     return (
         f"step {figures.step} ({figures.weight}% canary, {figures.seconds:.1f}s): {figures.decision}{failed}; "
         f"requests stable {s.requests} canary {c.requests}; canary error rate {show(c.error_rate)}, "
-        f"p95 ratio {show(figures.p95_ratio)}, accuracy {show(c.accuracy)}, agreement {show(figures.agreement)}"
+        f"p95 ratio {show(figures.p95_ratio)}, {labelled}, agreement {show(figures.agreement)}"
     )
 
 
 def run_canary(
-    policy: CanaryPolicy, serving: Serving, target: RolloutTarget, split: LabelledSplit, log: Any
+    policy: CanaryPolicy, serving: Serving, target: RolloutTarget, split: ReplaySplit, log: Any
 ) -> CanaryOutcome:
     """Start both tracks, walk the policy's steps, take the canary off the moment it fails a check."""
     assert target.champion is not None
+    thresholds = policy.for_task(target.task)  # a threshold of the other task: refused before any server starts
     serving.start("stable", target.champion)
     serving.start("canary", target.candidate)
     serving.wait_ready("stable", policy.server_start_timeout_seconds)
@@ -155,10 +160,11 @@ def run_canary(
     driver = TrafficDriver(
         serving.routes(policy.local_request_timeout_seconds),
         split.features,
-        split.labels.tolist(),
+        split.labels,
         requests_per_second=policy.local_requests_per_second,
         concurrency=policy.local_concurrency,
         timeout_seconds=policy.local_request_timeout_seconds,
+        thresholds=thresholds,
     )
     rollout_start = _scrape_stable(serving)
     steps: list[StepFigures] = []

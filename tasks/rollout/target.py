@@ -34,6 +34,11 @@ class RolloutTarget(BaseModel):
     champion: RegisteredVersion | None
     dataset_version: str | None
 
+    @property
+    def task(self) -> str:
+        """The candidate's task; resolve_target refuses a champion of another task."""
+        return self.candidate.task
+
 
 @task(name="resolve-rollout-target", cache_policy=NO_CACHE)
 def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version: str | None) -> RolloutTarget:
@@ -63,10 +68,17 @@ def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version:
     champion_version = alias_version(client, model_name, CHAMPION)
     if champion_version == version:
         raise ConfigurationError(f"{model_name!r} version {version} is already the champion: nothing to roll out")
+    candidate = read_version(client, model_name, version)
+    champion = read_version(client, model_name, champion_version) if champion_version else None
+    if champion is not None and champion.task != candidate.task:
+        raise ConfigurationError(
+            f"{model_name!r} version {version} is a {candidate.task} model but the champion (version "
+            f"{champion.version}) is a {champion.task} model: a canary compares answers of the same kind"
+        )
     return RolloutTarget(
         model_name=model_name,
-        candidate=read_version(client, model_name, version),
-        champion=read_version(client, model_name, champion_version) if champion_version else None,
+        candidate=candidate,
+        champion=champion,
         dataset_version=found.tags.get(TAG_DATASET_VERSION),
     )
 

@@ -14,6 +14,11 @@ canary analysis has traffic to judge and labels to judge it by.
   fixed version, so its answer to a row never changes: the driver keeps each row's stable answer from routed
   traffic and, for a row stable has not answered yet, asks stable once in shadow (the answer is compared,
   never returned to the user). Shadow requests show in stable's /metrics like any other request.
+- **Per task**: a classifier's answers are labels, compared as text (so integer labels and their JSON answers
+  match), correct when equal to the row's label, agreeing when equal to stable's. A regressor's answers are
+  numbers: each target records its squared errors against the labels, agreement is
+  ``|canary - stable| <= atol + rtol * |stable|``, and for every compared row both versions' squared errors
+  on that row are summed, so the canary's RMSE is judged against stable's on the very same rows.
 
 Pacing is open-loop up to ``concurrency`` requests in flight: request *k* is sent at ``start + k / rate``
 unless every worker is busy, so a slow canary does not slow the request rate of the whole test.
@@ -41,6 +46,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from blocks.canary_policy import TaskThresholds
 from tasks.core.types import Track
 
 PREDICT_PATH = "/v1/predict"
@@ -56,11 +62,16 @@ class TargetRecord:
     transport_errors: int = 0
     answered: int = 0
     correct: int = 0
+    squared_error: float = 0.0  # regression: sum over answered rows of (answer - label)^2
     latencies: list[float] = field(default_factory=list)
 
     @property
     def errors(self) -> int:
         return self.http_errors + self.transport_errors
+
+    @property
+    def rmse(self) -> float | None:
+        return (self.squared_error / self.answered) ** 0.5 if self.answered else None
 
 
 @dataclass
@@ -75,7 +86,19 @@ class TrafficRecord:
     shadow_requests: int = 0
     compared: int = 0
     agreed: int = 0
+    paired_canary_squared_error: float = 0.0  # regression: over compared rows, canary's (answer - label)^2
+    paired_stable_squared_error: float = 0.0  # and stable's on the same rows
     seconds: float = 0.0
+
+    @property
+    def rmse_ratio(self) -> float | None:
+        """Canary RMSE / stable RMSE on the compared rows (regression); None before any comparison."""
+        if not self.compared:
+            return None
+        if self.paired_canary_squared_error == 0:
+            return 1.0 if self.paired_stable_squared_error == 0 else 0.0
+        # a perfect stable makes any canary error infinitely worse: a huge finite ratio (JSON, MLflow metrics)
+        return (self.paired_canary_squared_error / max(self.paired_stable_squared_error, 1e-300)) ** 0.5
 
     def target(self, name: Track) -> TargetRecord:
         return self.stable if name == "stable" else self.canary
@@ -120,9 +143,9 @@ class RowCycle:
 
 @dataclass(frozen=True)
 class Answer:
-    """One request's outcome: a prediction, or why there is none, and the version that answered, if named."""
+    """One request's outcome: a prediction (the JSON value), or why there is none, and the version that answered."""
 
-    prediction: str | None
+    prediction: Any
     status: int | None  # None: no HTTP answer (refused, reset, timed out)
     seconds: float
     version: str | None = None
@@ -140,7 +163,9 @@ def read_answer(status: int, version: str | None, payload: bytes, seconds: float
         prediction = json.loads(payload)["predictions"][0]
     except (ValueError, KeyError, IndexError, TypeError):
         return Answer(None, status, seconds, version)  # a 2xx without a prediction is no answer
-    return Answer(str(prediction), status, seconds, version)
+    if prediction is None:
+        return Answer(None, status, seconds, version)
+    return Answer(prediction, status, seconds, version)
 
 
 class Endpoint(Protocol):
@@ -221,8 +246,9 @@ class TrafficDriver:
     """Sends the split's rows to stable and canary at a weight, one step at a time, and records what came back.
 
     ``start(weight)`` begins a step (a fresh record), ``snapshot()`` reads the record while traffic flows,
-    ``stop()`` ends the step and returns its record. Labels are compared as strings, so integer labels and
-    their JSON answers match.
+    ``stop()`` ends the step and returns its record. ``thresholds`` says the task (classification when None):
+    classes are compared as strings, so integer labels and their JSON answers match; regression answers as
+    numbers, with its tolerance.
     """
 
     def __init__(
@@ -235,17 +261,20 @@ class TrafficDriver:
         concurrency: int,
         timeout_seconds: float,
         seed: int = 0,
+        thresholds: TaskThresholds | None = None,
     ) -> None:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         self._routes = routes
         self._bodies = [json.dumps({"rows": [row.tolist()]}).encode() for row in np.asarray(features, np.float32)]
-        self._labels = [str(label.item() if hasattr(label, "item") else label) for label in labels]
+        self._thresholds = thresholds or TaskThresholds("classification")
+        self._regression = self._thresholds.task == "regression"
+        self._labels: list[Any] = [self._value(label.item() if hasattr(label, "item") else label) for label in labels]
         self._interval = 1.0 / requests_per_second
         self._concurrency = concurrency
         self._timeout = timeout_seconds
         self._rows = RowCycle(len(self._bodies), seed)
-        self._stable_answers: dict[int, str] = {}
+        self._stable_answers: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -309,12 +338,12 @@ class TrafficDriver:
                 sent = time.monotonic()
                 target: Track | None
                 if upstream is not None:
-                    answer = upstream.predict(self._bodies[row])
+                    answer = self._read(upstream.predict(self._bodies[row]))
                     target = routes.versions.get(answer.version) if answer.version else None
                 else:
                     assert chosen is not None
                     target = self._router.pick()
-                    answer = (stable if target == "stable" else chosen).predict(self._bodies[row])
+                    answer = self._read((stable if target == "stable" else chosen).predict(self._bodies[row]))
                 if target == "canary" and self.first_canary_at is None:
                     self.first_canary_at = sent
                 if target == "stable":
@@ -328,12 +357,33 @@ class TrafficDriver:
                 if endpoint is not None:
                     endpoint.close()
 
+    def _value(self, value: Any) -> Any:
+        """An answer or label as the task compares it: text for classes, a float for regression (None: unusable)."""
+        if not self._regression:
+            return str(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    def _read(self, answer: Answer) -> Answer:
+        """The answer with its prediction in the task's form; a 2xx with an unusable one is no answer."""
+        if not answer.ok:
+            return answer
+        value = self._value(answer.prediction)
+        return Answer(value, answer.status, answer.seconds, answer.version)
+
+    def _agree(self, canary: Any, stable: Any) -> bool:
+        return self._thresholds.agree(canary, stable) if self._regression else bool(canary == stable)
+
     def _count(self, record: TargetRecord, row: int, answer: Answer) -> None:
         """Count one routed request in its target's record (caller holds the lock)."""
         record.routed += 1
         if answer.ok:
             record.answered += 1
-            record.correct += answer.prediction == self._labels[row]
+            if self._regression:
+                record.squared_error += (answer.prediction - self._labels[row]) ** 2
+            else:
+                record.correct += answer.prediction == self._labels[row]
             record.latencies.append(answer.seconds)
         elif answer.status is None:
             record.transport_errors += 1
@@ -359,7 +409,7 @@ class TrafficDriver:
         shadow = False
         if known is None:
             shadow = True
-            reference = stable.predict(self._bodies[row])
+            reference = self._read(stable.predict(self._bodies[row]))
             known = reference.prediction
         with self._lock:
             if shadow:
@@ -367,8 +417,13 @@ class TrafficDriver:
                 if known is not None:
                     self._stable_answers[row] = known
             if known is not None:
-                self._record.compared += 1
-                self._record.agreed += answer.prediction == known
+                record = self._record
+                record.compared += 1
+                record.agreed += self._agree(answer.prediction, known)
+                if self._regression:
+                    label = self._labels[row]
+                    record.paired_canary_squared_error += (answer.prediction - label) ** 2
+                    record.paired_stable_squared_error += (known - label) ** 2
 
     def _record_unattributed(self, row: int, answer: Answer, stable: Endpoint) -> None:
         """An answer naming neither version; a failure is charged to the canary and answered by stable."""
@@ -382,7 +437,7 @@ class TrafficDriver:
 
     def _retry_on_stable(self, row: int, stable: Endpoint) -> None:
         """The canary failed this request: stable answers it, so the user still gets an answer."""
-        retry = stable.predict(self._bodies[row])
+        retry = self._read(stable.predict(self._bodies[row]))
         with self._lock:
             if retry.ok:
                 assert retry.prediction is not None

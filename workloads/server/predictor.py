@@ -8,9 +8,9 @@ flavor goes through ``mlflow.pyfunc`` (pyfunc_path.py). All are limited to ``--t
 small batches BLAS thread hand-offs cost more than they save (a 64-row batch took 135 us with OpenBLAS's
 default threads, 17 us on one).
 
-Outputs per task (checked here, on real rows, before the server is ready): a classifier answers logits
-(torch) or class probabilities (pyfunc) ``[rows, classes]`` in ``gpuflow.labels`` order; a regressor one
-value per row, ``[rows]`` or ``[rows, 1]``.
+Outputs per task (checked by ``served.task_labels`` on real rows, before the server is ready): a classifier
+answers logits (torch) or class probabilities (pyfunc) ``[rows, classes]`` in ``gpuflow.labels`` order; a
+regressor one value per row, ``[rows]`` or ``[rows, 1]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,43 +25,14 @@ import numpy as np
 from workloads.server.compiled import Unsupported, compile_module, matches
 from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
-from workloads.server.inputs import InputSpec
-from workloads.server.model_loading import LoadedModel, ModelSource
+from workloads.server.model_loading import LoadedModel
+from workloads.server.pyfunc_path import build_pyfunc
+from workloads.server.served import Predictor, task_labels
+
+__all__ = ["OFFLOAD_ABOVE_S", "Predictor", "build", "limit_threads", "warm_up"]
 
 log = logging.getLogger(__name__)
 OFFLOAD_ABOVE_S = 0.001  # a full batch slower than this runs in a worker thread (with --offload auto)
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """What the server serves: the inference function and the facts requests are checked against."""
-
-    name: str
-    version: str
-    uri: str
-    labels: list[Any]  # classification: in output order; empty for regression
-    n_features: int
-    feature_names: list[str] | None
-    backend: str  # numpy, torch or pyfunc
-    infer: Callable[[np.ndarray], np.ndarray]
-    load_seconds: float
-    backend_note: str = ""
-    task: str = "classification"
-    output: str = "logits"  # what infer returns: logits or probabilities [rows, classes], or values (regression)
-    inputs: InputSpec | None = None  # None: plain float32 rows of n_features
-    refusals_are_client_errors: bool = False  # the model alone can refuse a request's values (unknown categories)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self.inputs or InputSpec(self.n_features)
-
-    @property
-    def regression(self) -> bool:
-        return self.task == "regression"
 
 
 def limit_threads(threads: int) -> None:
@@ -115,45 +85,10 @@ def _verification_rows(example: np.ndarray | None, n_features: int) -> np.ndarra
     return np.ascontiguousarray(noise, dtype=np.float32)
 
 
-def _is_probabilities(out: np.ndarray) -> bool:
-    return bool(np.all((out >= -1e-6) & (out <= 1 + 1e-6)) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-
-
-def task_labels(source: ModelSource, task: str, out: np.ndarray, output: str) -> list[Any]:
-    """The labels to answer with, once the model's output on real rows fits its task; else ModelLoadError."""
-    uri = source.uri
-    if task == "regression":
-        if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
-            return []
-        raise ModelLoadError(
-            f"{uri}: a regression model (gpuflow.task) outputs shape {list(out.shape)}; expected [rows] or [rows, 1]",
-            EXIT_USAGE,
-        )
-    what = "logits" if output == "logits" else "class probabilities"
-    expected = f"{what} [rows, classes]"
-    if output == "probabilities":
-        expected += " (log a scikit-learn classifier with pyfunc_predict_fn='predict_proba')"
-    if out.ndim != 2 or (output == "probabilities" and not _is_probabilities(out)):
-        shown = f"values {list(out.shape)} that are not probabilities" if out.ndim == 2 else f"shape {list(out.shape)}"
-        raise ModelLoadError(f"{uri}: a classifier outputs {shown}; expected {expected}", EXIT_USAGE)
-    labels = source.labels
-    n_classes = int(out.shape[1])
-    if labels is None:
-        log.warning("%s has no gpuflow.labels tag: answering class indices 0..%d", uri, n_classes - 1)
-        labels = list(range(n_classes))
-    if len(labels) != n_classes:
-        raise ModelLoadError(
-            f"{uri}: {len(labels)} labels in gpuflow.labels but the model outputs {n_classes} {what}", EXIT_USAGE
-        )
-    return labels
-
-
 def build(loaded: LoadedModel, config: ServerConfig) -> Predictor:
     """Pick the backend and check the model against its task and labels; :class:`ModelLoadError` when unservable."""
     limit_threads(config.threads)
     if loaded.flavor == "pyfunc":
-        from workloads.server.pyfunc_path import build_pyfunc
-
         return build_pyfunc(loaded, config)
     return _build_torch(loaded, config)
 

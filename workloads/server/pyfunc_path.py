@@ -21,7 +21,7 @@ from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
 from workloads.server.inputs import InputSpec
 from workloads.server.model_loading import LoadedModel
-from workloads.server.predictor import Predictor, task_labels
+from workloads.server.served import Predictor, task_labels
 
 
 def model_input(spec: InputSpec | None) -> Callable[[np.ndarray], Any]:
