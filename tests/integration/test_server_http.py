@@ -8,7 +8,6 @@ thread, which covers the fallback path, named ``instances`` and the lifecycle (r
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,83 +30,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.tracking.model_registry import model_location
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
+from tests.fixtures.model_server import Served, call, start
 from tests.fixtures.models import log_training_run, train_digits_model
 from workloads.dataset import read_split
 from workloads.store import ObjectStore
 
 MAX_ROWS = 16
 MAX_BODY = 64 * 1024
-
-
-@dataclass
-class Served:
-    """A server subprocess and everything it printed so far."""
-
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    port: int = 0
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            if self.proc.poll() is not None and not any(re.search(pattern, line) for line in self.lines):
-                raise AssertionError(
-                    f"server exited {self.proc.returncode} before {pattern!r}:\n" + "".join(self.lines)
-                )
-            time.sleep(0.01)
-        raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + "".join(self.lines))
-
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def start(tracking_uri: str, *args: str) -> Served:
-    """``python -m workloads.server`` on a free port (``--port 0``), output collected line by line."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workloads.server", "--port", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    served = Served(proc)
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            served.lines.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    served.port = int(served.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
-    return served
-
-
-def call(
-    served: Served, method: str, path: str, body: bytes | None = None, content_type: str | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    connection = served.connect()
-    try:
-        headers = {"Content-Type": content_type} if content_type else {}
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def predict(served: Served, rows: np.ndarray, path: str = "/v1/predict") -> Any:
