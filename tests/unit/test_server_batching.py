@@ -176,3 +176,28 @@ def test_the_batcher_is_idle_once_everything_is_answered(offload: bool) -> None:
         return queue.idle
 
     assert asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_batch_the_model_refuses_is_rerun_request_by_request(offload: bool) -> None:
+    """A value the model refuses (say, an unknown category) fails its own request; the others are answered."""
+
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+
+        def refuses_sevens(x: np.ndarray) -> np.ndarray:
+            if (x == 7).any():
+                raise ValueError("unknown category 7")
+            return x * 2
+
+        recorder.infer = refuses_sevens  # type: ignore[method-assign]
+        queue = batcher(recorder, senders=3, offload=offload)
+        for value in (1, 7, 3):
+            queue.submit(item(value))
+        await settle(recorder, 3)
+        queue.close()
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert recorder.batches == [[1], [3]]
+    assert [str(error) for error in recorder.errors] == ["unknown category 7"]

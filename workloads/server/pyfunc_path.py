@@ -23,6 +23,8 @@ from workloads.server.inputs import InputSpec
 from workloads.server.model_loading import LoadedModel
 from workloads.server.served import Predictor, task_labels
 
+_PROBA = "log a scikit-learn classifier with pyfunc_predict_fn='predict_proba'"
+
 
 def model_input(spec: InputSpec | None) -> Callable[[np.ndarray], Any]:
     """Rows ``[N, n_features]`` -> what ``predict`` takes according to the signature."""
@@ -53,7 +55,7 @@ def _as_array(out: Any) -> np.ndarray:
         out = out.to_numpy()
     array = np.asarray(out)
     if array.dtype.kind not in "iufb":
-        raise TypeError(f"predict returned {array.dtype} values, not numbers")
+        raise TypeError(f"predict returns {array.dtype} values, not numbers")
     return array if array.dtype.kind == "f" else array.astype(np.float64)
 
 
@@ -105,14 +107,19 @@ def build_pyfunc(loaded: LoadedModel, config: ServerConfig) -> Predictor:
     spec = loaded.inputs
     infer = pyfunc_function(loaded.module, spec)
     rows = _checking_rows(loaded, spec)
+    output = "values" if source.task == "regression" else "probabilities"
     try:
-        out = infer(rows)
+        raw = loaded.module.predict(model_input(spec)(rows))
     except Exception as exc:
         message = f"{source.uri}: predict fails on rows of its own input example: {exc}"
         raise ModelLoadError(message, EXIT_USAGE) from exc
+    try:
+        out = _as_array(raw)
+    except TypeError as exc:
+        expected = "one number per row" if output == "values" else f"class probabilities [rows, classes] ({_PROBA})"
+        raise ModelLoadError(f"{source.uri}: {exc}; expected {expected}", EXIT_USAGE) from exc
     if len(out) != len(rows):
         raise ModelLoadError(f"{source.uri}: predict returned {len(out)} answers for {len(rows)} rows", EXIT_USAGE)
-    output = "values" if source.task == "regression" else "probabilities"
     labels = task_labels(source, source.task, out, output)
     return Predictor(
         name=source.name,
