@@ -1,24 +1,32 @@
 """Benchmark: gpuflow's inference server against ``mlflow models serve`` on the same model version.
 
 Each server runs alone (one after the other) and is driven by wrk with one thread, one JSON row per
-request (a real digits row), at concurrency 1, 8 and 64, after a short warm-up at each level. Printed per
-server and concurrency: throughput, p50 and p99 latency, errors, and ratios against ``mlflow models serve``.
+request (a real row of the model's data), at concurrency 1, 8 and 64, after a short warm-up at each level.
+Before it is measured, every server answers a sample of rows one by one and its answers are compared with the
+model loaded back through MLflow. Printed per server and concurrency: throughput, p50 and p99 latency, errors,
+the answers checked, and ratios against ``mlflow models serve``.
+
+Models (``--model``, serve_models.py): ``mlp`` the digits MLP (the compiled numpy path), ``cnn`` a small CNN on
+``[1, 8, 8]`` digits images (the torch path), ``sklearn`` a HistGradientBoostingClassifier on breast cancer
+(the pyfunc path).
 
 Servers:
 
-- ``gpuflow``: ``python -m workloads.server`` (uvloop when installed), and ``gpuflow-asyncio``, the same with
-  ``--loop asyncio`` (the fallback when uvloop is missing);
+- ``gpuflow``: ``python -m workloads.server`` (uvloop when installed); ``gpuflow-torch``, the same with
+  ``--backend torch`` (the compiled path's share of the speed: only differs for the MLP); and
+  ``gpuflow-asyncio``, the same with ``--loop asyncio`` (the fallback when uvloop is missing);
 - ``mlflow``: ``mlflow models serve -m <uri> --env-manager local`` (uvicorn, one worker: MLflow's default);
-- ``reference``: a bare asyncio.Protocol + orjson + numpy server written below (no batching, no checks, no
-  metrics): a floor for what a pure-Python HTTP server costs, not a product;
+- ``reference`` (MLP only): a bare asyncio.Protocol + orjson + numpy server written below (no batching, no
+  checks, no metrics): a floor for what a pure-Python HTTP server costs, not a product;
 - ``mlserver`` (only with ``--mlserver PATH``): Seldon MLServer + mlserver-mlflow, V2 protocol. It cannot share
   gpuflow's virtualenv (it pins older fastapi, starlette and protobuf); docs/serving.md shows a side venv.
 
-Without ``--model-uri`` a digits MLP is trained and registered in a temporary MLflow store (as the tests do).
+Without ``--model-uri`` the model is trained and registered in a temporary MLflow store (as the tests do).
 wrk is required: ``apt-get install -y wrk`` (or ``brew install wrk``).
 
-Usage: ``python bench/bench_serve.py [--duration 5] [--connections 1,8,64] [--servers gpuflow,mlflow,reference]
-[--model-uri models:/name/1 --tracking-uri URI] [--mlserver /path/to/venv/bin/mlserver] [--json out.json]``
+Usage: ``python bench/bench_serve.py [--model mlp|cnn|sklearn] [--duration 5] [--connections 1,8,64]
+[--servers gpuflow,gpuflow-torch,mlflow,reference] [--model-uri models:/name/1 --tracking-uri URI]
+[--mlserver /path/to/venv/bin/mlserver] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.serve_models import Model, answer_label, make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -105,61 +116,20 @@ def run_reference_server(port: int, weights_path: str) -> None:
 # -- model and servers ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Model:
-    tracking_uri: str
-    uri: str
-    path: str  # local folder of the MLflow model (for MLServer)
-    row: list[float]
-
-
-def make_model(workdir: Path) -> Model:
-    """Train the tests' digits MLP, log it as the trainer does and register it as ``digits`` version 1."""
-    sys.path.insert(0, str(ROOT))
-    from mlflow import MlflowClient
-
-    from tasks.tracking.model_registry import model_location
-    from tests.fixtures.datasets import write_digits_dataset
-    from tests.fixtures.models import log_training_run, train_digits_model
-    from workloads.dataset import read_split
-    from workloads.store import ObjectStore
-
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    dataset = write_digits_dataset((workdir / "store").as_uri())
-    trained = train_digits_model(dataset)
-    run_id = log_training_run(tracking_uri, trained)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    tags = client.get_run(run_id).data.tags
-    client.create_registered_model("digits")
-    client.create_model_version(
-        "digits",
-        source=model_location(client, tags["gpuflow.model_uri"]),
-        run_id=run_id,
-        tags={"gpuflow.labels": tags["gpuflow.labels"]},
-    )
-    features, _ = read_split(dataset, "test", ObjectStore())
-    return existing_model(tracking_uri, "models:/digits/1", [float(v) for v in features[0]])
-
-
-def existing_model(tracking_uri: str, uri: str, row: list[float] | None = None) -> Model:
+def existing_model(tracking_uri: str, uri: str) -> Model:
+    """A registered model given by URI: rows of zeros, no answers to check."""
     import mlflow.artifacts
     from mlflow import MlflowClient
+    from mlflow.models import Model as MlflowModel
 
     sys.path.insert(0, str(ROOT))
     from tasks.tracking.model_registry import model_location
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     path = mlflow.artifacts.download_artifacts(artifact_uri=model_location(client, uri), tracking_uri=tracking_uri)
-    if row is None:
-        row = [0.0] * features_of(path)
-    return Model(tracking_uri, uri, path, row)
-
-
-def features_of(path: str) -> int:
-    from mlflow.models import Model as MlflowModel
-
-    spec = MlflowModel.load(path).signature.inputs.inputs[0]
-    return int(spec.shape[1])
+    width = int(MlflowModel.load(path).signature.inputs.inputs[0].shape[1])
+    row = [0.0] * width
+    return Model("given", tracking_uri, uri, path, {"rows": [row]}, {"inputs": [row]})
 
 
 def save_reference_weights(model: Model, out: Path) -> None:
@@ -199,20 +169,27 @@ class Contender:
 
 def contenders(names: list[str], model: Model, workdir: Path, mlserver: str | None) -> list[Contender]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    rows = {"rows": [model.row]}
+    rows = model.gpuflow_body
     out = []
     for name in names:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        if name in ("gpuflow", "gpuflow-asyncio"):
+        if name in ("gpuflow", "gpuflow-asyncio", "gpuflow-torch"):
             command = [sys.executable, "-m", "workloads.server", "--model-uri", model.uri, "--port", str(port)]
             if name == "gpuflow-asyncio":
                 command += ["--loop", "asyncio"]
+            if name == "gpuflow-torch":
+                if model.kind == "sklearn":
+                    print("gpuflow-torch: skipped (a scikit-learn model has no torch backend)")
+                    continue
+                command += ["--backend", "torch"]
             out.append(Contender(name, command, f"{base}/readyz", f"{base}/v1/predict", rows, env))
         elif name == "mlflow":
             command = [str(BIN / "mlflow"), "models", "serve", "-m", model.uri, "--env-manager", "local"]
             command += ["-h", "127.0.0.1", "-p", str(port)]
-            out.append(Contender(name, command, f"{base}/ping", f"{base}/invocations", {"inputs": [model.row]}, env))
+            out.append(Contender(name, command, f"{base}/ping", f"{base}/invocations", model.mlflow_body, env))
+        elif name in ("reference", "mlserver") and model.kind not in ("mlp", "given"):
+            print(f"{name}: skipped (written for the digits MLP only)")
         elif name == "reference":
             weights = workdir / "reference.npz"
             save_reference_weights(model, weights)
@@ -245,7 +222,10 @@ def contenders(names: list[str], model: Model, workdir: Path, mlserver: str | No
                 )
             )
         else:
-            raise SystemExit(f"unknown server {name!r}: expected gpuflow, gpuflow-asyncio, mlflow, reference, mlserver")
+            raise SystemExit(
+                f"unknown server {name!r}: expected gpuflow, gpuflow-torch, gpuflow-asyncio, mlflow, reference or "
+                "mlserver"
+            )
     return out
 
 
@@ -287,6 +267,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    checked: str = "-"  # sample answers equal to the model's own, e.g. "20/20"
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -311,6 +292,22 @@ def parse_wrk(output: str, server: str, connections: int) -> Result:
     return Result(server, connections, float(rate.group(1)), _ms(latencies["50"]), _ms(latencies["99"]), errors)
 
 
+def check_answers(contender: Contender, model: Model) -> str:
+    """Send the sample rows one by one; how many answers name the label the model loaded with MLflow gives."""
+    if contender.name == "mlserver" or not model.samples:
+        return "-"
+    matched = 0
+    for gpuflow_body, mlflow_body, expected in model.samples:
+        body = mlflow_body if contender.name == "mlflow" else gpuflow_body
+        request = urllib.request.Request(
+            contender.url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            got = answer_label(contender.name, response.read(), model.labels)
+        matched += got == expected
+    return f"{matched}/{len(model.samples)}"
+
+
 def run_wrk(contender: Contender, connections: int, seconds: float, script: Path) -> str:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), contender.url]
     return subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
@@ -325,7 +322,9 @@ def lua_script(contender: Contender, workdir: Path) -> Path:
     return path
 
 
-def measure(contender: Contender, levels: list[int], seconds: float, warmup: float, workdir: Path) -> list[Result]:
+def measure(
+    contender: Contender, model: Model, levels: list[int], seconds: float, warmup: float, workdir: Path
+) -> list[Result]:
     log = open(workdir / f"{contender.name}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         contender.command, cwd=contender.cwd, env=contender.env, stdout=log, stderr=subprocess.STDOUT,
@@ -333,12 +332,14 @@ def measure(contender: Contender, levels: list[int], seconds: float, warmup: flo
     )  # fmt: skip
     try:
         started = wait_ready(contender.ready_url, proc)
-        print(f"{contender.name}: ready in {started:.1f} s", flush=True)
+        checked = check_answers(contender, model)
+        print(f"{contender.name}: ready in {started:.1f} s; sample answers equal to the model's own: {checked}")
         script = lua_script(contender, workdir)
         results = []
         for connections in levels:
             run_wrk(contender, connections, warmup, script)
             result = parse_wrk(run_wrk(contender, connections, seconds, script), contender.name, connections)
+            result = Result(**{**asdict(result), "checked": checked})
             print(
                 f"  c={connections:<3} {result.requests_per_s:>9.0f} req/s  p50 {result.p50_ms:.3f} ms  "
                 f"p99 {result.p99_ms:.3f} ms  errors {result.errors}",
@@ -354,7 +355,7 @@ def measure(contender: Contender, levels: list[int], seconds: float, warmup: flo
 def report(results: list[Result], baseline: str = "mlflow") -> str:
     base = {r.connections: r for r in results if r.server == baseline}
     lines = [
-        f"{'server':<16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'server':<16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'answers':>7} "
         f"{'req/s vs mlflow':>16} {'p50 vs mlflow':>14}"
     ]
     for r in results:
@@ -363,7 +364,7 @@ def report(results: list[Result], baseline: str = "mlflow") -> str:
         p50 = f"{r.p50_ms / ref.p50_ms:.2f}x" if ref and ref.p50_ms else "-"
         lines.append(
             f"{r.server:<16} {r.connections:>4} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
-            f"{r.errors:>6} {rate:>16} {p50:>14}"
+            f"{r.errors:>6} {r.checked:>7} {rate:>16} {p50:>14}"
         )
     return "\n".join(lines)
 
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (whole seconds: wrk)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each measurement")
     parser.add_argument("--connections", default="1,8,64")
-    parser.add_argument("--servers", default="gpuflow,gpuflow-asyncio,mlflow,reference,mlserver")
+    parser.add_argument("--model", default="mlp", choices=("mlp", "cnn", "sklearn"), help="what to serve")
+    parser.add_argument("--servers", default="gpuflow,gpuflow-torch,gpuflow-asyncio,mlflow,reference,mlserver")
     parser.add_argument("--model-uri", help="benchmark this model (needs --tracking-uri) instead of a fresh digits MLP")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     parser.add_argument("--mlserver", default=os.environ.get("GPUFLOW_BENCH_MLSERVER"), help="path to mlserver")
@@ -397,16 +399,20 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--model-uri needs --tracking-uri (or MLFLOW_TRACKING_URI)")
             model = existing_model(args.tracking_uri, args.model_uri)
         else:
-            model = make_model(workdir)
-        print(f"model {model.uri} ({len(model.row)} features); {os.cpu_count()} CPUs; wrk -t1, {args.duration:g} s")
+            model = make_model(args.model, workdir)
+        print(
+            f"model {model.kind} {model.uri} ({len(model.row)} values per row); {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f} (wrk and other work share them); wrk -t1, {args.duration:g} s"
+        )
         results: list[Result] = []
         for contender in contenders(names, model, workdir, args.mlserver):
             try:
-                results += measure(contender, levels, args.duration, args.warmup, workdir)
+                results += measure(contender, model, levels, args.duration, args.warmup, workdir)
             except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
                 tail = (workdir / f"{contender.name}.log").read_text(errors="replace")[-2000:]
                 print(f"{contender.name}: failed: {exc}\n{tail}", file=sys.stderr)
     print()
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
