@@ -102,7 +102,6 @@ class App:
             observe=self._observe_batch,
         )
         self._encoder = Encoder(predictor.labels)
-        self._values = ValueEncoder()
         model_headers = f"X-Model-Name: {_header(predictor.name)}\r\nX-Model-Version: {_header(predictor.version)}\r\n"
         self._model_headers = model_headers.encode("latin-1", "replace")
         base = b"HTTP/1.1 200 OK\r\nServer: gpuflow\r\n" + self._model_headers

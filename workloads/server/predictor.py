@@ -25,6 +25,7 @@ import numpy as np
 from workloads.server.compiled import Unsupported, compile_module, matches
 from workloads.server.config import EXIT_USAGE, ServerConfig
 from workloads.server.errors import ModelLoadError
+from workloads.server.inputs import InputSpec
 from workloads.server.model_loading import LoadedModel
 from workloads.server.pyfunc_path import build_pyfunc
 from workloads.server.served import Predictor, task_labels
@@ -145,7 +146,7 @@ def _build_torch(loaded: LoadedModel, config: ServerConfig) -> Predictor:
         backend_note=note,
         task=source.task,
         output="values" if source.task == "regression" else "logits",
-        inputs=loaded.inputs,
+        inputs=loaded.inputs or InputSpec(n_features),
     )
 
 

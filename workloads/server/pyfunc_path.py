@@ -133,6 +133,6 @@ def build_pyfunc(loaded: LoadedModel, config: ServerConfig) -> Predictor:
         load_seconds=loaded.seconds + time.perf_counter() - started,
         task=source.task,
         output=output,
-        inputs=spec,
+        inputs=spec or InputSpec(int(rows.shape[1]), str(rows.dtype) if rows.dtype.kind == "f" else "float32"),
         refusals_are_client_errors=bool(spec and spec.unknown_categories),
     )
