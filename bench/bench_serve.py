@@ -281,7 +281,7 @@ def _ms(text: str) -> float:
 
 
 def parse_wrk(output: str, server: str, connections: int) -> Result:
-    latencies = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.M))
+    latencies = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, flags=re.M))
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if not rate or "50" not in latencies or "99" not in latencies:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
