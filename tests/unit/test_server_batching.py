@@ -201,3 +201,24 @@ def test_a_batch_the_model_refuses_is_rerun_request_by_request(offload: bool) ->
     recorder = asyncio.run(scenario())
     assert recorder.batches == [[1], [3]]
     assert [str(error) for error in recorder.errors] == ["unknown category 7"]
+
+
+def test_the_worker_thread_is_set_up_before_its_first_inference() -> None:
+    """The server caps OpenMP/BLAS threads there: OpenMP's thread count is per thread, not per process."""
+
+    async def scenario() -> tuple[Recorder, list[str]]:
+        recorder = Recorder()
+        setups: list[str] = []
+        queue = batcher(
+            recorder, senders=1, offload=True, thread_setup=lambda: setups.append(threading.current_thread().name)
+        )
+        queue.submit(item(1))
+        await settle(recorder, 1)
+        queue.submit(item(2))
+        await settle(recorder, 2)
+        queue.close()
+        return recorder, setups
+
+    recorder, setups = asyncio.run(scenario())
+    assert recorder.batches == [[1], [2]]
+    assert len(setups) == 1 and setups[0] == recorder.threads[0] and setups[0].startswith("inference")

@@ -24,7 +24,7 @@ from workloads.server.connection import Connection
 from workloads.server.errors import HttpError
 from workloads.server.http import CLOSE, Request, build_response, date_line
 from workloads.server.metrics import Metrics
-from workloads.server.predictor import Predictor
+from workloads.server.predictor import Predictor, limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class App:
             max_wait_s=self.config.max_wait_s,
             offload=offload,
             observe=self._observe_batch,
+            thread_setup=lambda: limit_threads(self.config.threads),
         )
         self._encoder = Encoder(predictor.labels)
         model_headers = f"X-Model-Name: {_header(predictor.name)}\r\nX-Model-Version: {_header(predictor.version)}\r\n"
