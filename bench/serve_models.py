@@ -2,7 +2,8 @@
 server takes and a sample of rows whose answers are checked against the model loaded back through MLflow.
 
 - ``mlp``: the digits MLP the tests train (the compiled numpy path; ``gpuflow-torch`` serves it with torch);
-- ``cnn``: a small CNN on digits as ``[1, 8, 8]`` images (the torch path: a convolution is not compiled);
+- ``cnn``: tests/fixtures/task_models.py's small CNN on digits as ``[1, 8, 8]`` images, trained on the digits
+  prepared by their image spec (the torch path: a convolution is not compiled);
 - ``sklearn``: a scikit-learn HistGradientBoostingClassifier on breast cancer with string labels, logged with
   ``pyfunc_predict_fn="predict_proba"`` (the pyfunc path).
 
@@ -61,7 +62,7 @@ def make_model(kind: str, workdir: Path) -> Model:
     if kind == "mlp":
         return _mlp(tracking_uri, workdir)
     if kind == "cnn":
-        return _cnn(tracking_uri)
+        return _cnn(tracking_uri, workdir)
     if kind == "sklearn":
         return _sklearn(tracking_uri)
     raise SystemExit(f"unknown model {kind!r}: expected mlp, cnn or sklearn")
@@ -89,22 +90,25 @@ def _mlp(tracking_uri: str, workdir: Path) -> Model:
     return Model("mlp", tracking_uri, uri, path, samples[0][0], samples[0][1], samples, trained.labels)
 
 
-def _cnn(tracking_uri: str) -> Model:
+def _cnn(tracking_uri: str, workdir: Path) -> Model:
     import mlflow.pytorch
     import torch
 
-    from tests.fixtures.models import digits_images, log_digits_cnn, train_digits_cnn
+    from tasks.data.demo import write_digits_csv
+    from tests.fixtures.spec_data import digits_tensor_spec, publish_by_spec
+    from tests.fixtures.task_models import log_digits_cnn
+    from workloads.dataset import read_split
+    from workloads.store import ObjectStore
 
-    images, labels = digits_images()
-    uri, path = _register(
-        tracking_uri, "digits-cnn", log_digits_cnn(tracking_uri, train_digits_cnn(images, labels), images[:5])
-    )
-    picked = images[np.random.default_rng(0).choice(len(images), SAMPLE, replace=False)]
+    write_digits_csv(str(workdir / "digits.csv"), ObjectStore())
+    dataset = publish_by_spec(workdir / "store", workdir / "digits.csv", digits_tensor_spec(), "digits-image")
+    uri, path = _register(tracking_uri, "digits-cnn", log_digits_cnn(tracking_uri, dataset))
+    images = read_split(dataset, "test", ObjectStore())[0][:SAMPLE].reshape(-1, 1, 8, 8)
     with torch.no_grad():
-        logits = mlflow.pytorch.load_model(path)(torch.from_numpy(picked)).numpy()
+        logits = mlflow.pytorch.load_model(path)(torch.from_numpy(images)).numpy()
     samples = [
         ({"rows": [image.reshape(-1).tolist()]}, {"inputs": [image.tolist()]}, int(logits[i].argmax()))
-        for i, image in enumerate(picked)
+        for i, image in enumerate(images)
     ]
     return Model("cnn", tracking_uri, uri, path, samples[0][0], samples[0][1], samples, list(range(10)))
 

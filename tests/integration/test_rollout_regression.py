@@ -1,10 +1,10 @@
 """The canary on a regression model, with real model servers over loopback HTTP (as tests/integration/
 test_rollout_flow.py does for classifiers): the diabetes data prepared by its spec, a torch regressor trained on
-its train split, and the test split replayed as labelled traffic.
+its train split (tests/fixtures/task_models.py), and the test split replayed as labelled traffic.
 
-An equal challenger (the same weights) agrees with stable on every row and is promoted; one trained on shuffled
-targets answers far worse than stable on the same rows and is rolled back at the first step; a policy holding a
-classification threshold is refused before any server starts.
+An equal challenger (the same weights) agrees with stable on every row and is promoted; one trained for 5 steps
+(near the mean) answers far worse than stable on the same rows and is rolled back at the first step; a policy
+holding a classification threshold is refused before any server starts.
 """
 
 from __future__ import annotations
@@ -21,14 +21,10 @@ import pytest
 from blocks.canary_policy import CanaryPolicy
 from flows.rollout import rollout
 from tasks.core import settings
-from tasks.core.dataset_spec import spec_from_data
 from tasks.core.errors import ConfigurationError
-from tasks.data.schema import PrepareParams
-from tasks.data.spec import prepare_with_spec
-from tests.fixtures.models import aliases, champion_and_challenger, log_regressor, train_regressor
-from tests.fixtures.spec_data import diabetes_csv, diabetes_spec
-from workloads.dataset import read_split
-from workloads.store import ObjectStore
+from tests.fixtures.models import aliases, champion_and_challenger
+from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, publish_by_spec
+from tests.fixtures.task_models import log_diabetes_regressor
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -55,26 +51,18 @@ class RegressionHome:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegressionHome]:
-    """GPUFLOW_HOME with the diabetes data prepared by its spec and two logged regressors (good, shuffled targets)."""
+    """GPUFLOW_HOME with the diabetes data prepared by its spec and two logged regressors (good, 5 steps only)."""
     folder = tmp_path_factory.mktemp("regression-home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GPUFLOW_HOME", str(folder))
         for var in ("MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "MLFLOW_RUN_ID"):
             patch.delenv(var, raising=False)
-        store = ObjectStore()
-        prepared = prepare_with_spec(
-            str(diabetes_csv(folder)),
-            store=store,
-            root=settings.store_uri(),
-            name="diabetes",
-            spec=spec_from_data(diabetes_spec()),
-            params=PrepareParams(),
-        )
-        x, y = read_split(prepared.dataset_uri, "train", store)
+        store = folder / "store"  # the home's own store: settings.store_uri()
+        dataset = publish_by_spec(store, diabetes_csv(folder), diabetes_spec(), "diabetes")
         uri = settings.tracking_uri()
-        good = log_regressor(uri, train_regressor(x, y), x[:5], prepared.version)
-        worse = log_regressor(uri, train_regressor(x, y, shuffled=True), x[:5], prepared.version)
-        yield RegressionHome(prepared.dataset_uri, good, worse)
+        good = log_diabetes_regressor(uri, dataset)
+        worse = log_diabetes_regressor(uri, dataset, steps=5)
+        yield RegressionHome(dataset, good, worse)
 
 
 def _servers() -> list[str]:

@@ -1,6 +1,8 @@
 """Serving any MLflow model, through the real server over HTTP: a torch regressor (diabetes), a scikit-learn
-classifier with string labels (breast cancer, through mlflow.pyfunc), a torch CNN taking [1, 8, 8] images, and a
-scikit-learn pipeline with a string category column, logged with and without its vocabulary.
+classifier with string labels fitted on a DataFrame (breast cancer, through mlflow.pyfunc, a column signature), a
+torch CNN taking [1, 8, 8] images, and a scikit-learn pipeline with a string category column, logged with and
+without its vocabulary. The torch models are tests/fixtures/task_models.py's, trained on datasets the real prepare
+published from their specs.
 
 Every answer is compared with the same model loaded back through MLflow (``mlflow.pytorch`` / ``mlflow.pyfunc``),
 as a user checking the server would.
@@ -22,20 +24,19 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tasks.data.demo import write_digits_csv
 from tasks.tracking.model_registry import model_location
 from tests.fixtures.model_server import Served, call, start
 from tests.fixtures.models import (
     HGB_TRUSTED,
     breast_cancer_frame,
-    diabetes_data,
-    digits_images,
-    log_digits_cnn,
-    log_regressor,
     log_sklearn_classifier,
     train_breast_cancer_classifier,
-    train_digits_cnn,
-    train_regressor,
 )
+from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, digits_tensor_spec, publish_by_spec
+from tests.fixtures.task_models import log_diabetes_regressor, log_digits_cnn
+from workloads.dataset import read_split
+from workloads.store import ObjectStore
 from workloads.tags import METADATA_CATEGORIES, TAG_TASK
 
 CITIES = ["lyon", "nice", "paris"]
@@ -47,6 +48,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains i
 class Store:
     tracking_uri: str
     client: MlflowClient
+    diabetes: str  # prepared datasets
+    digits: str
 
     def register(self, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
         """Register the run's model as ``name`` version 1; returns its local folder."""
@@ -69,7 +72,15 @@ def _visits_frame(rows: int = 200) -> tuple[pd.DataFrame, np.ndarray]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     root = tmp_path_factory.mktemp("any-model")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    return Store(uri, MlflowClient(tracking_uri=uri, registry_uri=uri))
+    datasets = root / "store"
+    diabetes = publish_by_spec(datasets, diabetes_csv(root), diabetes_spec(), "diabetes")
+    write_digits_csv(str(root / "digits.csv"), ObjectStore())
+    digits = publish_by_spec(datasets, root / "digits.csv", digits_tensor_spec(), "digits-image")
+    return Store(uri, MlflowClient(tracking_uri=uri, registry_uri=uri), diabetes, digits)
+
+
+def split_of(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    return read_split(dataset, "test", ObjectStore())
 
 
 @dataclass
@@ -89,19 +100,14 @@ def servers(store: Store) -> Iterator[Servers]:
 
     uri = store.tracking_uri
     folders = {}
-    x, y = diabetes_data()
     # the task tag on the version (the run has it too): version tags are read first
-    folders["diabetes"] = store.register(
-        "diabetes", log_regressor(uri, train_regressor(x, y), x[:5]), {TAG_TASK: "regression"}
-    )
+    regressor = log_diabetes_regressor(uri, store.diabetes)
+    folders["diabetes"] = store.register("diabetes", regressor, {TAG_TASK: "regression"})
     frame, _ = breast_cancer_frame()
     classifier = train_breast_cancer_classifier()
     run = log_sklearn_classifier(uri, classifier, frame.iloc[:5], trusted=HGB_TRUSTED)
     folders["breast-cancer"] = store.register("breast-cancer", run)  # labels and task from the run's tags
-    images, labels = digits_images()
-    folders["digits-cnn"] = store.register(
-        "digits-cnn", log_digits_cnn(uri, train_digits_cnn(images, labels), images[:5])
-    )
+    folders["digits-cnn"] = store.register("digits-cnn", log_digits_cnn(uri, store.digits))
     visits, outcome = _visits_frame()
     encoder = make_column_transformer((OneHotEncoder(), ["city"]), remainder="passthrough")
     pipeline = make_pipeline(encoder, LogisticRegression(max_iter=1000)).fit(visits, outcome)
@@ -141,7 +147,7 @@ def described(served: Served) -> dict[str, Any]:
 
 def test_a_regressor_answers_its_own_values(servers: Servers) -> None:
     served = servers.served["diabetes"]
-    x, _ = diabetes_data()
+    x, _ = split_of(servers.store.diabetes)
     with torch.no_grad():
         expected = mlflow.pytorch.load_model(servers.folders["diabetes"])(torch.from_numpy(x)).numpy()[:, 0]
     got = np.array(answers(served, x.tolist()), dtype=np.float32)
@@ -175,11 +181,13 @@ def test_a_scikit_learn_classifier_answers_its_string_labels_and_probabilities(s
 
 def test_a_cnn_takes_images_as_nested_lists_or_flat_rows(servers: Servers) -> None:
     served = servers.served["digits-cnn"]
-    images, _ = digits_images()
+    flat, labels = split_of(servers.store.digits)
+    images = flat.reshape(-1, 1, 8, 8)
     with torch.no_grad():
         expected = mlflow.pytorch.load_model(servers.folders["digits-cnn"])(torch.from_numpy(images)).argmax(1)
     assert answers(served, images.tolist()) == expected.tolist()
-    assert answers(served, images[:50].reshape(50, 64).tolist()) == expected[:50].tolist()
+    assert answers(served, flat[:50].tolist()) == expected[:50].tolist()
+    assert (expected.numpy() == labels).mean() > 0.9
     model = described(served)
     assert model["input"] == {"form": "tensor", "n_features": 64, "dtype": "float32", "shape": [1, 8, 8]}
     assert model["backend"] == "torch"  # a convolution: not compiled to numpy
