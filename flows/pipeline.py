@@ -25,7 +25,7 @@ from flows.rollout import rollout
 from flows.train import train
 from tasks.core import settings
 from tasks.core.dataset_spec import DatasetSpec
-from tasks.core.errors import ConfigurationError, GateFailed, ModelRejected, RolledBack
+from tasks.core.errors import GateFailed, ModelRejected, RolledBack
 from tasks.evaluation.gate import check_gate_for_task
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
@@ -171,12 +171,6 @@ def ml_pipeline(
         )
         client.set_tag(parent, runs.TAG_DATASET_VERSION, prepared.dataset_version)
         check_gate_for_task(resolve_gate(gate), prepared.task)  # a rule the task cannot meet fails before training
-        if prepared.task != "classification":  # until evaluation and the canary speak regression (issue 14)
-            raise ConfigurationError(
-                f"dataset {prepared.dataset_name} version {prepared.dataset_version} is a {prepared.task} dataset "
-                "(the trainer handles it), but the pipeline's evaluation and canary handle classification only so far "
-                "(docs/data.md says which stages handle which task)"
-            )
         trained = timed(
             "train",
             lambda: train(

@@ -153,7 +153,7 @@ def test_a_saved_dataset_spec_block_is_chosen_by_name(tmp_path: Path, gpuflow_ho
     assert load_manifest(by_block.dataset_uri).task == "regression"
 
 
-def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_before_training(
+def test_breast_cancer_runs_through_the_pipeline_and_a_gate_a_regression_cannot_meet_is_refused_before_training(
     tmp_path: Path, gpuflow_home: Path
 ) -> None:
     from flows.pipeline import PipelineResult, ml_pipeline
@@ -174,16 +174,28 @@ def test_breast_cancer_runs_through_the_pipeline_and_a_regression_is_refused_bef
     assert result.metrics["accuracy"] > 0.85  # standardisation is the model's job; raw features still separate
 
     regression = write_spec(tmp_path, diabetes_spec(), "diabetes.yaml")
-    with pytest.raises(ConfigurationError, match=r"is a regression dataset .*classification only so far"):
+    gate = tmp_path / "accuracy-gate.yaml"
+    gate.write_text("rules:\n  - {metric: accuracy, at_least: 0.9}\n")
+    with pytest.raises(ConfigurationError, match=r"quality gate rule on 'accuracy'.*regression.*rmse"):
         ml_pipeline(
             data_uri=str(diabetes_csv(tmp_path)),
             dataset_name="diabetes",
             model_name="diabetes",
             dataset_spec=str(regression),
+            gate=str(gate),
             epochs=1,
             device="cpu",
             promote_on_pass=False,
         )
+    from mlflow import MlflowClient
+
+    from tasks.core import settings
+
+    runs = MlflowClient(settings.tracking_uri()).search_runs(
+        [e.experiment_id for e in MlflowClient(settings.tracking_uri()).search_experiments()],
+        filter_string="tags.`gpuflow.stage` = 'train' and tags.`gpuflow.dataset_version` != ''",
+    )
+    assert len(runs) == 1  # the breast-cancer training only: the regression never reached training
 
 
 def test_parquet_input_is_read_by_the_spec_and_a_bad_parquet_value_is_named(tmp_path: Path, gpuflow_home: Path) -> None:
