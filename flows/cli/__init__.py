@@ -1,10 +1,11 @@
 """The ``gpuflow`` command: every subcommand, one module each, mounted on one argparse program.
 
 ``run`` (run_command.py), ``serve`` (serve_command.py), ``report`` (report_command.py), ``lineage``
-(lineage_command.py), ``manifests`` (manifests_command.py), ``bootstrap`` (bootstrap_command.py) and ``emit``
-(emit_command.py); the options and exit codes they share are in arguments.py. The temporary Prefect server a
-command owns is flows/prefect_server.py (the flows use it too). Building the parser imports only argparse-level
-modules, so ``gpuflow --help`` and ``gpuflow serve`` start without Prefect, torch or MLflow.
+(lineage_command.py), ``manifests`` (manifests_command.py), ``bootstrap`` (bootstrap_command.py), ``emit``
+(emit_command.py), ``spec`` (spec_command.py) and ``trainer`` (trainer_command.py); the options and exit codes
+they share are in arguments.py. The temporary Prefect server a command owns is flows/prefect_server.py (the
+flows use it too). Building the parser imports only argparse-level modules, so ``gpuflow --help`` and
+``gpuflow serve`` start without Prefect, torch or MLflow.
 
 Exit codes: 0 success; 1 a stage failed; 2 bad usage; 3 the quality gate rejected the model;
 4 the canary was rolled back.
@@ -29,6 +30,7 @@ from flows.cli.report_command import add_report_parser
 from flows.cli.run_command import add_run_parser
 from flows.cli.serve_command import add_serve_parser
 from flows.cli.spec_command import add_spec_parser
+from flows.cli.trainer_command import add_trainer_parser
 
 
 def _quiet_environment() -> None:
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_emit_parser(commands)
     add_manifests_parser(commands)
     add_spec_parser(commands)
+    add_trainer_parser(commands)
     return parser
 
 
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         from flows.cli.spec_command import spec_command
 
         return spec_command(args)
+    if args.command == "trainer":
+        from flows.cli.trainer_command import trainer_command
+
+        return trainer_command(args)
     if args.command == "manifests":
         from flows.cli.manifests_command import manifests_command
 
