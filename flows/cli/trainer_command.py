@@ -113,6 +113,7 @@ def trainer_command(args: argparse.Namespace) -> int:
             print(f"--- the launch's last {OUTPUT_TAIL} output lines ---", file=sys.stderr)
             for line in report.output[-OUTPUT_TAIL:]:
                 print(line, file=sys.stderr)
+            sys.stderr.flush()
         for point in report.points:
             print(point.line())
         print(report.summary())

@@ -144,7 +144,9 @@ def _start_fix(reason: str) -> str:
         )
     if "has no attribute" in reason or "not a function" in reason:
         return "name a function the module defines, as package.module:function"
-    return "fix the error in your code shown above (its traceback), or install the package it needs here"
+    return (
+        "install the missing package where the trainer runs, or correct the import (the traceback above shows the line)"
+    )
 
 
 def _output_fix(task: str) -> str:

@@ -104,7 +104,8 @@ def test_import_error_in_user_code(tmp_path: Path, dataset: str) -> None:
     assert verdict.startswith("FAIL: entry point 'tests.fixtures.trainers.broken_import:train': importing ")
     assert "No module named 'gpuflow_missing_dependency_for_tests'" in verdict
     assert verdict.endswith(
-        "— fix: fix the error in your code shown above (its traceback), or install the package it needs here"
+        "— fix: install the missing package where the trainer runs, or correct the import (the traceback above "
+        "shows the line)"
     )
     assert points(result)["exit code meaning"] == "pass (2: configuration error, with its failure line)"
     assert result.stderr.count("Traceback") == 1  # the user's traceback, shown once
