@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 from flows.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, positive_float, positive_int
@@ -85,10 +87,14 @@ def trainer_command(args: argparse.Namespace) -> int:
     from workloads.trainer.reporting import quiet_mlflow
 
     quiet_mlflow()
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the trainer stopped, the folder removed
     try:
         report = check_trainer(
             spec, args.dataset, store_from_env(), rows=args.rows, device=args.device, timeout=args.timeout
         )
+    except KeyboardInterrupt:  # the launcher and its trainer were stopped, the temporary folder removed
+        print("gpuflow: interrupted; the trainer was stopped", file=sys.stderr)
+        return 130
     except (CheckNotRun, DataNotFoundError) as exc:  # no verdict on the trainer
         return _error(args, str(exc), EXIT_FAILED)
     except GpuflowError as exc:  # a spec the check cannot train (the built-in trainer, a missing working_dir)
@@ -118,6 +124,10 @@ def trainer_command(args: argparse.Namespace) -> int:
             print(point.line())
         print(report.summary())
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _error(args: argparse.Namespace, message: str, code: int) -> int:

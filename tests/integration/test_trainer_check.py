@@ -7,6 +7,7 @@ that nothing was left behind (its temporary folder, any process).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,17 @@ def test_a_good_trainer_passes_every_point(tmp_path: Path, dataset: str) -> None
     assert summary(result).startswith("8 passed, 0 failed, 0 not checked: the trainer keeps contract gpuflow-trainer/1")
     assert "150 rows per split of digits/" in summary(result)
     assert result.stderr == ""  # clean: the trainer's own output is shown only when a point fails
+
+
+def test_an_sdk_entry_point_passes_and_json_says_so(tmp_path: Path, dataset: str) -> None:
+    result = check(tmp_path, {"entry_point": "tests.fixtures.trainers.sdk_trainers:train_sklearn"}, dataset, "--json")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["passed"] is True
+    assert [p["point"] for p in payload["points"]] == list(POINTS)
+    assert {p["status"] for p in payload["points"]} == {"pass"}
+    assert payload["summary"].startswith("8 passed, 0 failed, 0 not checked")
 
 
 def test_command_not_found(tmp_path: Path, dataset: str) -> None:
