@@ -61,6 +61,7 @@ def render_table(lineage: Lineage) -> str:
         ("evaluate run", lineage.evaluate_run_id or "unknown"),
         ("code version", lineage.code_version or "unknown"),
         ("environment", lineage.environment or "unknown"),
+        ("trainer", lineage.trainer or "built-in MLP (recorded before trainers were named)"),
         ("hyperparameters", ", ".join(f"{k}={v}" for k, v in lineage.hyperparameters.items()) or "unknown"),
         ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(lineage.test_metrics.items())) or "none"),
         ("quality gate", {True: "passed", False: "failed", None: "unknown"}[lineage.gate_passed]),

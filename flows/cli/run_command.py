@@ -119,8 +119,7 @@ def _summary(result: Any) -> str:
         ("dataset", f"{result.dataset_name} {result.dataset_version}{' (cached)' if result.dataset_cache_hit else ''}"),
         ("training run", result.train_run_id),
         ("model", f"{result.model_name} version {result.model_version}"),
-        ("test accuracy", f"{result.metrics.get('accuracy', float('nan')):.4f}"),
-        ("macro F1", f"{result.metrics.get('macro_f1', float('nan')):.4f}"),
+        *_headline_rows(result.metrics),
         ("quality gate", verdict),
         ("canary", _canary_text(result.canary)),
         ("champion", f"version {result.champion_version}" if result.champion_version else "none"),
@@ -136,6 +135,15 @@ def _summary(result: Any) -> str:
     with console.capture() as capture:
         console.print(table)
     return capture.get()
+
+
+def _headline_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """The test figures a reader looks at first: accuracy and macro F1 (plus ROC-AUC for a binary task), or RMSE,
+    MAE and R² for regression."""
+    names = {"accuracy": "test accuracy", "macro_f1": "macro F1", "roc_auc": "ROC-AUC"}
+    if "rmse" in metrics:
+        names = {"rmse": "test RMSE", "mae": "test MAE", "r2": "R²"}
+    return [(label, f"{metrics[key]:.4f}") for key, label in names.items() if key in metrics] or [("test", "n/a")]
 
 
 def _canary_text(canary: dict[str, Any] | None) -> str:

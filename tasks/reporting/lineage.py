@@ -9,6 +9,7 @@ pipeline run the train run belongs to, whose stages' telemetry gives the GPU fig
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from workloads.tags import (
     TAG_STOP_REASON,
     TAG_TEST_METRIC_PREFIX,
     TAG_TRAIN_RUN,
+    TAG_TRAINER,
     TAG_TRAINING_ID,
 )
 
@@ -67,11 +69,23 @@ class Lineage(BaseModel):
     evaluate_run_id: str | None
     code_version: str | None = Field(description="gpuflow.pipeline_version of the train run (package + git commit).")
     environment: str | None = Field(description="gpuflow.environment of the train run: the lock file's digest.")
+    trainer: str | None = Field(
+        default=None, description="gpuflow.trainer of the train run: the built-in MLP, an entry point, a command."
+    )
     hyperparameters: dict[str, str]
     test_metrics: dict[str, float]
     gate_passed: bool | None
     gpu: dict[str, Any]
     cost: dict[str, Any]
+
+
+def _hyperparameters(params: dict[str, str]) -> dict[str, str]:
+    """A custom trainer's hyperparameters (the ``hyperparameters`` param, JSON), else the built-in MLP's params."""
+    try:
+        custom = json.loads(params["hyperparameters"])
+    except (KeyError, ValueError):
+        return {k: params[k] for k in HYPERPARAMETERS if k in params}
+    return {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
 
 
 def parse_model_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -194,7 +208,8 @@ def model_lineage(tracking: MLflowTracking, spec: str, pricing: GpuPricing | Non
         evaluate_run_id=str(evaluate.info.run_id) if evaluate is not None else None,
         code_version=train_tags.get(TAG_PIPELINE_VERSION),
         environment=train_tags.get(TAG_ENVIRONMENT),
-        hyperparameters={k: params[k] for k in HYPERPARAMETERS if k in params},
+        trainer=train_tags.get(TAG_TRAINER),
+        hyperparameters=_hyperparameters(params),
         test_metrics=test_metrics,
         gate_passed=None if gate is None else gate == "true",
         gpu=gpu,
