@@ -272,7 +272,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    from workloads.trainer.reporting import quiet_mlflow
+    from workloads.quiet import quiet_mlflow
 
     quiet_mlflow()
     sys.path.insert(0, str(ROOT))

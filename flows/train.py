@@ -17,7 +17,6 @@ from tasks.tracking import events
 from tasks.tracking.runs import record_gpu_inventory
 from tasks.training.trainer_choice import record_trainer, resolve_trainer
 from tasks.training.trainer_job import (
-    PRIMARY_METRIC,
     TrainedModel,
     dataset_manifest,
     default_training_id,
@@ -26,6 +25,7 @@ from tasks.training.trainer_job import (
     trainer_workload,
     training_run,
 )
+from workloads.sdk.contract import PRIMARY_METRIC
 
 own_prefect_ephemeral_server()  # flows called from Python use a server gpuflow owns (no leak, no race)
 

@@ -83,8 +83,8 @@ def trainer_command(args: argparse.Namespace) -> int:
     except GpuflowError as exc:  # a spec or hyperparameter refused: nothing ran
         return _error(args, str(exc), EXIT_USAGE)
     from tasks.training.trainer_check import check_trainer
+    from workloads.quiet import quiet_mlflow
     from workloads.store import store_from_env
-    from workloads.trainer.reporting import quiet_mlflow
 
     quiet_mlflow()
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the trainer stopped, the folder removed

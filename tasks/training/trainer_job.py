@@ -28,6 +28,7 @@ from tasks.core.workload import LABEL_TRAINING_ID, WorkloadResult, WorkloadSpec
 from tasks.tracking.runs import client_for, current_flow_run_id, experiment_id, stage_run
 from tasks.training.trainer_choice import LAUNCHER_MODULE, launcher_args
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
+from workloads.sdk.contract import PRIMARY_METRIC
 from workloads.tags import (
     TAG_COMPUTE_BACKEND,
     TAG_LABELS,
@@ -46,7 +47,6 @@ FINAL_METRICS = {
     "classification": ("val_accuracy", "val_loss", "train_loss"),
     "regression": ("val_rmse", "val_mae", "val_loss", "train_loss"),
 }
-PRIMARY_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
 
 
 class TrainedModel(BaseModel):

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from workloads.launcher.config import parse_config
 from workloads.launcher.telemetry import LaunchTelemetry
+from workloads.quiet import quiet_mlflow
 from workloads.store import StoreError
 from workloads.trainer.config import EXIT_FAILED, EXIT_INTERRUPTED, TrainerError
-from workloads.trainer.reporting import quiet_mlflow
 
 
 def main(argv: Sequence[str] | None = None) -> int:

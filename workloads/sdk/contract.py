@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from workloads.dataset import DatasetManifest
@@ -42,7 +42,7 @@ EXIT_INTERRUPTED = 130
 TASKS = ("classification", "regression")
 # The validation figure each task's early stopping watches, and which way is better.
 PRIMARY_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
-PRIMARY_MODE = {"classification": "max", "regression": "min"}
+PRIMARY_MODE: dict[str, Literal["max", "min"]] = {"classification": "max", "regression": "min"}
 MODEL_NAME = "model"  # the name the model is logged under
 
 

@@ -141,7 +141,7 @@ def _log_sklearn(ctx: TrainerContext, model: Any, x: np.ndarray, kwargs: dict[st
 def log_model(ctx: TrainerContext, model: Any, **kwargs: Any) -> str:
     """Log ``model`` into the launcher's run under the name ``model``; other ``kwargs`` go to MLflow's
     ``log_model`` (``pip_requirements``, ``code_paths``, ...). Returns the model URI."""
-    from workloads.trainer.reporting import quiet_mlflow
+    from workloads.quiet import quiet_mlflow
 
     quiet_mlflow()  # before MLflow's first import: it reads its logging switches then
     import mlflow

@@ -12,9 +12,9 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from workloads.quiet import quiet_mlflow
 from workloads.telemetry.milestones import Milestones
 from workloads.trainer.config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, TrainerError, parse_config
-from workloads.trainer.reporting import quiet_mlflow
 from workloads.trainer.telemetry import TrainingTelemetry, own_device_environ
 
 

@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
+# The exit codes are the trainer contract's (gpuflow-trainer/1), declared once in workloads/sdk/contract.py.
+from workloads.sdk.contract import EXIT_CONFIG as EXIT_CONFIG
+from workloads.sdk.contract import EXIT_DATA as EXIT_DATA
+from workloads.sdk.contract import EXIT_FAILED as EXIT_FAILED
+from workloads.sdk.contract import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from workloads.sdk.contract import EXIT_OK as EXIT_OK
 from workloads.store import join
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # unexpected error (service unreachable, crash): a retry may pass
-EXIT_CONFIG = 2  # bad arguments or environment: permanent
-EXIT_DATA = 3  # dataset missing or not usable: permanent
-EXIT_INTERRUPTED = 130  # SIGINT / KeyboardInterrupt, the shell's 128 + 2
 
 DEVICES = ("auto", "cpu", "cuda")
 EARLY_STOP = ("off", "plateau", "divergence", "both")

@@ -8,28 +8,13 @@ already in the metric history is not logged twice.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_TASK
-
-
-def quiet_mlflow() -> None:
-    """Silence MLflow's INFO chatter, progress bars and advisory warnings; keep real errors."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    for name in ("mlflow", "alembic", "urllib3", "botocore"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.export(\..*)?")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\..*)?")
 
 
 class RunReporter:

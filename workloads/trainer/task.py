@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from workloads.convergence import Mode
+from workloads.sdk.contract import PRIMARY_METRIC, PRIMARY_MODE, TASKS
 
 Task = Literal["classification", "regression"]
-TASKS: tuple[Task, ...] = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class TaskHead:
         return {"val_loss": loss / rows, "val_rmse": (squared / rows) ** 0.5, "val_mae": absolute / rows}
 
 
-CLASSIFICATION = TaskHead("classification", "val_accuracy", "max")
-REGRESSION = TaskHead("regression", "val_rmse", "min")
+# The primary figure and its direction are the trainer contract's, so the built-in trainer and any other agree.
+CLASSIFICATION = TaskHead("classification", PRIMARY_METRIC["classification"], PRIMARY_MODE["classification"])
+REGRESSION = TaskHead("regression", PRIMARY_METRIC["regression"], PRIMARY_MODE["regression"])
 
 
 def head_for(task: str) -> TaskHead:
