@@ -14,12 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from workloads.store import join
-
 # The built-in trainer's own checks, so both programs accept and refuse the same values.
-from workloads.trainer.config import _TRAINING_ID, EARLY_STOP, ConfigError, _telemetry_interval
+from workloads.trainer.config import DEVICES, EARLY_STOP, ConfigError, _check, _telemetry_interval, run_target
 
-DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_STALL_TIMEOUT = 0.0  # seconds; 0 = off
 DEFAULT_STOP_GRACE = 60.0
 
@@ -78,11 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Options before ``--``, the trainer command after it."""
     args = list(argv)
@@ -115,35 +107,20 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
     """Parse and validate; raises :class:`ConfigError` naming the bad value and what was expected."""
     options, command = split_command(argv)
     args = _parser().parse_args(options)
-    _check(bool(args.dataset_uri.strip()), "--dataset-uri must not be empty")
-    _check(
-        bool(_TRAINING_ID.match(args.training_id)),
-        f"--training-id must be 1-128 letters, digits, '.', '_' or '-', got {args.training_id!r}",
-    )
+    target = run_target(args, environ, "the launcher relays to MLflow")
     _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     _check(
         args.early_stop in EARLY_STOP, f"--early-stop must be one of {', '.join(EARLY_STOP)}, got {args.early_stop!r}"
     )
     _check(args.patience >= 1, f"--patience must be at least 1, got {args.patience}")
-    tracking_uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
-    run_id = environ.get("MLFLOW_RUN_ID", "").strip()
-    _check(bool(tracking_uri), "environment variable MLFLOW_TRACKING_URI is not set: the launcher relays to MLflow")
-    _check(bool(run_id), "environment variable MLFLOW_RUN_ID is not set: the trainer logs into an existing run")
-    root = args.checkpoint_root or environ.get("GPUFLOW_STORE_URI", "").strip()
-    _check(bool(root), "set --checkpoint-root or GPUFLOW_STORE_URI: checkpoints need a place to live")
-    checkpoint_uri = (
-        join(args.checkpoint_root, args.training_id)
-        if args.checkpoint_root
-        else join(root, "checkpoints", args.training_id)
-    )
     return LauncherConfig(
         command=tuple(command),
-        dataset_uri=args.dataset_uri.rstrip("/"),
+        dataset_uri=target.dataset_uri,
         training_id=args.training_id,
         hparams=parse_hparams(args.hparams),
-        checkpoint_uri=checkpoint_uri,
-        tracking_uri=tracking_uri,
-        run_id=run_id,
+        checkpoint_uri=target.checkpoint_uri,
+        tracking_uri=target.tracking_uri,
+        run_id=target.run_id,
         device=args.device,
         early_stop=args.early_stop,
         patience=args.patience,

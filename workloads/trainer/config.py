@@ -169,24 +169,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         args.early_stop in EARLY_STOP, f"--early-stop must be one of {', '.join(EARLY_STOP)}, got {args.early_stop!r}"
     )
     _check(args.patience >= 1, f"--patience must be at least 1, got {args.patience}")
-    _check(bool(args.dataset_uri.strip()), "--dataset-uri must not be empty")
-    _check(
-        bool(_TRAINING_ID.match(args.training_id)),
-        f"--training-id must be 1-128 letters, digits, '.', '_' or '-', got {args.training_id!r}",
-    )
-
-    tracking_uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
-    run_id = environ.get("MLFLOW_RUN_ID", "").strip()
-    _check(bool(tracking_uri), "environment variable MLFLOW_TRACKING_URI is not set: the trainer logs to MLflow")
-    _check(bool(run_id), "environment variable MLFLOW_RUN_ID is not set: the trainer logs into an existing run")
-
-    root = args.checkpoint_root or environ.get("GPUFLOW_STORE_URI", "").strip()
-    _check(bool(root), "set --checkpoint-root or GPUFLOW_STORE_URI: checkpoints need a place to live")
-    checkpoint_uri = (
-        join(args.checkpoint_root, args.training_id)
-        if args.checkpoint_root
-        else join(root, "checkpoints", args.training_id)
-    )
+    target = run_target(args, environ, "the trainer logs to MLflow")
 
     threads_text = environ.get("GPUFLOW_TORCH_THREADS", "").strip()
     _check(
@@ -197,7 +180,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
     interval = _telemetry_interval(args.telemetry_interval, environ)
 
     return TrainerConfig(
-        dataset_uri=args.dataset_uri.rstrip("/"),
+        dataset_uri=target.dataset_uri,
         training_id=args.training_id,
         hyper=Hyperparameters(
             epochs=args.epochs,
@@ -208,9 +191,9 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
             seed=args.seed,
         ),
         device=args.device,
-        checkpoint_uri=checkpoint_uri,
-        tracking_uri=tracking_uri,
-        run_id=run_id,
+        checkpoint_uri=target.checkpoint_uri,
+        tracking_uri=target.tracking_uri,
+        run_id=target.run_id,
         keep_checkpoints=args.keep_checkpoints,
         threads=int(threads_text) if threads_text else None,
         early_stop=args.early_stop,
@@ -218,6 +201,38 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         telemetry_interval=interval,
         ranks=parse_ranks(environ),
     )
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where a training reads and writes: what the built-in trainer and the launcher both check the same way."""
+
+    dataset_uri: str
+    tracking_uri: str
+    run_id: str
+    checkpoint_uri: str
+
+
+def run_target(args: argparse.Namespace, environ: Mapping[str, str], mlflow_use: str) -> RunTarget:
+    """``--dataset-uri``, ``--training-id``, ``--checkpoint-root`` and the MLflow run from the environment,
+    checked; ``mlflow_use`` says in the error why MLflow is needed (e.g. "the trainer logs to MLflow")."""
+    _check(bool(args.dataset_uri.strip()), "--dataset-uri must not be empty")
+    _check(
+        bool(_TRAINING_ID.match(args.training_id)),
+        f"--training-id must be 1-128 letters, digits, '.', '_' or '-', got {args.training_id!r}",
+    )
+    tracking_uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
+    run_id = environ.get("MLFLOW_RUN_ID", "").strip()
+    _check(bool(tracking_uri), f"environment variable MLFLOW_TRACKING_URI is not set: {mlflow_use}")
+    _check(bool(run_id), "environment variable MLFLOW_RUN_ID is not set: the trainer logs into an existing run")
+    root = args.checkpoint_root or environ.get("GPUFLOW_STORE_URI", "").strip()
+    _check(bool(root), "set --checkpoint-root or GPUFLOW_STORE_URI: checkpoints need a place to live")
+    checkpoint_uri = (
+        join(args.checkpoint_root, args.training_id)
+        if args.checkpoint_root
+        else join(root, "checkpoints", args.training_id)
+    )
+    return RunTarget(args.dataset_uri.rstrip("/"), tracking_uri, run_id, checkpoint_uri)
 
 
 def parse_ranks(environ: Mapping[str, str]) -> Ranks:
