@@ -180,7 +180,8 @@ def refuse_early(args: argparse.Namespace) -> int | None:
     A named policy block is checked by ``ml_pipeline`` before any work (loading it needs the Prefect API).
     """
     from tasks.core.errors import GpuflowError
-    from tasks.training.trainer_choice import looks_like_file, resolve_trainer
+    from tasks.core.spec_files import looks_like_file
+    from tasks.training.trainer_choice import resolve_trainer
 
     try:
         if not args.trainer or looks_like_file(args.trainer):  # a block name is loaded once the API is up

@@ -55,8 +55,9 @@ def add_trainer_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
 def _resolve(ref: str, overrides: list[str]) -> Any:
     """The spec with ``--hp`` applied and checked; a block name is loaded through the Prefect API."""
+    from tasks.core.spec_files import looks_like_file
     from tasks.core.trainer_spec import parse_override
-    from tasks.training.trainer_choice import looks_like_file, resolve_trainer
+    from tasks.training.trainer_choice import resolve_trainer
 
     def resolve() -> Any:
         spec = resolve_trainer(ref)

@@ -30,6 +30,7 @@ from tasks.core.dataset_spec import (
     spec_from_data,
 )
 from tasks.core.errors import DataNotFoundError, DataValidationError
+from tasks.core.spec_files import looks_like_file, read_spec_file
 from tasks.data.conform import Conformed, conform, split_rows, stored_classes
 from tasks.data.ingest import detect_format, normalize_uri, open_raw
 from tasks.data.publish import (
@@ -49,7 +50,6 @@ from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, is_s3, local_path
 
 SpecRef = str | DatasetSpec | dict[str, Any] | None
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def resolve_spec(ref: SpecRef) -> DatasetSpec | None:
@@ -65,21 +65,12 @@ def resolve_spec(ref: SpecRef) -> DatasetSpec | None:
     text = ref.strip()
     if not text:
         return None
-    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
     if looks_like_file(text):
-        if not path.is_file():
-            raise SpecError(f"dataset spec file {path} does not exist")
-        return parse_spec_text(path.read_text(encoding="utf-8"), f"dataset spec {path}")
+        path, content = read_spec_file(text, "dataset spec", SpecError)
+        return parse_spec_text(content, f"dataset spec {path}")
     from blocks.dataset_spec import load_spec_block
 
     return load_spec_block(text)
-
-
-def looks_like_file(ref: str) -> bool:
-    """Whether a spec reference names a file rather than a saved block."""
-    text = ref.strip()
-    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
-    return path.suffix.lower() in SPEC_SUFFIXES or "/" in text or path.is_file()
 
 
 def quick_check_spec(data_uri: str, ref: str) -> None:

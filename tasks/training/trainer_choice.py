@@ -11,21 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tasks.core.spec_files import looks_like_file, read_spec_file
 from tasks.core.trainer_spec import TrainerSpec, TrainerSpecError, parse_trainer_text, trainer_spec_from_data
-from workloads.store import local_path
 from workloads.tags import TAG_TRAINER
 
 TrainerRef = str | TrainerSpec | dict[str, Any] | None
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 LAUNCHER_MODULE = "workloads.launcher"
 ENTRYPOINT_MODULE = "workloads.launcher.entrypoint"
-
-
-def looks_like_file(ref: str) -> bool:
-    """Whether a trainer reference names a file rather than a saved block."""
-    text = ref.strip()
-    path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
-    return path.suffix.lower() in SPEC_SUFFIXES or "/" in text or path.is_file()
 
 
 def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
@@ -39,10 +31,8 @@ def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
     if not text:
         return TrainerSpec()
     if looks_like_file(text):
-        path = local_path(text) if text.startswith("file://") else Path(text).expanduser()
-        if not path.is_file():
-            raise TrainerSpecError(f"trainer spec file {path} does not exist")
-        spec = parse_trainer_text(path.read_text(encoding="utf-8"), f"trainer spec {path}")
+        path, content = read_spec_file(text, "trainer spec", TrainerSpecError)
+        spec = parse_trainer_text(content, f"trainer spec {path}")
         if spec.working_dir and not Path(spec.working_dir).is_absolute():
             spec = spec.model_copy(update={"working_dir": str((path.parent / spec.working_dir).resolve())})
         return spec
