@@ -6,7 +6,7 @@ gpuflow resolver goes through :func:`load_saved` so the user reads the block typ
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 
@@ -73,6 +73,10 @@ def invalid_block(cls: type[Block], name: str) -> ConfigurationError:
     try:
         cls.model_validate(saved.data)
     except ValidationError as invalid:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or kind}: {e['msg']}" for e in invalid.errors())
-        return ConfigurationError(f"{kind} block {name!r} is not valid: {problems}")
+        return ConfigurationError(f"{kind} block {name!r} is not valid: {field_problems(invalid, kind)}")
     return ConfigurationError(f"{kind} block {name!r} failed validation when loaded; save it again from the UI")
+
+
+def field_problems(invalid: Any, whole: str) -> str:
+    """A pydantic ``ValidationError`` as ``field.path: reason`` items (``whole`` names a problem of no field)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in invalid.errors())

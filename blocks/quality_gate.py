@@ -13,8 +13,9 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from blocks.loading import load_saved
+from blocks.loading import field_problems, load_saved
 from tasks.core.errors import ConfigurationError
+from tasks.core.spec_files import read_spec_file
 
 METRIC_NAME = r"^[a-z][a-z0-9_]*$"
 FUNCTION_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -136,21 +137,15 @@ def resolve_gate(name: str | None) -> QualityGate:
     return load_saved(QualityGate, name)
 
 
-def gate_from_file(path_text: str) -> QualityGate:
+def gate_from_file(ref: str) -> QualityGate:
     """The gate a YAML or JSON file declares (the same fields as the block's form)."""
-    from pathlib import Path
-
     import yaml
     from pydantic import ValidationError
 
-    path = Path(path_text.removeprefix("file://")).expanduser()
-    if not path.is_file():
-        raise ConfigurationError(f"quality gate file {path} does not exist")
+    path, text = read_spec_file(ref, "quality gate", ConfigurationError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return QualityGate.model_validate(data)
+        return QualityGate.model_validate(yaml.safe_load(text) or {})
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"quality gate file {path} is not valid YAML or JSON: {exc}") from None
     except ValidationError as invalid:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'gate'}: {e['msg']}" for e in invalid.errors())
-        raise ConfigurationError(f"quality gate file {path} is not valid: {problems}") from None
+        raise ConfigurationError(f"quality gate file {path} is not valid: {field_problems(invalid, 'gate')}") from None
