@@ -1,8 +1,8 @@
-"""On a real NVIDIA GPU: train a small model for ~20 s with GpuSampler running and check the telemetry is real.
+"""On a real NVIDIA GPU: train a toy model for ~20 s with GpuSampler running and check the telemetry is real.
 
 Runs only where torch sees CUDA and NVML sees a device; elsewhere it is skipped with a plain reason.
 
-    python -m pytest tests/gpu -m gpu -v
+    GPUFLOW_TEST_REAL_NVML=1 python -m pytest tests/gpu -m gpu -v
 """
 
 from __future__ import annotations
@@ -12,22 +12,9 @@ import time
 import pytest
 import torch
 
-from workloads.gpu import inventory
+from tests.gpu.availability import REASON
 from workloads.telemetry import GpuSampler, TelemetrySummary, read_series
 
-
-def _why_no_gpu() -> str:
-    cuda, nvml = torch.cuda.is_available(), inventory().count > 0
-    if cuda and nvml:
-        return ""
-    if not cuda and not nvml:
-        return "no NVIDIA GPU: torch.cuda.is_available() is False and NVML found no device"
-    if not cuda:
-        return "NVML sees a GPU but torch.cuda.is_available() is False (CPU-only torch build?)"
-    return "torch sees CUDA but NVML found no device (no libnvidia-ml.so.1 on the library path?)"
-
-
-REASON = _why_no_gpu()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(REASON), reason=REASON or "GPU present")]
 
 TRAIN_SECONDS = 20.0

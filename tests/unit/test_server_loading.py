@@ -112,3 +112,17 @@ def test_labels_that_do_not_match_the_outputs_are_refused(logged: Logged) -> Non
     with pytest.raises(ModelLoadError, match=r"2 labels in gpuflow\.labels but the model outputs 3 logits") as caught:
         build(wrong, ServerConfig(model_uri="models:/iris/1"))
     assert caught.value.exit_code == EXIT_USAGE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: tests/gpu serves on it")
+def test_device_cuda_without_a_gpu_is_a_usage_error_naming_the_flag(logged: Logged) -> None:
+    loaded = load(resolve("models:/iris/1", logged.tracking_uri), logged.tracking_uri)
+    with pytest.raises(ModelLoadError, match=r"--device cuda was requested but no CUDA device") as caught:
+        build(loaded, ServerConfig(model_uri="models:/iris/1", device="cuda"))
+    assert caught.value.exit_code == EXIT_USAGE
+
+
+def test_the_cpu_device_is_reported_for_both_backends(logged: Logged) -> None:
+    loaded = load(resolve("models:/iris/1", logged.tracking_uri), logged.tracking_uri)
+    for backend in ("auto", "torch"):
+        assert build(loaded, ServerConfig(model_uri="models:/iris/1", backend=backend)).device == "cpu"

@@ -325,6 +325,7 @@ class App:
                 "uri": predictor.uri,
                 "task": predictor.task,
                 "backend": predictor.backend,
+                "device": predictor.device,
                 "labels": None if predictor.regression else predictor.labels,
                 "n_features": predictor.n_features,
                 "input": predictor.input_spec.describe(),

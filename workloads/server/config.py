@@ -37,6 +37,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     max_rows: int = 1024
     backend: str = "auto"
+    device: str = "cpu"
     offload: str = "auto"
     threads: int = 1
     loop: str = "auto"
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "numpy when possible. Other flavors run through mlflow.pyfunc (auto only)",
         defaults.backend,
         choices=("auto", "numpy", "torch"),
+    )
+    add(
+        "--device",
+        "where PyTorch models run: cuda is the first visible GPU and implies the torch backend (the compiled numpy "
+        "path and pyfunc models run on the CPU)",
+        defaults.device,
+        choices=("cpu", "cuda"),
     )
     add(
         "--offload",

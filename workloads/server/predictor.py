@@ -45,7 +45,10 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _torch_function(module: Any, shape: tuple[int, ...] | None) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_function(
+    module: Any, shape: tuple[int, ...] | None, device: str = "cpu"
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows in, outputs out as float32 numpy; on ``device`` the inputs go over and the outputs come back."""
     import torch
 
     if hasattr(module, "eval"):
@@ -59,7 +62,7 @@ def _torch_function(module: Any, shape: tuple[int, ...] | None) -> Callable[[np.
         if shape is not None:
             rows = rows.reshape(len(rows), *shape)
         with torch.inference_mode():
-            out = module(torch.from_numpy(rows))
+            out = module(torch.from_numpy(rows).to(device))
         if isinstance(out, tuple | list):
             out = out[0]
         return np.asarray(out.detach().to("cpu", torch.float32).numpy())
@@ -90,18 +93,38 @@ def build(loaded: LoadedModel, config: ServerConfig) -> Predictor:
     """Pick the backend and check the model against its task and labels; :class:`ModelLoadError` when unservable."""
     limit_threads(config.threads)
     if loaded.flavor == "pyfunc":
+        if config.device == "cuda":
+            log.info("%s: --device cuda applies to PyTorch models; pyfunc models place themselves", loaded.source.uri)
         return build_pyfunc(loaded, config)
     return _build_torch(loaded, config)
 
 
+def _device(loaded: LoadedModel, config: ServerConfig) -> str:
+    """``cpu``, or ``cuda:0`` when asked for and present; asking for cuda with the numpy backend is a usage error."""
+    if config.device != "cuda":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was requested but no CUDA device is available", EXIT_USAGE)
+    if config.backend == "numpy":
+        raise ModelLoadError(
+            f"{loaded.source.uri}: --backend numpy runs on the CPU; expected --backend torch or auto with "
+            "--device cuda",
+            EXIT_USAGE,
+        )
+    return "cuda:0"
+
+
 def _build_torch(loaded: LoadedModel, config: ServerConfig) -> Predictor:
     started = time.perf_counter()
-    module = loaded.module
+    device = _device(loaded, config)
+    module = loaded.module if device == "cpu" else loaded.module.to(device)
     shape = loaded.inputs.shape if loaded.inputs else None
-    reference = _torch_function(module, shape)
+    reference = _torch_function(module, shape, device)
     compiled = None
     note = ""
-    if config.backend != "torch":
+    if config.backend != "torch" and device == "cpu":
         try:
             compiled = compile_module(module)
         except Unsupported as exc:
@@ -147,6 +170,7 @@ def _build_torch(loaded: LoadedModel, config: ServerConfig) -> Predictor:
         task=source.task,
         output="values" if source.task == "regression" else "logits",
         inputs=loaded.inputs or InputSpec(n_features),
+        device=device if compiled is None else "cpu",
     )
 
 

@@ -38,6 +38,7 @@ class Predictor:
     output: str = "logits"  # what infer returns: logits or probabilities [rows, classes], or values (regression)
     inputs: InputSpec | None = None  # None: plain float32 rows of n_features
     refusals_are_client_errors: bool = False  # the model alone can refuse a request's values (unknown categories)
+    device: str = "cpu"  # where inference runs: cpu, or cuda:<n> for a torch model served with --device cuda
 
     @property
     def n_classes(self) -> int:

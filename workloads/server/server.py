@@ -137,11 +137,12 @@ async def serve(config: ServerConfig) -> int:
         app.metrics.load_seconds = predictor.load_seconds
         app.metrics.warmup_seconds = warmup_seconds
         log.info(
-            "ready: model=%s version=%s backend=%s load_s=%.3f warmup_s=%.3f port=%d url=%s "
+            "ready: model=%s version=%s backend=%s device=%s load_s=%.3f warmup_s=%.3f port=%d url=%s "
             "max_batch_size=%d max_wait_us=%d offload=%s",
             predictor.name,
             predictor.version,
             predictor.backend,
+            predictor.device,
             predictor.load_seconds,
             warmup_seconds,
             port,
