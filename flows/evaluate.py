@@ -34,6 +34,7 @@ from tasks.tracking.events import MODEL_EVALUATED, emit, model_resource
 from tasks.tracking.model_registry import current_champion, move_aliases, register_version, trained_model
 from tasks.tracking.runs import client_for, record_gpu_inventory, stage_run
 from workloads.tags import (
+    TAG_DATASET_URI,
     TAG_DATASET_VERSION,
     TAG_EVALUATE_RUN,
     TAG_MODEL_NAME,
@@ -123,6 +124,7 @@ def evaluate(
             **gate_tags(decision),
             TAG_EVALUATE_RUN: run_id,
             TAG_DATASET_VERSION: split.version,
+            TAG_DATASET_URI: split.dataset_uri,
             **{f"{TAG_TEST_METRIC_PREFIX}{key}": f"{challenger.metrics[key]:.6f}" for key in headline
                if key in challenger.metrics},
         }  # fmt: skip

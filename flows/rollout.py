@@ -93,7 +93,7 @@ def rollout(
         model_name: Registered model name in MLflow.
         candidate_version: Version to roll out; empty: the version behind the `challenger` alias.
         dataset_uri: Prepared dataset whose test split is replayed as labelled traffic; empty: the dataset
-            the candidate was evaluated on (<store>/datasets/<default name>/<its gpuflow.dataset_version>).
+            the candidate was evaluated on (its gpuflow.dataset_uri tag).
         policy: Saved CanaryPolicy block name; empty uses the default steps and thresholds.
         data_store: Saved DataStore block name; empty uses GPUFLOW_HOME/store.
         tracking: Saved MLflowTracking block name; empty uses MLFLOW_TRACKING_URI or SQLite under GPUFLOW_HOME.

@@ -19,7 +19,7 @@ from tasks.core.errors import ConfigurationError, GateFailed, ServiceUnavailable
 from tasks.core.mlflow_errors import is_not_found
 from tasks.tracking.model_registry import CHALLENGER, CHAMPION, RegisteredVersion, alias_version, read_version
 from tasks.tracking.runs import client_for
-from workloads.tags import TAG_DATASET_VERSION, TAG_GATE_PASSED, TAG_GATE_REASONS
+from workloads.tags import TAG_DATASET_URI, TAG_DATASET_VERSION, TAG_GATE_PASSED, TAG_GATE_REASONS
 
 __all__ = ["RolloutTarget", "dataset_uri", "resolve_target"]
 
@@ -33,6 +33,7 @@ class RolloutTarget(BaseModel):
     candidate: RegisteredVersion
     champion: RegisteredVersion | None
     dataset_version: str | None
+    dataset_uri: str | None = None  # the dataset the evaluate stage scored it on (versions evaluated before: None)
 
     @property
     def task(self) -> str:
@@ -80,10 +81,15 @@ def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version:
         candidate=candidate,
         champion=champion,
         dataset_version=found.tags.get(TAG_DATASET_VERSION),
+        dataset_uri=found.tags.get(TAG_DATASET_URI) or None,
     )
 
 
 def dataset_uri(store: DataStore, target: RolloutTarget) -> str:
+    """The dataset the candidate was evaluated on (its tag); for versions evaluated before that tag existed, the
+    default dataset name at the version's dataset version."""
+    if target.dataset_uri:
+        return target.dataset_uri
     if not target.dataset_version:
         raise ConfigurationError(
             f"{target.model_name!r} version {target.candidate.version} has no {TAG_DATASET_VERSION} tag: "

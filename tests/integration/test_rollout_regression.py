@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from blocks.canary_policy import CanaryPolicy
+from flows.evaluate import evaluate
 from flows.rollout import rollout
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError
@@ -137,3 +138,20 @@ def test_a_classification_threshold_on_a_regression_model_is_refused_before_any_
 
     assert time.monotonic() - started < 30 and _servers() == []
     assert aliases(model_name) == {"champion": champion, "challenger": "2"}
+
+
+def test_without_dataset_uri_the_canary_replays_the_dataset_the_candidate_was_evaluated_on(
+    home: RegressionHome, model_name: str
+) -> None:
+    """Not <store>/datasets/digits/<version>: the evaluate stage tags each version with the dataset it scored."""
+    second = log_diabetes_regressor(settings.tracking_uri(), home.dataset_uri)
+    first = evaluate(train_run_id=home.good_run, dataset_uri=home.dataset_uri, model_name=model_name)
+    candidate = evaluate(
+        train_run_id=second, dataset_uri=home.dataset_uri, model_name=model_name, promote_on_pass=False
+    )
+    assert first.promoted and candidate.gate.passed, candidate.gate
+
+    result = rollout(model_name=model_name, policy=_policy(step_weights=[100]))
+
+    assert (result.decision, result.failed_check) == ("promoted", None), result.reason
+    assert result.steps[0].canary.rmse is not None and 30 < result.steps[0].canary.rmse < 80
