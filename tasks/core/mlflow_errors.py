@@ -1,21 +1,14 @@
-"""One place that knows how MLflow says "not found", so every caller maps it the same way.
-
-MLflow answers a missing run, model, alias or version with an ``MlflowException`` whose ``error_code`` is
-``RESOURCE_DOES_NOT_EXIST`` (the REST store) or ``INVALID_PARAMETER_VALUE`` (the SQL store). Anything else (an
-outage included) is left as it is, so a service that is down stays a failure worth retrying.
-"""
+"""MLflow's "not found" mapped to gpuflow's errors: the rule itself (``is_not_found``) is workloads/mlflow_errors.py's,
+shared with the trainer, the launcher and the server."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 
-NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+from workloads.mlflow_errors import NOT_FOUND_CODES, is_not_found
 
-
-def is_not_found(exc: BaseException) -> bool:
-    """Whether ``exc`` is MLflow's way of saying the thing asked for does not exist."""
-    return getattr(exc, "error_code", None) in NOT_FOUND_CODES
+__all__ = ["NOT_FOUND_CODES", "is_not_found", "not_found_as"]
 
 
 @contextlib.contextmanager

@@ -310,6 +310,21 @@ def test_missing_dataset_is_a_data_error(setup: Setup) -> None:
     )
 
 
+def test_a_run_id_mlflow_does_not_know_is_a_configuration_error(setup: Setup) -> None:
+    unknown = "0" * 32
+    setup = Setup(setup.dataset_uri, setup.store, setup.tracking_uri, unknown)
+    launched = setup.launch(COMMAND_TRAINER)
+    trained = subprocess.run(
+        [sys.executable, "-m", "workloads.trainer", "--dataset-uri", setup.dataset_uri, "--training-id", "t1"],
+        cwd=ROOT, env=setup.env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+    for result in (launched, trained):
+        assert result.returncode == 2, result.stderr
+        assert f"MLflow run {unknown!r} does not exist at {setup.tracking_uri}" in last_line(result.stderr)
+        assert "Traceback" not in result.stderr
+
+
 def test_hyperparameter_name_mlflow_refuses_is_a_configuration_error(setup: Setup) -> None:
     result = setup.launch(COMMAND_TRAINER, {"learning rate?": 0.1})
 

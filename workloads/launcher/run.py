@@ -36,6 +36,7 @@ from workloads.launcher.data import LocalDataset, open_dataset
 from workloads.launcher.process import TrainerProcess, exit_code
 from workloads.launcher.relay import LineReader, MetricRelay, MetricsTail, run_history
 from workloads.launcher.telemetry import LaunchTelemetry
+from workloads.mlflow_errors import is_not_found
 from workloads.sdk import contract as c
 from workloads.store import store_from_env
 from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TASK, TAG_TRAINING_ID
@@ -158,7 +159,7 @@ class Launch:
         try:
             self.client.get_run(self.config.run_id)
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            if is_not_found(exc):
                 raise ConfigError(
                     f"MLflow run {self.config.run_id!r} does not exist at {self.config.tracking_uri}; "
                     "MLFLOW_RUN_ID must name a run the flow created"

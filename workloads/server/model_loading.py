@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads.mlflow_errors import is_not_found
 from workloads.server.config import EXIT_UNAVAILABLE, EXIT_USAGE
 from workloads.server.errors import ModelLoadError
 from workloads.server.inputs import InputSpec, example_rows, input_spec
@@ -28,7 +29,6 @@ from workloads.tags import TAG_LABELS, TAG_TASK
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model id> or runs:/<run id>/<path>"
 TASKS = ("classification", "regression")
 
@@ -141,7 +141,7 @@ def resolve(uri: str, tracking_uri: str | None) -> ModelSource:
     try:
         return _resolve(client, uri)
     except MlflowException as exc:
-        code = EXIT_USAGE if exc.error_code in _NOT_FOUND else EXIT_UNAVAILABLE
+        code = EXIT_USAGE if is_not_found(exc) else EXIT_UNAVAILABLE
         raise ModelLoadError(f"cannot resolve {uri} in MLflow at {client.tracking_uri}: {exc.message}", code) from exc
     except ModelLoadError:
         raise

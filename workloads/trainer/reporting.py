@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from workloads.mlflow_errors import is_not_found
 from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_TASK
 
 
@@ -34,7 +35,7 @@ class RunReporter:
         try:
             run = self.client.get_run(self.run_id)
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            if is_not_found(exc):
                 raise LookupError(f"MLflow run {self.run_id!r} does not exist at {self.tracking_uri}") from exc
             raise
         return dict(run.data.params)
