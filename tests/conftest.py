@@ -46,6 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 pytest_plugins = ("tests.fixtures.kube.plugin",)  # the kube_cluster fixture (emulated Kubernetes)
 
+# One OpenMP/BLAS thread per process (the test process, its workers, every trainer, flow and server they start):
+# the suite runs several processes per core, and an idle OpenMP thread spins on the CPU before it sleeps, so two
+# intra-op threads per process cost twice the CPU for the same work (the models here are tiny). Set before torch
+# loads anywhere; an explicit value (or GPUFLOW_TORCH_THREADS, set by some tests) still wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep every test run off the network and off the developer's own Prefect profile.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
