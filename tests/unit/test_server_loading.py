@@ -47,7 +47,11 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     mlflow.set_tracking_uri(tracking_uri)
     try:
         info = mlflow.pytorch.log_model(
-            module, name="model", input_example=np.ones((2, 4), np.float32), run_id=run.info.run_id
+            module,
+            name="model",
+            input_example=np.ones((2, 4), np.float32),
+            run_id=run.info.run_id,
+            pip_requirements=[f"torch=={torch.__version__}"],  # inferring them loads the model in a subprocess
         )
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]

@@ -52,7 +52,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
             run = client.create_run(experiment, tags=tags)
             with mlflow.start_run(run_id=run.info.run_id):
                 if isinstance(model, nn.Module):
-                    info = mlflow.pytorch.log_model(model, name="model", input_example=X[:2])
+                    # named requirements: inferring them loads the model in a subprocess (seconds)
+                    info = mlflow.pytorch.log_model(
+                        model, name="model", input_example=X[:2], pip_requirements=[f"torch=={torch.__version__}"]
+                    )
                 else:  # predict gives labels: the classifier was not logged with pyfunc_predict_fn="predict_proba"
                     requirements = ["scikit-learn"]
                     info = mlflow.sklearn.log_model(
