@@ -30,9 +30,11 @@ lock-check:
 run: $(STAMP)
 	$(VENV)/bin/gpuflow run --canary-seconds 10
 
-# The whole suite in parallel workers; the 15 slowest tests are listed at the end.
+# The whole suite in parallel workers, a module's tests on one worker, the longest modules first (the order
+# tests/conftest.py gives; xdist would otherwise reorder modules by their number of tests); the 15 slowest tests
+# are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 # The unit tests only: the edit loop.
 test-fast: $(STAMP)

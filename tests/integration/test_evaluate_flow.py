@@ -23,6 +23,7 @@ from tasks.core import settings
 from tasks.core.errors import ConfigurationError
 from tasks.tracking.events import MODEL_EVALUATED
 from tests.fixtures.datasets import write_digits_dataset
+from tests.fixtures.flow_env import migrated_home, mlflow_db_template  # noqa: F401
 from tests.fixtures.models import aliases, log_training_run, registry_client, train_digits_model
 from tests.fixtures.prefect_events import wait_for_event
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
-def dataset_uri(gpuflow_home: Path) -> str:
+def dataset_uri(migrated_home: Path) -> str:  # noqa: F811
     return write_digits_dataset(settings.store_uri())
 
 
@@ -210,7 +211,7 @@ def test_bad_inputs_fail_with_a_message_naming_them(dataset_uri: str, model_name
     assert registry_client().search_registered_models(f"name = '{model_name}'") == []
 
 
-def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
+def test_run_with_unusable_labels_tag_is_rejected(migrated_home: Path) -> None:  # noqa: F811
     from blocks.mlflow_tracking import MLflowTracking
     from tasks.tracking.model_registry import read_trained_model
     from tasks.tracking.runs import start_run
@@ -224,14 +225,17 @@ def test_run_with_unusable_labels_tag_is_rejected(gpuflow_home: Path) -> None:
         read_trained_model(client, run_id)
 
 
-def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(gpuflow_home: Path, model_name: str) -> None:
+def test_aliases_do_not_move_when_the_champion_changed_during_evaluation(
+    migrated_home: Path,  # noqa: F811
+    model_name: str,
+) -> None:
     from blocks.mlflow_tracking import MLflowTracking
     from tasks.tracking.model_registry import ChampionMoved, move_aliases
 
     client = registry_client()
     client.create_registered_model(model_name)
     for _ in range(3):
-        client.create_model_version(model_name, source=(gpuflow_home / "model").as_uri())
+        client.create_model_version(model_name, source=(migrated_home / "model").as_uri())
     client.set_registered_model_alias(model_name, "champion", "2")  # moved by someone else meanwhile
     tracking = MLflowTracking.embedded()
 

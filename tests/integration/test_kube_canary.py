@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,6 +35,7 @@ from tasks.kube.cluster_serving import canary_replicas
 from tasks.kube.servers import server_name_for
 from tasks.rollout.server_metrics import ServerSample
 from tasks.rollout.serving import ServerNotReady
+from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway
 from tests.fixtures.models import (
@@ -65,9 +67,9 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutHome]:
+def home(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[RolloutHome]:  # noqa: F811
     """One GPUFLOW_HOME for the module: the digits dataset and two logged models (good, shuffled labels)."""
-    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home")) as made:
+    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home"), mlflow_db_template) as made:
         yield made
 
 

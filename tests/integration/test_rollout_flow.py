@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,7 @@ from tasks.core import settings
 from tasks.core.errors import GateFailed
 from tasks.rollout.canary_report import artifact_key
 from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
+from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.models import (
     RolloutHome,
     aliases,
@@ -59,9 +61,9 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutHome]:
+def home(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[RolloutHome]:  # noqa: F811
     """One GPUFLOW_HOME for the module: the digits dataset and two logged models (good, shuffled labels)."""
-    with rollout_home(tmp_path_factory.mktemp("rollout-home")) as made:
+    with rollout_home(tmp_path_factory.mktemp("rollout-home"), mlflow_db_template) as made:
         yield made
 
 
