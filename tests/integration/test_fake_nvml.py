@@ -195,6 +195,7 @@ def test_a_gpu_lost_mid_run_is_reported_and_sampling_goes_on(fake_nvml: FakeNvml
     assert gpu0.lost_at_s is None and gpu0.seconds == pytest.approx(s.duration_s)
     lost_at = result.segments["run"].duration_s + result.segments["epoch 1"].duration_s  # the "epoch 2" mark
     # Lost at the sample taken at that mark: on a busy machine the sample lands a little after the mark itself.
+    assert gpu1.lost_at_s is not None
     assert lost_at - 1e-3 <= gpu1.lost_at_s <= lost_at + result.segments["epoch 2"].duration_s
     assert gpu1.seconds == pytest.approx(result.segments["run"].duration_s)
     assert s.gpu_seconds == pytest.approx(gpu0.seconds + gpu1.seconds)
