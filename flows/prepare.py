@@ -50,7 +50,8 @@ def prepare(
     column, row and what was expected, and publishes nothing. Emits gpuflow.dataset.prepared.
 
     Args:
-        data_uri: Raw data, CSV or Parquet: a path, file://..., s3://bucket/key, or "demo" for the bundled digits.
+        data_uri: Raw data, CSV or Parquet: a path, file://..., s3://bucket/key, a glob of parts (data/*.csv), an
+            S3 prefix of parts (s3://bucket/raw/), or "demo" for the bundled digits.
         dataset_name: Name of the dataset: the folder under <store>/datasets/ and the event's resource.
         val_fraction: Share of each class that goes to the validation split.
         test_fraction: Share of each class that goes to the test split.

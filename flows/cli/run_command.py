@@ -22,7 +22,12 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         description="Run the whole pipeline. Without servers configured it uses the embedded defaults: "
         "Prefect's ephemeral API, MLflow on SQLite and the store under GPUFLOW_HOME (default ./.gpuflow).",
     )
-    run.add_argument("--data", default="demo", help="raw CSV/Parquet: path, file://, s3://bucket/key, or 'demo'")
+    run.add_argument(
+        "--data",
+        default="demo",
+        help="raw CSV/Parquet: a file (path, file://, s3://bucket/key), a glob of parts ('data/*.csv', quoted), "
+        "an S3 prefix of parts (s3://bucket/raw/), or 'demo'",
+    )
     run.add_argument("--dataset-name", default=None, help="prepared dataset name (default: digits)")
     run.add_argument("--dataset-spec", metavar="FILE|BLOCK", help="dataset spec: YAML/JSON file or saved block name")
     run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")

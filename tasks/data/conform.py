@@ -26,7 +26,7 @@ from tasks.core.dataset_spec import BooleanColumn, CategoryColumn, DatasetSpec, 
 from tasks.core.errors import DataValidationError
 from tasks.data import arrays
 from tasks.data.duplicate_rows import table_repeats
-from tasks.data.raw_file import MAX_LISTED, ROWS_NOTE, first_problem, problem_listing
+from tasks.data.raw_file import MAX_LISTED, ROWS_NOTE, data_row, first_problem, problem_listing
 from tasks.data.schema import PrepareParams
 from tasks.data.spec_reader import float_type
 from tasks.data.split import allocate, min_rows_per_class, splitmix64, stratified_split
@@ -52,6 +52,30 @@ class Conformed:
 
 def conform(table: pa.Table, spec: DatasetSpec, params: PrepareParams, where: str) -> Conformed:
     """Check every value against the spec, encode categories, booleans and string classes; see the module doc."""
+    out, target, vocabularies = conform_values(table, spec, where)
+    groups = _group_ids(table, spec, where) if spec.split_method == "group" else None
+    conformed = Conformed(
+        table=out,
+        labels=target if spec.target.type == "class" else None,
+        target=target,
+        groups=groups,
+        keep=None,
+        vocabularies=vocabularies,
+    )
+    policy = "drop" if params.drop_duplicates else spec.duplicates
+    if policy != "allow":
+        _handle_duplicates(conformed, policy, where)
+    if spec.split_method == "stratified":
+        _check_class_sizes(conformed, spec, params, where)
+    return conformed
+
+
+def conform_values(table: pa.Table, spec: DatasetSpec, where: str) -> tuple[pa.Table, np.ndarray, dict[str, list[str]]]:
+    """(stored table, target values, category vocabularies): the checks and encodings one row at a time allows.
+
+    Whole-table rules (duplicates, class sizes, group ids) are left to the caller, so a batch of a larger input
+    can be checked on its own (``tasks.data.streaming``).
+    """
     problems: list[str] = []
     stored: dict[str, pa.ChunkedArray | pa.Array] = {}
     vocabularies: dict[str, list[str]] = {}
@@ -83,22 +107,7 @@ def conform(table: pa.Table, spec: DatasetSpec, params: PrepareParams, where: st
         raise DataValidationError(problem_listing(where, f"bad feature values in {len(problems)} place(s)", problems))
     target_column, target = _check_target(table, spec, where)
     stored[spec.target.name] = target_column
-    out = pa.table(stored)
-    groups = _group_ids(table, spec, where) if spec.split_method == "group" else None
-    conformed = Conformed(
-        table=out,
-        labels=target if spec.target.type == "class" else None,
-        target=target,
-        groups=groups,
-        keep=None,
-        vocabularies=vocabularies,
-    )
-    policy = "drop" if params.drop_duplicates else spec.duplicates
-    if policy != "allow":
-        _handle_duplicates(conformed, policy, where)
-    if spec.split_method == "stratified":
-        _check_class_sizes(conformed, spec, params, where)
-    return conformed
+    return pa.table(stored), target, vocabularies
 
 
 def _null_problems(name: str, values: pa.ChunkedArray, nullable: bool) -> list[str]:
@@ -206,7 +215,7 @@ def _undeclared_message(
     rows = np.flatnonzero(np.asarray(unknown.to_pylist(), dtype=bool))
     found: dict[Any, list[int]] = {}
     for row in rows:
-        found.setdefault(values[int(row)].as_py(), []).append(int(row) + 1)
+        found.setdefault(values[int(row)].as_py(), []).append(data_row(int(row)))
     parts = []
     for value, at in list(found.items())[:MAX_LISTED]:
         listed = ", ".join(str(r) for r in at[:3]) + (", ..." if len(at) > 3 else "")

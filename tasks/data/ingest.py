@@ -1,4 +1,5 @@
 """Fetch raw data (path, file:// or s3://) and hash it; refuse a bad local file early (:func:`quick_check`).
+Several parts (a glob, an S3 prefix) are :mod:`tasks.data.parts`.
 
 The content hash is computed while the bytes stream past (an S3 object is spooled to a temp file on the
 way), so the version is known before anything is parsed and a cache hit costs one read. Parsing is
@@ -73,6 +74,12 @@ def quick_check(uri: str, schema: ColumnSet) -> None:
     """
     uri = normalize_uri(uri)
     if is_s3(uri):
+        return
+    from tasks.data.parts import is_pattern, local_parts
+
+    if is_pattern(uri):  # every part the glob matches, each checked as a file would be
+        for _, part in local_parts(uri):
+            quick_check(str(part), schema)
         return
     path = _local_file(uri)
     raw = RawFile(uri=uri, path=path, sha256="", size=path.stat().st_size, format=detect_format(uri, path))

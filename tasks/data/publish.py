@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from tasks.core.errors import ConfigurationError
 from tasks.data import arrays
-from tasks.data.ingest import open_raw
+from tasks.data.parts import open_parts
 from tasks.data.schema import DatasetSchema, PrepareParams, canonical_json
 from tasks.data.schema_reader import feature_type, read_table
 from tasks.data.split import SPLIT_NAMES, class_counts, stratified_split
@@ -98,8 +98,16 @@ def prepare_dataset(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     clock = _Clock(timings)
-    with open_raw(source_uri, store) as raw:
+    with open_parts(source_uri, store) as parts:
         clock.lap("hash")
+        if not parts.single:  # several parts: read batch by batch, by the spec this schema amounts to
+            from tasks.data.streaming import prepare_parts, spec_from_schema
+
+            return prepare_parts(
+                parts, store=store, root=root, name=name, spec=spec_from_schema(schema), params=params, log=log,
+                created_by=created_by, clock=clock, started=started,
+            )  # fmt: skip
+        raw = parts.files[0]
         version = compute_version(raw.sha256, schema, params)
         uri = dataset_uri(root, name, version)
         if (cached := cached_result(uri, store, name, version, raw.uri, timings, started, log)) is not None:
@@ -149,7 +157,7 @@ def cached_result(
 
 
 def publish_result(
-    rows: Rows,
+    rows: Rows | Callable[[str], dict[str, SplitFile]],
     uri: str,
     store: ObjectStore,
     manifest_for: Callable[[dict[str, SplitFile]], DatasetManifest],
@@ -246,7 +254,7 @@ class Rows:
 
 
 def publish(
-    rows: Rows,
+    rows: Rows | Callable[[str], dict[str, SplitFile]],
     *,
     uri: str,
     store: ObjectStore,
@@ -254,13 +262,15 @@ def publish(
 ) -> tuple[DatasetManifest, bool]:
     """Write the splits, then the manifest, then make the folder visible; ``(manifest, False)`` if we lost a race.
 
-    On any failure everything this call wrote is deleted before the error propagates.
+    ``rows`` is a validated table, or a function writing the splits into the folder it is given (a streamed
+    input, ``tasks.data.streaming``). On any failure everything this call wrote is deleted before the error
+    propagates.
     """
     staging = store.staging_uri(uri)
     if is_s3(uri):
         store.delete_prefix(uri)  # objects of an earlier attempt that died before writing its manifest
     try:
-        files = write_splits(rows, staging, store)
+        files = write_splits(rows, staging, store) if isinstance(rows, Rows) else rows(staging)
         manifest = manifest_for(files)
         store.write_bytes(join(staging, MANIFEST), manifest.to_json())
         if is_s3(uri):
@@ -281,7 +291,7 @@ def publish(
         raise
 
 
-class _SplitWriter:
+class SplitWriter:
     """One split's Parquet file, fed batch by batch; row groups of exactly ROW_GROUP rows (the last fewer)."""
 
     def __init__(self, uri: str, schema: pa.Schema) -> None:
@@ -347,10 +357,10 @@ def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, Split
     row group being assembled, so writing adds little to the peak. Rows keep their source order inside
     each split, so the files are deterministic for a given input. ``rows`` is consumed.
     """
-    writers: dict[str, _SplitWriter] = {}
+    writers: dict[str, SplitWriter] = {}
     try:
         for name in SPLIT_NAMES:
-            writers[name] = _SplitWriter(join(folder, f"{name}.parquet"), rows.schema)
+            writers[name] = SplitWriter(join(folder, f"{name}.parquet"), rows.schema)
         batches, rows.batches = rows.batches[::-1], []  # sole owner now; pop() from the end is O(1)
         offset = 0
         while batches:

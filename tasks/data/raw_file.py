@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import os
 import re
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -27,6 +29,24 @@ Format = Literal["csv", "parquet"]
 
 ROWS_NOTE = "data rows are counted from 1, header not counted"
 MAX_LISTED = 8
+
+# Rows before the table being checked, when a file is checked batch by batch (tasks.data.streaming).
+_ROW_OFFSET: ContextVar[int] = ContextVar("gpuflow_row_offset", default=0)
+
+
+@contextmanager
+def rows_after(offset: int) -> Iterator[None]:
+    """Inside the block, a data row named in a message counts ``offset`` rows before the table at hand."""
+    token = _ROW_OFFSET.set(offset)
+    try:
+        yield
+    finally:
+        _ROW_OFFSET.reset(token)
+
+
+def data_row(index: int) -> int:
+    """The 1-based data row of a 0-based index into the table being checked."""
+    return index + 1 + _ROW_OFFSET.get()
 
 
 @dataclass(frozen=True)
@@ -197,7 +217,7 @@ def first_problem(name: str, mask: pa.ChunkedArray | pa.Array, what: str, column
     index = int(pc.index(mask, True).as_py())
     value = column[index].as_py()
     shown = "" if value is None else f": {value!r}"
-    return f"column {name!r} has {count} {what}, first at data row {index + 1}{shown}"
+    return f"column {name!r} has {count} {what}, first at data row {data_row(index)}{shown}"
 
 
 def problem_listing(where: str, kind: str, problems: list[str]) -> str:

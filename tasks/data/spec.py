@@ -9,32 +9,28 @@ tensor shapes, so every later stage can read them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.core.dataset_spec import (
-    CategoryColumn,
     DatasetSpec,
     SpecError,
-    TensorColumn,
     parse_spec_text,
     spec_from_data,
 )
 from tasks.core.errors import DataNotFoundError, DataValidationError
 from tasks.core.spec_files import looks_like_file, read_spec_file
-from tasks.data.conform import Conformed, conform, split_rows, stored_classes
+from tasks.data.conform import conform, split_rows
 from tasks.data.ingest import detect_format, normalize_uri, open_raw
+from tasks.data.parts import Parts, is_pattern, local_parts, open_parts
 from tasks.data.publish import (
-    PREPARE_FORMAT,
     Log,
     PrepareResult,
     Rows,
@@ -44,8 +40,10 @@ from tasks.data.publish import (
     publish_result,
 )
 from tasks.data.raw_file import ExpectedColumns, RawFile, check_columns, csv_header
-from tasks.data.schema import PrepareParams, canonical_json
+from tasks.data.schema import PrepareParams
+from tasks.data.spec_manifest import compute_spec_version, spec_manifest
 from tasks.data.spec_reader import read_by_spec
+from tasks.data.streaming import Stream, prepare_parts, with_vocabularies
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, is_s3, local_path
 
@@ -86,7 +84,12 @@ def quick_check_spec(data_uri: str, ref: str) -> None:
     uri = normalize_uri(data_uri)
     if is_s3(uri):
         return
-    path = local_path(uri)
+    paths = [path for _, path in local_parts(uri)] if is_pattern(uri) else [local_path(uri)]
+    for path in paths:
+        _quick_check_file(str(path) if len(paths) > 1 else uri, path, spec)
+
+
+def _quick_check_file(uri: str, path: Path, spec: DatasetSpec) -> None:
     if not path.is_file():
         raise DataNotFoundError(f"raw data not found: no file at {path}")
     if path.stat().st_size == 0:
@@ -108,17 +111,6 @@ def _header_names(uri: str, path: Path) -> list[str] | None:
         return None  # unreadable: prepare says exactly how
 
 
-def compute_spec_version(content_sha256: str, spec: DatasetSpec, params: PrepareParams) -> str:
-    """16 hex chars of sha256 over the raw content hash, the spec's canonical JSON and the parameters."""
-    recipe = {
-        "prepare_format": PREPARE_FORMAT,
-        "content_sha256": content_sha256,
-        "spec": spec.canonical(),
-        "parameters": params.canonical(),
-    }
-    return hashlib.sha256(canonical_json(recipe).encode()).hexdigest()[:16]
-
-
 def prepare_with_spec(
     source_uri: str,
     *,
@@ -136,8 +128,14 @@ def prepare_with_spec(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     clock = _Clock(timings)
-    with open_raw(source_uri, store) as raw:
+    with open_parts(source_uri, store) as parts:
         clock.lap("hash")
+        if not parts.single:
+            return prepare_parts(
+                parts, store=store, root=root, name=name, spec=spec, params=params, log=log,
+                created_by=created_by, clock=clock, started=started,
+            )  # fmt: skip
+        raw = parts.files[0]
         version = compute_spec_version(raw.sha256, spec, params)
         uri = dataset_uri(root, name, version)
         if (cached := cached_result(uri, store, name, version, raw.uri, timings, started, log)) is not None:
@@ -166,89 +164,12 @@ def prepare_with_spec(
     return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
 
 
-def spec_manifest(
-    name: str,
-    version: str,
-    source: dict[str, Any],
-    spec: DatasetSpec,
-    params: PrepareParams,
-    conformed: Conformed,
-    splits: dict[str, np.ndarray],
-    files: dict[str, SplitFile],
-    created_by: str,
-) -> DatasetManifest:
-    """A format-2 manifest: today's fields (``schema`` as readers use it) plus task, target, columns and spec."""
-    position = (lambda rows: rows) if conformed.keep is None else (lambda rows: np.searchsorted(conformed.keep, rows))
-    balance: dict[str, dict[str, int]] = {}
-    summary: dict[str, dict[str, float]] = {}
-    for split, rows in splits.items():
-        values = conformed.target[position(rows)]
-        if spec.target.type == "class":
-            names = [str(c) for c in spec.target.classes or ()]
-            counts = {value: int(np.count_nonzero(values == value)) for value in stored_classes(spec)}
-            balance[split] = {names[i]: counts[value] for i, value in enumerate(stored_classes(spec))}
-        elif len(values):
-            summary[split] = {
-                "mean": float(values.mean()),
-                "std": float(values.std()),
-                "min": float(values.min()),
-                "max": float(values.max()),
-            }
-    target: dict[str, Any] = {"name": spec.target.name, "type": spec.target.type}
-    if spec.target.type == "class":
-        target["classes"] = list(spec.target.classes or ())
-        target["stored"] = "index" if spec.target.string_classes else "value"
-    columns = []
-    for column in spec.columns:
-        entry: dict[str, Any] = {"name": column.name, "type": column.type, "nullable": column.nullable}
-        if isinstance(column, TensorColumn):
-            entry["shape"] = list(column.shape)
-            entry["columns"] = list(column.element_columns())
-        if isinstance(column, CategoryColumn):
-            entry["vocabulary"] = conformed.vocabularies.get(column.name, [])
-        columns.append(entry)
-    extra: dict[str, Any] = {
-        "task": spec.task,
-        "target": target,
-        "columns": columns,
-        "split_method": spec.split_method,
-        "spec": spec.canonical(),
-    }
-    if summary:
-        extra["target_summary"] = summary
-    return DatasetManifest(
-        name=name,
-        version=version,
-        source_uri=str(source["uri"]),
-        source_sha256=str(source["sha256"]),
-        source_bytes=int(source["bytes"]),
-        source_format=str(source["format"]),
-        schema={
-            "features": list(spec.feature_columns()),
-            "label": spec.target.name,
-            "labels": stored_classes(spec),
-            "dtype": spec.dtype,
-            "value_range": None,
-        },
-        parameters={**params.canonical(), "duplicates": "drop" if params.drop_duplicates else spec.duplicates},
-        rows={split: len(rows) for split, rows in splits.items()},
-        class_balance=balance,
-        splits=files,
-        duplicates={
-            "found": conformed.duplicates_found,
-            "dropped": conformed.duplicates_dropped,
-            "examples": [{"row": r, "repeats": f} for r, f in conformed.duplicate_examples],
-        },
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        created_by=created_by,
-        format=2,
-        extra=extra,
-    )
-
-
 def check_file(source_uri: str, spec: DatasetSpec, params: PrepareParams, store: ObjectStore) -> dict[str, Any]:
-    """Read and check a file against a spec, split it, publish nothing; what a prepare would produce."""
-    with open_raw(source_uri, store) as raw:
+    """Read and check a file (or parts) against a spec, split it, publish nothing; what a prepare would produce."""
+    with open_parts(source_uri, store) as parts:
+        if not parts.single:
+            return _check_parts(parts, spec, params)
+        raw = parts.files[0]
         version = compute_spec_version(raw.sha256, spec, params)
         conformed = conform(read_by_spec(raw, spec), spec, params, raw.uri)
         splits = split_rows(conformed, spec, params, raw.uri)
@@ -260,6 +181,22 @@ def check_file(source_uri: str, spec: DatasetSpec, params: PrepareParams, store:
         "rows": {split: len(rows) for split, rows in splits.items()},
         "duplicates_found": conformed.duplicates_found,
         "duplicates_dropped": conformed.duplicates_dropped,
+    }
+
+
+def _check_parts(parts: Parts, spec: DatasetSpec, params: PrepareParams) -> dict[str, Any]:
+    """The streamed pass of a prepare, its split files written to a temp folder and thrown away."""
+    stream = Stream(parts, with_vocabularies(spec, parts), params)
+    with tempfile.TemporaryDirectory(prefix="gpuflow-check-") as tmp:
+        stream.write(tmp, ObjectStore())
+    return {
+        "source_uri": parts.uri,
+        "task": spec.task,
+        "version": compute_spec_version(parts.content_sha256, spec, params),
+        "rows": dict(stream.rows),
+        "duplicates_found": stream.duplicates_found,
+        "duplicates_dropped": stream.dropped,
+        "parts": len(parts.files),
     }
 
 

@@ -22,6 +22,7 @@ from tasks.data.raw_file import (
     block_size,
     check_columns,
     csv_header,
+    data_row,
     empty_file_error,
     first_ragged_line,
     first_unconvertible,
@@ -33,7 +34,7 @@ def float_type(spec: DatasetSpec) -> pa.DataType:
     return pa.float32() if spec.dtype == "float32" else pa.float64()
 
 
-def _read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
+def read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
     """The Arrow type each raw column is parsed as (before checks and encoding)."""
     types: dict[str, pa.DataType] = {}
     kind = float_type(spec)  # parsed straight into the stored type: the same values the digits schema parses
@@ -59,6 +60,13 @@ def _read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
     return types
 
 
+def csv_convert_options(spec: DatasetSpec, types: dict[str, pa.DataType]) -> pcsv.ConvertOptions:
+    """Only the declared columns, typed; only an empty field is missing."""
+    return pcsv.ConvertOptions(
+        column_types=types, include_columns=list(spec.raw_columns()), null_values=[""], strings_can_be_null=True
+    )
+
+
 def _expected_text(spec: DatasetSpec, column: str, kind: pa.DataType) -> str:
     if column == spec.target.name:
         if spec.target.type == "float":
@@ -78,28 +86,23 @@ def read_by_spec(raw: RawFile, spec: DatasetSpec) -> pa.Table:
     if raw.size == 0:
         raise empty_file_error(raw)
     expected = ExpectedColumns(spec.raw_columns())
-    types = _read_types(spec)
+    types = read_types(spec)
     if raw.format == "parquet":
         return _read_parquet(raw, spec, expected, types)
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
-    convert = pcsv.ConvertOptions(
-        column_types=types,
-        include_columns=list(spec.raw_columns()),
-        null_values=[""],
-        strings_can_be_null=True,
-    )
+    convert = csv_convert_options(spec, types)
     options = pcsv.ReadOptions(use_threads=True, block_size=block_size(raw.size))
     try:
         table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
     except pa.ArrowInvalid as exc:
-        raise _explain(raw, spec, header, types, exc) from exc
+        raise explain_csv_error(raw, spec, header, types, exc) from exc
     if table.num_rows == 0:
         raise DataValidationError(f"{raw.uri} has a header but no data rows")
     return table
 
 
-def _explain(
+def explain_csv_error(
     raw: RawFile, spec: DatasetSpec, header: list[str], types: dict[str, pa.DataType], exc: pa.ArrowInvalid
 ) -> DataValidationError:
     text = str(exc)
@@ -137,6 +140,11 @@ def _read_parquet(
         raise DataValidationError(f"{raw.uri} is not a readable Parquet file (truncated or corrupt?): {exc}") from exc
     if table.num_rows == 0:
         raise DataValidationError(f"{raw.uri} has the expected columns but no data rows")
+    return parquet_as_read(table, spec, types, raw.uri)
+
+
+def parquet_as_read(table: pa.Table, spec: DatasetSpec, types: dict[str, pa.DataType], uri: str) -> pa.Table:
+    """Parquet columns cast to the types a CSV would have been parsed as; a value that does not convert is named."""
     for name, kind in types.items():
         column = table.column(name)
         if column.type == kind:
@@ -147,14 +155,14 @@ def _read_parquet(
                 cast = pc.cast(values, kind)
             else:
                 raise DataValidationError(
-                    f"{raw.uri}: column {name!r} has Parquet type {values.type}; expected text (category)"
+                    f"{uri}: column {name!r} has Parquet type {values.type}; expected text (category)"
                 )
         else:
             index = first_unconvertible(values, kind)
             if index is not None:
                 raise DataValidationError(
-                    f"{raw.uri}: column {name!r} must hold {_expected_text(spec, name, kind)}, but data row "
-                    f"{index + 1} holds {values[index].as_py()!r} ({ROWS_NOTE})"
+                    f"{uri}: column {name!r} must hold {_expected_text(spec, name, kind)}, but data row "
+                    f"{data_row(index)} holds {values[index].as_py()!r} ({ROWS_NOTE})"
                 )
             cast = pc.cast(values, kind)
         table = table.set_column(table.schema.get_field_index(name), name, cast)
