@@ -350,7 +350,7 @@ class Stream:
             row, earlier = int(ids[repeats[0]]), int(first[repeats[0]])
             raise DataValidationError(
                 f"{self.parts.uri}: a duplicate row (identical to an earlier row in every column): {self._where(row)} "
-                f"repeats {self._where(earlier)} ({ROWS_NOTE} within each part); remove duplicates, or set "
+                f"repeats {self._where(earlier)} ({ROWS_NOTE}, in each part); remove duplicates, or set "
                 "duplicates: drop (or allow) in the dataset spec"
             )
         code[repeats] = -1
