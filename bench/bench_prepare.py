@@ -9,6 +9,9 @@ included) next to the file size:
   stratified split, Parquet x3, manifest, atomic publish);
 - ``pandas``: ``pd.read_csv`` -> ``sklearn.model_selection.train_test_split`` (stratified, twice) ->
   ``DataFrame.to_parquet`` x3, with no validation at all;
+- ``pandas same work``: the same work as gpuflow with pandas' fastest reader (``engine="pyarrow"``): sha256 of
+  the file, range/NaN/label checks, a duplicate-row check, the stratified split, features as float32, Parquet x3;
+  the ratio ``vs same work`` and MB/s (file bytes / work seconds) compare gpuflow against it;
 - ``gpuflow cached``: the same call again on the published version (cache hit: hash only);
 - ``flow`` (unless ``--no-flow``): the whole Prefect ``prepare`` flow (MLflow logging, event) on an
   ephemeral Prefect API, timed after a warm-up run on the demo data so server start-up is not counted.
@@ -84,11 +87,13 @@ def child_gpuflow(csv: Path, out: Path, features: int) -> dict[str, object]:
     )
     store = ObjectStore()
     rss_before = _rss_now()
+    cpu = _cpu()
     started = time.perf_counter()
     result = prepare_dataset(str(csv), store=store, root=str(out), name="bench", schema=schema, params=PrepareParams())
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
+        "cpu_seconds": _cpu() - cpu,
         "rss_before_work": rss_before,
         "cache_hit": result.cache_hit,
         "rows": result.manifest.rows,
@@ -102,6 +107,7 @@ def child_pandas(csv: Path, out: Path) -> dict[str, object]:
     from sklearn.model_selection import train_test_split
 
     rss_before = _rss_now()
+    cpu = _cpu()
     started = time.perf_counter()
     frame = pd.read_csv(csv)
     labels = frame["label"].to_numpy()
@@ -112,7 +118,53 @@ def child_pandas(csv: Path, out: Path) -> dict[str, object]:
         frame.iloc[rows].to_parquet(out / f"{name}.parquet", index=False)
     seconds = time.perf_counter() - started
     rows = {"train": len(train), "val": len(val), "test": len(test)}
-    return {"seconds": seconds, "rss_before_work": rss_before, "rows": rows}
+    return {"seconds": seconds, "cpu_seconds": _cpu() - cpu, "rss_before_work": rss_before, "rows": rows}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_pandas_same_work(csv: Path, out: Path, features: int) -> dict[str, object]:
+    """What gpuflow does, with pandas: hash, read (pyarrow engine), validate, duplicates, split, float32, Parquet."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet  # noqa: F401
+    from sklearn.model_selection import train_test_split
+
+    rss_before = _rss_now()
+    cpu = _cpu()
+    started = time.perf_counter()
+    with csv.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    frame = pd.read_csv(csv, engine="pyarrow")
+    names = [f"pixel_{i}" for i in range(features)]
+    values = frame[names].to_numpy(dtype=np.float32)
+    if frame.isna().any().any() or not bool(((values >= 0) & (values <= 16)).all()):
+        raise SystemExit("invalid feature values")
+    if not frame["label"].isin(range(10)).all():
+        raise SystemExit("invalid labels")
+    if frame.duplicated().any():
+        raise SystemExit("duplicate rows")
+    frame[names] = values
+    labels = frame["label"].to_numpy()
+    rest, test = train_test_split(frame.index.to_numpy(), test_size=0.15, stratify=labels, random_state=42)
+    train, val = train_test_split(rest, test_size=0.15 / 0.85, stratify=labels[rest], random_state=42)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", np.sort(train)), ("val", np.sort(val)), ("test", np.sort(test))):
+        frame.iloc[rows].to_parquet(out / f"{name}.parquet", index=False, compression="snappy")
+    seconds = time.perf_counter() - started
+    rows_out = {"train": len(train), "val": len(val), "test": len(test)}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": _cpu() - cpu,
+        "rss_before_work": rss_before,
+        "rows": rows_out,
+        "sha256": digest[:12],
+    }
 
 
 def child_flow(csv: Path, home: Path) -> dict[str, object]:
@@ -192,6 +244,8 @@ def main() -> None:
             result = child_gpuflow(args.csv, args.out, args.features)
         elif args.child == "pandas":
             result = child_pandas(args.csv, args.out)
+        elif args.child == "pandas-same":
+            result = child_pandas_same_work(args.csv, args.out, args.features)
         else:
             result = child_flow(args.csv, args.out)
         result["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -228,6 +282,7 @@ def main() -> None:
         common = ["--csv", str(csv), "--features", str(args.features)]
         contenders = {
             "pandas": ("pandas", *common, "--out", str(workdir / "pandas")),
+            "pandas same work": ("pandas-same", *common, "--out", str(workdir / "pandas-same")),
             "gpuflow": ("gpuflow", *common, "--out", str(workdir / "store")),
         }
         runs: dict[str, list[dict[str, object]]] = {name: [] for name in contenders}
@@ -249,9 +304,10 @@ def main() -> None:
 
 def report(results: dict[str, dict[str, object]], size: int) -> None:
     base = float(results["pandas"]["seconds"])  # type: ignore[arg-type]
+    same = float(results["pandas same work"]["seconds"])  # type: ignore[arg-type]
     header = (
-        f"{'contender':<16}{'work s':>9}{'process s':>11}{'pandas/this':>13}{'peak RSS MB':>13}{'RSS/file':>10}"
-        f"{'(RSS-imports)/file':>20}"
+        f"{'contender':<18}{'work s':>8}{'cpu s':>7}{'MB/s':>7}{'process s':>11}{'pandas/this':>13}"
+        f"{'same-work/this':>16}{'peak RSS MB':>13}{'RSS/file':>10}{'(RSS-imports)/file':>20}"
     )
     print(header)
     print("-" * len(header))
@@ -259,9 +315,10 @@ def report(results: dict[str, dict[str, object]], size: int) -> None:
         seconds = float(r["seconds"])  # type: ignore[arg-type]
         rss = int(r["maxrss"])  # type: ignore[call-overload]
         own = rss - int(r["rss_before_work"])  # type: ignore[call-overload]
+        cpu = float(r.get("cpu_seconds", float("nan")))  # type: ignore[arg-type]
         print(
-            f"{name:<16}{seconds:>9.2f}{float(r['process_wall']):>11.2f}{base / seconds:>13.2f}"  # type: ignore[arg-type]
-            f"{rss / 1e6:>13.0f}{rss / size:>10.2f}{own / size:>20.2f}"
+            f"{name:<18}{seconds:>8.2f}{cpu:>7.2f}{size / 1e6 / seconds:>7.0f}{float(r['process_wall']):>11.2f}"  # type: ignore[arg-type]
+            f"{base / seconds:>13.2f}{same / seconds:>16.2f}{rss / 1e6:>13.0f}{rss / size:>10.2f}{own / size:>20.2f}"
         )
     for name, r in results.items():
         if "all_seconds" in r:
