@@ -197,9 +197,9 @@ def refuse_early(args: argparse.Namespace) -> int | None:
             quick_check_spec(args.data, args.dataset_spec)
         elif args.data.strip() != "demo":
             from tasks.data.demo import digits_schema
-            from tasks.data.ingest import quick_check
+            from tasks.data.parts import quick_check_input
 
-            quick_check(args.data, digits_schema())
+            quick_check_input(args.data, digits_schema())
         if not args.no_promote and not args.policy:
             from blocks.canary_policy import rollout_policy
 

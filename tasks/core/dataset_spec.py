@@ -94,20 +94,27 @@ class TensorColumn(_Ranged):
     """A fixed-shape numeric tensor (an image ``[1, 8, 8]``) stored as one float column per element, row-major.
 
     Its elements are the raw file's columns listed in ``columns``, or ``<prefix>0 .. <prefix>{n-1}`` for
-    ``n = prod(shape)``; ``min``/``max`` apply to every element.
+    ``n = prod(shape)``, or the values of one Parquet list column (``column``, ``n`` numbers a row, row-major;
+    stored as ``<name>_0 .. <name>_{n-1}``); ``min``/``max`` apply to every element.
     """
 
     type: Literal["tensor"] = "tensor"
     shape: tuple[int, ...] = Field(description="The tensor's shape, e.g. [1, 8, 8].")
     columns: tuple[str, ...] | None = Field(default=None, description="Raw columns holding the elements, row-major.")
     prefix: str | None = Field(default=None, description="Elements are the columns <prefix>0, <prefix>1, ...")
+    column: str | None = Field(
+        default=None, description="A Parquet list column holding every element of a row, row-major."
+    )
 
     @model_validator(mode="after")
     def _elements(self) -> TensorColumn:
         if not self.shape or any(d < 1 for d in self.shape):
             raise ValueError(f"shape must be a list of positive sizes, got {list(self.shape)}")
-        if (self.columns is None) == (self.prefix is None):
-            raise ValueError("a tensor names its element columns with exactly one of 'columns' or 'prefix'")
+        if sum(option is not None for option in (self.columns, self.prefix, self.column)) != 1:
+            raise ValueError(
+                "a tensor names its element columns with exactly one of 'columns' or 'prefix' (or 'column': a "
+                "Parquet list column)"
+            )
         size = math.prod(self.shape)
         if self.columns is not None and len(self.columns) != size:
             raise ValueError(
@@ -120,9 +127,16 @@ class TensorColumn(_Ranged):
         return math.prod(self.shape)
 
     def element_columns(self) -> tuple[str, ...]:
+        """The stored element columns (for ``columns`` and ``prefix`` also the raw ones)."""
         if self.columns is not None:
             return self.columns
+        if self.column is not None:
+            return tuple(f"{self.name}_{i}" for i in range(self.size))
         return tuple(f"{self.prefix}{i}" for i in range(self.size))
+
+    def raw_columns(self) -> tuple[str, ...]:
+        """The raw file's columns this tensor reads: its element columns, or its one list column."""
+        return (self.column,) if self.column is not None else self.element_columns()
 
 
 ColumnSpec = Annotated[
@@ -225,6 +239,8 @@ class DatasetSpec(BaseModel):
         seen: dict[str, str] = {}
         for i, column in enumerate(self.columns):
             names = column.element_columns() if isinstance(column, TensorColumn) else (column.name,)
+            if isinstance(column, TensorColumn) and column.column is not None:
+                names = (*names, column.column)
             for name in names:
                 where = f"columns[{i}] ({column.name})"
                 if name in seen:
@@ -263,13 +279,24 @@ class DatasetSpec(BaseModel):
         return group if group and group not in self.feature_columns() else None
 
     def raw_columns(self) -> tuple[str, ...]:
-        """Every column a raw file must have: features (flattened), the target, a group-only column."""
+        """Every column a raw file must have: features (flattened; a list tensor's list column), the target, a
+        group-only column."""
+        out: list[str] = []
+        for column in self.columns:
+            out.extend(column.raw_columns() if isinstance(column, TensorColumn) else (column.name,))
         group = self.group_only()
-        return (*self.feature_columns(), self.target.name, *((group,) if group else ()))
+        return (*out, self.target.name, *((group,) if group else ()))
+
+    def list_tensors(self) -> tuple[TensorColumn, ...]:
+        """Tensors read from one Parquet list column each."""
+        return tuple(c for c in self.columns if isinstance(c, TensorColumn) and c.column is not None)
 
     def canonical(self) -> dict[str, Any]:
         """JSON-ready, every default spelled out; equal specs give equal dicts (part of the dataset version)."""
         data = self.model_dump(mode="json", exclude={"description"})
+        for column in data["columns"]:
+            if column.get("type") == "tensor" and column.get("column") is None:
+                column.pop("column", None)  # specs written before list tensors keep their canonical form
         data["format"] = SPEC_FORMAT
         return data
 

@@ -74,3 +74,10 @@ def mask(selected: np.ndarray) -> pa.BooleanArray:
     """A numpy bool array as an Arrow boolean array for ``filter`` (bit-packed, no pandas)."""
     bits = np.packbits(np.ascontiguousarray(selected, dtype=bool), bitorder="little")
     return pa.Array.from_buffers(pa.bool_(), len(selected), [None, pa.py_buffer(bits)])
+
+
+def from_numpy(values: np.ndarray) -> pa.Array:
+    """A contiguous numeric numpy array as an Arrow array sharing its buffer (``pa.array`` would import pandas)."""
+    data = np.ascontiguousarray(values)
+    kind = next(arrow for arrow, numpy in _DTYPES.items() if numpy == data.dtype)
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])

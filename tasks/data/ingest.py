@@ -75,12 +75,6 @@ def quick_check(uri: str, schema: ColumnSet) -> None:
     uri = normalize_uri(uri)
     if is_s3(uri):
         return
-    from tasks.data.parts import is_pattern, local_parts
-
-    if is_pattern(uri):  # every part the glob matches, each checked as a file would be
-        for _, part in local_parts(uri):
-            quick_check(str(part), schema)
-        return
     path = _local_file(uri)
     raw = RawFile(uri=uri, path=path, sha256="", size=path.stat().st_size, format=detect_format(uri, path))
     if raw.size == 0:

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidationError
-from tasks.data.ingest import _spool_s3, detect_format, normalize_uri, open_raw
-from tasks.data.raw_file import Format, RawFile, csv_header, empty_file_error
+from tasks.data.ingest import _spool_s3, detect_format, normalize_uri, open_raw, quick_check
+from tasks.data.raw_file import ColumnSet, Format, RawFile, csv_header, empty_file_error
 from workloads.store import ObjectStore, StoreError, is_s3, local_path, split_s3
 
 _MAGIC = "*?["
@@ -96,6 +96,15 @@ def _glob_root(pattern: str) -> str:
             break
         head.append(segment)
     return os.sep.join(head) or os.sep
+
+
+def quick_check_input(uri: str, schema: ColumnSet) -> None:
+    """:func:`tasks.data.ingest.quick_check` for a file, or for every part a local glob matches (``gpuflow run``)."""
+    if is_pattern(uri) and not is_s3(uri.strip()):
+        for _, part in local_parts(uri):
+            quick_check(str(part), schema)
+        return
+    quick_check(uri, schema)
 
 
 def s3_part_keys(uri: str, store: ObjectStore) -> list[str]:

@@ -30,7 +30,7 @@ from tasks.core.spec_files import looks_like_file, read_spec_file
 from tasks.data.conform import conform, split_rows
 from tasks.data.ingest import detect_format, normalize_uri, open_raw
 from tasks.data.parts import Parts, is_pattern, local_parts, open_parts
-from tasks.data.publish import (
+from tasks.data.publishing import (
     Log,
     PrepareResult,
     Rows,

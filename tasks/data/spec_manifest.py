@@ -11,7 +11,7 @@ import numpy as np
 
 from tasks.core.dataset_spec import CategoryColumn, DatasetSpec, TensorColumn
 from tasks.data.conform import Conformed, stored_classes
-from tasks.data.publish import PREPARE_FORMAT
+from tasks.data.publishing import PREPARE_FORMAT
 from tasks.data.schema import PrepareParams, canonical_json
 from workloads.dataset import DatasetManifest, SplitFile
 

@@ -6,6 +6,7 @@ against the spec is :mod:`tasks.data.conform`.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -60,6 +61,15 @@ def read_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
     return types
 
 
+def refuse_list_tensors(raw: RawFile, spec: DatasetSpec) -> None:
+    """A CSV file has no list columns: a tensor read from one needs Parquet input."""
+    for tensor in spec.list_tensors():
+        raise DataValidationError(
+            f"{raw.uri}: tensor {tensor.name!r} reads the Parquet list column {tensor.column!r}, but this input is "
+            "CSV; give Parquet input, or name the element columns with 'prefix' or 'columns'"
+        )
+
+
 def csv_convert_options(spec: DatasetSpec, types: dict[str, pa.DataType]) -> pcsv.ConvertOptions:
     """Only the declared columns, typed; only an empty field is missing."""
     return pcsv.ConvertOptions(
@@ -89,6 +99,7 @@ def read_by_spec(raw: RawFile, spec: DatasetSpec) -> pa.Table:
     types = read_types(spec)
     if raw.format == "parquet":
         return _read_parquet(raw, spec, expected, types)
+    refuse_list_tensors(raw, spec)
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
     convert = csv_convert_options(spec, types)
@@ -144,7 +155,12 @@ def _read_parquet(
 
 
 def parquet_as_read(table: pa.Table, spec: DatasetSpec, types: dict[str, pa.DataType], uri: str) -> pa.Table:
-    """Parquet columns cast to the types a CSV would have been parsed as; a value that does not convert is named."""
+    """Parquet columns cast to the types a CSV would have been parsed as; a value that does not convert is named.
+
+    A tensor read from a list column becomes its element columns first (:func:`expand_list_tensor`).
+    """
+    for tensor in spec.list_tensors():
+        table = expand_list_tensor(table, tensor, uri)
     for name, kind in types.items():
         column = table.column(name)
         if column.type == kind:
@@ -166,4 +182,42 @@ def parquet_as_read(table: pa.Table, spec: DatasetSpec, types: dict[str, pa.Data
                 )
             cast = pc.cast(values, kind)
         table = table.set_column(table.schema.get_field_index(name), name, cast)
+    return table
+
+
+def expand_list_tensor(table: pa.Table, tensor: TensorColumn, uri: str) -> pa.Table:
+    """Replace a tensor's list column by one column per element (row-major); every row must hold ``size`` numbers.
+
+    A missing list (null) leaves every element missing, which the checks accept only for a nullable tensor.
+    """
+    name = str(tensor.column)
+    values = table.column(name).combine_chunks()
+    if not (
+        pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type)
+    ):
+        raise DataValidationError(
+            f"{uri}: column {name!r} has Parquet type {values.type}; expected a list of numbers (tensor "
+            f"{tensor.name!r}, shape {list(tensor.shape)})"
+        )
+    lengths = pc.fill_null(pc.list_value_length(values), tensor.size)
+    wrong = pc.not_equal(lengths, tensor.size)
+    if pc.any(wrong).as_py():
+        index = int(pc.index(wrong, True).as_py())
+        raise DataValidationError(
+            f"{uri}: column {name!r} must hold {tensor.size} numbers a row (tensor {tensor.name!r}, shape "
+            f"{list(tensor.shape)}), but data row {data_row(index)} holds {lengths[index].as_py()} ({ROWS_NOTE})"
+        )
+    kind = values.type.value_type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise DataValidationError(f"{uri}: column {name!r} holds lists of {kind}; expected lists of numbers")
+    if values.null_count or pc.list_flatten(values).null_count:  # rare: missing lists or elements, row by row
+        rows = [row if row is not None else [None] * tensor.size for row in values.to_pylist()]
+        elements = [pa.array([row[i] for row in rows], kind) for i in range(tensor.size)]
+    else:
+        grid = arrays.view(pc.list_flatten(values)).reshape(len(values), tensor.size)
+        elements = [arrays.from_numpy(np.ascontiguousarray(grid[:, i])) for i in range(tensor.size)]
+    index = table.schema.get_field_index(name)
+    table = table.remove_column(index)
+    for offset, (element, column) in enumerate(zip(tensor.element_columns(), elements, strict=True)):
+        table = table.add_column(index + offset, element, column)
     return table

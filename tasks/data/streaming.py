@@ -37,7 +37,7 @@ from tasks.data import arrays
 from tasks.data.conform import conform_values, stored_classes
 from tasks.data.duplicate_rows import SeenRows, row_hashes
 from tasks.data.parts import Parts
-from tasks.data.publish import Log, PrepareResult, SplitWriter, _Clock, cached_result, publish_result
+from tasks.data.publishing import Log, PrepareResult, SplitWriter, _Clock, cached_result, publish_result
 from tasks.data.raw_file import (
     ROWS_NOTE,
     ExpectedColumns,
@@ -49,7 +49,13 @@ from tasks.data.raw_file import (
 )
 from tasks.data.schema import DatasetSchema, PrepareParams
 from tasks.data.spec_manifest import compute_spec_version, manifest_from
-from tasks.data.spec_reader import csv_convert_options, explain_csv_error, parquet_as_read, read_types
+from tasks.data.spec_reader import (
+    csv_convert_options,
+    explain_csv_error,
+    parquet_as_read,
+    read_types,
+    refuse_list_tensors,
+)
 from tasks.data.split import SPLIT_NAMES, allocate, min_rows_per_class, splitmix64
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, join
@@ -148,6 +154,7 @@ def read_batches(raw: RawFile, spec: DatasetSpec) -> Iterator[tuple[int, pa.Tabl
                 f"{raw.uri} is not a readable Parquet file (truncated or corrupt?): {exc}"
             ) from exc
         return
+    refuse_list_tensors(raw, spec)
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
     options = pcsv.ReadOptions(use_threads=True, block_size=BATCH_BYTES)

@@ -20,7 +20,7 @@ import pytest
 from tasks.core.dataset_spec import digits_spec, spec_from_data
 from tasks.core.errors import DataNotFoundError, DataValidationError
 from tasks.data.demo import digits_csv_bytes, digits_schema
-from tasks.data.ingest import quick_check
+from tasks.data.parts import quick_check_input
 from tasks.data.publish import compute_version, prepare_dataset
 from tasks.data.schema import PrepareParams
 from tasks.data.spec import check_file, prepare_with_spec, quick_check_spec
@@ -209,7 +209,7 @@ def test_an_empty_glob_is_an_error_naming_the_pattern(tmp_path: Path) -> None:
     pattern = str(tmp_path / "raw" / "*.csv")
     for call in (
         lambda: prepare_spec(pattern, tmp_path / "store", digits_spec()),
-        lambda: quick_check(pattern, digits_schema()),
+        lambda: quick_check_input(pattern, digits_schema()),
         lambda: quick_check_spec(pattern, str(write_spec(tmp_path, digits_spec().model_dump(mode="json")))),
     ):
         with pytest.raises(DataNotFoundError, match=r"no file matches the pattern .*/raw/\*\.csv"):
