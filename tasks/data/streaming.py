@@ -42,6 +42,7 @@ from tasks.data.raw_file import (
     ROWS_NOTE,
     ExpectedColumns,
     RawFile,
+    block_size,
     check_columns,
     csv_header,
     first_problem,
@@ -60,7 +61,8 @@ from tasks.data.split import SPLIT_NAMES, allocate, min_rows_per_class, splitmix
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore, join
 
-# CSV bytes per batch; Parquet rows per batch. Together with the writers' row groups they bound the memory.
+# CSV bytes per batch (parsed by pyarrow's threads); Parquet rows per batch. With the writers' row groups they
+# bound the memory.
 BATCH_BYTES = 4 << 20
 BATCH_ROWS = 65_536
 # Rows of one class placed together by one seeded permutation (stratified and random splits).
@@ -157,26 +159,41 @@ def read_batches(raw: RawFile, spec: DatasetSpec) -> Iterator[tuple[int, pa.Tabl
     refuse_list_tensors(raw, spec)
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
-    options = pcsv.ReadOptions(use_threads=True, block_size=BATCH_BYTES)
-    try:
-        reader = pcsv.open_csv(
-            raw.path, read_options=options, convert_options=csv_convert_options(spec, types), memory_pool=arrays.pool()
-        )
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            return  # a header and no rows: this part adds nothing
-        raise explain_csv_error(raw, spec, header, types, exc) from exc
+    options = pcsv.ReadOptions(use_threads=True, block_size=block_size(BATCH_BYTES))
+    convert = csv_convert_options(spec, types)
     offset = 0
-    while True:
+    for chunk in csv_chunks(raw):
         try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
+            table = pcsv.read_csv(pa.BufferReader(chunk), read_options=options, convert_options=convert)
         except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                continue
             raise explain_csv_error(raw, spec, header, types, exc) from exc
-        if batch.num_rows:
-            yield offset, pa.Table.from_batches([batch])
-            offset += batch.num_rows
+        if table.num_rows:
+            yield offset, table
+            offset += table.num_rows
+
+
+def csv_chunks(raw: RawFile, size: int = BATCH_BYTES) -> Iterator[bytes]:
+    """The part as CSV texts of about ``size`` bytes, each the header plus whole lines.
+
+    pyarrow's streaming CSV reader reads its input ahead without bound (a whole local part lands in memory), so
+    the part is cut here at line ends instead; like pyarrow's default parse (``newlines_in_values=False``), a line
+    end always ends a row.
+    """
+    with raw.path.open("rb") as handle:
+        header = handle.readline()
+        rest = b""
+        while data := handle.read(size):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            yield header + data[:cut]
+            rest = data[cut:]
+        if rest.strip():
+            yield header + rest
 
 
 def with_vocabularies(spec: DatasetSpec, parts: Parts) -> DatasetSpec:
@@ -207,12 +224,11 @@ def _string_columns(raw: RawFile, names: list[str]) -> Iterator[pa.Table]:
         null_values=[""],
         strings_can_be_null=True,
     )
-    try:
-        reader = pcsv.open_csv(raw.path, read_options=pcsv.ReadOptions(block_size=BATCH_BYTES), convert_options=convert)
-    except pa.ArrowInvalid:
-        return  # the main pass explains it
-    for batch in reader:
-        yield pa.Table.from_batches([batch])
+    for chunk in csv_chunks(raw):
+        try:
+            yield pcsv.read_csv(pa.BufferReader(chunk), convert_options=convert)
+        except pa.ArrowInvalid:
+            return  # the main pass explains it
 
 
 # --------------------------------------------------------------------------- splitting
