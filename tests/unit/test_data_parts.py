@@ -256,3 +256,17 @@ def test_block_split_holds_exact_fractions_per_full_block_and_depends_on_the_see
     whole = SplitAssigner(PARAMS).by_stratum(labels)
     assert np.array_equal(whole, codes)
     assert not np.array_equal(SplitAssigner(PrepareParams(seed=1)).by_stratum(labels), codes)
+
+
+def test_csv_parts_are_cut_at_line_ends_whatever_the_line_endings(tmp_path: Path) -> None:
+    from tasks.data.parts import open_parts
+    from tasks.data.streaming import csv_chunks
+
+    path = tmp_path / "crlf.csv"
+    lines = ["a,b"] + [f"{i},{i * 7}" for i in range(200)]
+    path.write_bytes("\r\n".join(lines).encode())  # CRLF, and no line end after the last row
+    with open_parts(str(path), ObjectStore()) as parts:
+        chunks = list(csv_chunks(parts.files[0], size=64))
+    assert len(chunks) > 10 and all(chunk.startswith(b"a,b\r\n") for chunk in chunks)
+    rows = [line for chunk in chunks for line in chunk.decode().splitlines()[1:]]
+    assert rows == lines[1:]
