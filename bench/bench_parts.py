@@ -63,11 +63,16 @@ def child_prepare(pattern: str, out: Path) -> dict[str, object]:
     from tasks.data.schema import PrepareParams
     from workloads.store import ObjectStore
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
     result = prepare_dataset(
         pattern, store=ObjectStore(), root=str(out), name="parts", schema=digits_schema(), params=PrepareParams()
     )
-    return {"seconds": time.perf_counter() - started, "rows": result.manifest.rows, "timings": result.timings}
+    seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "rows": result.manifest.rows, "timings": result.timings}
 
 
 def main() -> None:
@@ -125,7 +130,8 @@ def main() -> None:
         seconds = float(result["seconds"])
         rss = int(result["maxrss"])
         print(
-            f"prepare (batch by batch): {seconds:.1f}s work, {time.perf_counter() - began:.1f}s process, "
+            f"prepare (batch by batch): {seconds:.1f}s work ({float(result['cpu_seconds']):.1f} CPU s), "
+            f"{time.perf_counter() - began:.1f}s process, "
             f"{total / 1e6 / seconds:.0f} MB/s; rows {result['rows']}"
         )
         print(
