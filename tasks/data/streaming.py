@@ -1,6 +1,6 @@
 """Prepare an input of many parts (:mod:`tasks.data.parts`) batch by batch, so memory follows the batch, not the data.
 
-Each part is read in record batches (pyarrow's streaming CSV reader, Parquet ``iter_batches``); each batch is
+Each part is read in record batches (CSV cut at line ends into ~4 MB texts, Parquet ``iter_batches``); each batch is
 checked by the spec (:func:`tasks.data.conform.conform_values`, rows named within their part), assigned to
 its splits and appended to the split files, row group by row group. What needed the whole table when a file is
 read whole is done differently here (docs/data.md, "Inputs of any size"):
