@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
 from workloads.store import ObjectStore
-from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
 
 
 def make_checkpoint(epoch: int) -> Checkpoint:

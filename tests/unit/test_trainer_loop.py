@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.fixtures.datasets import write_digits_dataset
+from workloads.sdk.checkpoint import Checkpoint
 from workloads.store import ObjectStore
-from workloads.trainer.checkpoint import Checkpoint
 from workloads.trainer.config import DatasetError, Hyperparameters
 from workloads.trainer.data import TrainingData, load_training_data
 from workloads.trainer.loop import Trainer

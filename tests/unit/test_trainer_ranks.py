@@ -9,11 +9,11 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from tests.fixtures.datasets import write_digits_dataset
+from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
+from workloads.sdk.distributed import Comm, shard
 from workloads.store import ObjectStore, StoreError
-from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
 from workloads.trainer.config import ConfigError, GroupError, Hyperparameters, Ranks, parse_config, parse_ranks
 from workloads.trainer.data import load_training_data
-from workloads.trainer.distributed import Comm, shard
 from workloads.trainer.launch import group_exit_code
 from workloads.trainer.loop import Trainer
 from workloads.trainer.telemetry import own_device_environ

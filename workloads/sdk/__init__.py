@@ -13,9 +13,30 @@
                 break
         ctx.log_model(model)
 
-Importing it costs no torch, MLflow, numpy or pyarrow: each loads when first used. See docs/trainers.md.
+Importing it costs no torch, MLflow, numpy or pyarrow: each loads when first used. For PyTorch,
+``workloads.sdk.pytorch.TorchRun`` (also importable from here, loading torch then) adds the device,
+DistributedDataParallel, streaming loaders sharded across ranks, resume and early stopping. See docs/trainers.md.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from workloads.sdk.context import ContextError, TrainerContext, TrainerFailed
 
-__all__ = ["ContextError", "TrainerContext", "TrainerFailed"]
+if TYPE_CHECKING:
+    from workloads.sdk.loaders import SplitLoader
+    from workloads.sdk.pytorch import TorchRun
+
+__all__ = ["ContextError", "SplitLoader", "TorchRun", "TrainerContext", "TrainerFailed"]
+
+
+def __getattr__(name: str) -> Any:
+    """``TorchRun`` and ``SplitLoader`` load torch: only when asked for."""
+    if name == "TorchRun":
+        from workloads.sdk.pytorch import TorchRun
+
+        return TorchRun
+    if name == "SplitLoader":
+        from workloads.sdk.loaders import SplitLoader
+
+        return SplitLoader
+    raise AttributeError(f"module 'workloads.sdk' has no attribute {name!r}")

@@ -11,49 +11,29 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-# The exit codes are the trainer contract's (gpuflow-trainer/1), declared once in workloads/sdk/contract.py.
+# The exit codes are the trainer contract's (gpuflow-trainer/1), declared once in workloads/sdk/contract.py; the
+# errors and torchrun's ranks are the SDK's too (workloads/sdk/errors.py, ranks.py): every trainer shares them.
 from workloads.sdk.contract import EXIT_CONFIG as EXIT_CONFIG
 from workloads.sdk.contract import EXIT_DATA as EXIT_DATA
 from workloads.sdk.contract import EXIT_FAILED as EXIT_FAILED
 from workloads.sdk.contract import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from workloads.sdk.contract import EXIT_OK as EXIT_OK
+from workloads.sdk.errors import ConfigError as ConfigError
+from workloads.sdk.errors import DatasetError as DatasetError
+from workloads.sdk.errors import GroupError as GroupError
+from workloads.sdk.errors import TrainerError as TrainerError
+from workloads.sdk.ranks import DIST_TIMEOUT_ENV as DIST_TIMEOUT_ENV
+from workloads.sdk.ranks import Ranks as Ranks
+from workloads.sdk.ranks import parse_ranks as parse_ranks
 from workloads.store import join
 
 DEVICES = ("auto", "cpu", "cuda")
 EARLY_STOP = ("off", "plateau", "divergence", "both")
 MIN_TELEMETRY_INTERVAL = 0.05  # GpuSampler's finest interval
-DIST_TIMEOUT_ENV = "GPUFLOW_DIST_TIMEOUT_SECONDS"
-DEFAULT_DIST_TIMEOUT = 600.0  # seconds a rank waits for the others (rendezvous, collectives, rank 0's logging)
 _TRAINING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class TrainerError(Exception):
-    """An error with a message for the user and the exit code the program ends with."""
-
-    exit_code = EXIT_FAILED
-
-
-class ConfigError(TrainerError):
-    """Arguments or environment the trainer cannot use."""
-
-    exit_code = EXIT_CONFIG
-
-
-class DatasetError(TrainerError):
-    """The dataset is missing, incomplete or does not match its manifest."""
-
-    exit_code = EXIT_DATA
-
-
-class GroupError(TrainerError):
-    """Distributed training: another rank failed (ending with its exit code), or the group could not be reached."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -66,24 +46,6 @@ class Hyperparameters:
     hidden_size: int
     dropout: float
     seed: int
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process sits in a torchrun group; the defaults are a single process (no torchrun)."""
-
-    rank: int = 0  # global rank; rank 0 alone talks to MLflow and writes checkpoints
-    local_rank: int = 0  # rank on this node = index of its CUDA device
-    world_size: int = 1
-    timeout_s: float = DEFAULT_DIST_TIMEOUT
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +64,7 @@ class TrainerConfig:
     early_stop: str = "off"  # one of EARLY_STOP
     patience: int = 5  # epochs without improvement before a plateau stops training
     telemetry_interval: float = 1.0  # seconds between GPU samples
-    ranks: Ranks = Ranks()  # torchrun's view of this process; a single process by default
+    ranks: Ranks = field(default_factory=Ranks)  # torchrun's view of this process; a single process by default
 
     def params(self) -> dict[str, Any]:
         return {
@@ -233,44 +195,6 @@ def run_target(args: argparse.Namespace, environ: Mapping[str, str], mlflow_use:
         else join(root, "checkpoints", args.training_id)
     )
     return RunTarget(args.dataset_uri.rstrip("/"), tracking_uri, run_id, checkpoint_uri)
-
-
-def parse_ranks(environ: Mapping[str, str]) -> Ranks:
-    """torchrun's RANK, LOCAL_RANK, WORLD_SIZE (+ MASTER_ADDR/PORT) and ``GPUFLOW_DIST_TIMEOUT_SECONDS``.
-
-    No WORLD_SIZE, or WORLD_SIZE 1, is a single process: the rest is not read, so a lone trainer started by
-    torchrun computes exactly what a plain one does.
-    """
-    world_text = environ.get("WORLD_SIZE", "").strip()
-    if not world_text or world_text == "1":
-        return Ranks()
-    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
-    values: dict[str, int] = {}
-    for name in names:
-        text = environ.get(name, "").strip()
-        _check(
-            text.isdigit(),
-            f"{name} must be a non-negative integer under torchrun (WORLD_SIZE={world_text!r}), got {text!r}",
-        )
-        values[name] = int(text)
-    world, rank = values["WORLD_SIZE"], values["RANK"]
-    _check(world >= 1, "WORLD_SIZE must be at least 1, got 0")
-    _check(rank < world, f"RANK must be below WORLD_SIZE={world}, got {rank}")
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        _check(bool(environ.get(name, "").strip()), f"{name} is not set: a distributed trainer needs torchrun's env")
-    return Ranks(rank=rank, local_rank=values["LOCAL_RANK"], world_size=world, timeout_s=_dist_timeout(environ))
-
-
-def _dist_timeout(environ: Mapping[str, str]) -> float:
-    text = environ.get(DIST_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_DIST_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{DIST_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-    _check(math.isfinite(value) and value > 0, f"{DIST_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
-    return value
 
 
 def _telemetry_interval(given: float | None, environ: Mapping[str, str]) -> float:

@@ -4,7 +4,7 @@ Batches come from ``torch.randperm`` with a dedicated generator, whose state goe
 so a resumed run sees exactly the batches an uninterrupted run would have seen.
 
 Under torchrun (``comm.distributed``) the model trains inside DistributedDataParallel: every rank draws the
-same permutation from the same generator and takes its own :func:`~workloads.trainer.distributed.shard` of it
+same permutation from the same generator and takes its own :func:`~workloads.sdk.distributed.shard` of it
 (the generator advancing each epoch is what ``DistributedSampler.set_epoch`` does), so ``--batch-size`` is per
 rank. Validation is split in contiguous slices and the sums are all-reduced: every rank gets the same metrics,
 and the validation work is divided instead of repeated. ``self.model`` stays the plain module (checkpoints and
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.trainer.checkpoint import Checkpoint
-from workloads.trainer.config import Hyperparameters, Ranks
+from workloads.sdk.checkpoint import Checkpoint
+from workloads.sdk.distributed import Comm, shard
+from workloads.sdk.ranks import Ranks
+from workloads.trainer.config import Hyperparameters
 from workloads.trainer.data import TrainingData
-from workloads.trainer.distributed import Comm, shard
 from workloads.trainer.model import MLPClassifier, MLPRegressor
 from workloads.trainer.task import TaskHead, head_for
 
@@ -58,25 +59,6 @@ class EpochResult:
             f"epoch {self.epoch}/{epochs} train_loss={self.train_loss:.4f} {figures} ({self.epoch_seconds:.2f}s, "
             f"{self.samples_per_second:.0f} samples/s)"
         )
-
-
-def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` means CUDA when present; asking for ``cuda`` without one raises ``ValueError``.
-
-    Under torchrun (``local_rank`` given) a CUDA device is ``cuda:<local rank>``, which must exist.
-    """
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available")
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
-    if local_rank is None or kind != "cuda":
-        return torch.device(kind)
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise ValueError(
-            f"LOCAL_RANK {local_rank} has no CUDA device: {count} visible; start at most {count} processes per "
-            "node (--nproc-per-node)"
-        )
-    return torch.device("cuda", local_rank)
 
 
 class Trainer:

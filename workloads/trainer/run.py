@@ -23,13 +23,13 @@ import torch
 import torch.distributed as dist
 
 from workloads.convergence import EarlyStopper, StopDecision
+from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
+from workloads.sdk.distributed import Comm, pick_device
 from workloads.store import StoreError, store_from_env
 from workloads.tags import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID
-from workloads.trainer.checkpoint import Checkpoint, CheckpointStore
 from workloads.trainer.config import ConfigError, TrainerConfig, TrainerError
 from workloads.trainer.data import TrainingData, load_training_data
-from workloads.trainer.distributed import Comm
-from workloads.trainer.loop import Trainer, pick_device
+from workloads.trainer.loop import Trainer
 from workloads.trainer.reporting import RunReporter
 from workloads.trainer.task import TaskHead
 from workloads.trainer.telemetry import SERIES_ARTIFACT, SUMMARY_ARTIFACT, TrainingTelemetry

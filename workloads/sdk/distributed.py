@@ -1,7 +1,7 @@
-"""Training under torchrun: the process group and the few collectives the trainer needs, in one place.
+"""Training under torchrun: the device, the process group and the few collectives a trainer needs, in one place.
 
 torchrun starts one trainer per device on each node and sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
-MASTER_PORT (:func:`workloads.trainer.config.parse_ranks` reads them). :class:`Comm` is the trainer's only door
+MASTER_PORT (:func:`workloads.sdk.ranks.parse_ranks` reads them). :class:`Comm` is a trainer's only door
 to ``torch.distributed``; for a single process every method is the identity and nothing is initialised, so a
 run without torchrun computes exactly what it did before distributed training existed.
 
@@ -23,13 +23,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from workloads.trainer.config import DIST_TIMEOUT_ENV, EXIT_FAILED, EXIT_INTERRUPTED, GroupError, Ranks, TrainerError
+from workloads.sdk.contract import EXIT_FAILED, EXIT_INTERRUPTED
+from workloads.sdk.errors import GroupError, TrainerError
+from workloads.sdk.ranks import DIST_TIMEOUT_ENV, Ranks
 
 
 def exit_code_of(exc: BaseException) -> int:
     """The exit code the program will end with for ``exc`` (see ``cli.main``)."""
     if isinstance(exc, TrainerError):
         return exc.exit_code
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int):  # an SDK trainer's ctx.fail, or sys.exit(n)
+        return exc.code or EXIT_FAILED
     return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED
 
 
@@ -45,6 +49,25 @@ def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     if total > n:
         order = order.repeat(-(-total // n))[:total]
     return order[rank:total:world_size]
+
+
+def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` means CUDA when present; asking for ``cuda`` without one raises ``ValueError``.
+
+    Under torchrun (``local_rank`` given) a CUDA device is ``cuda:<local rank>``, which must exist.
+    """
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if local_rank is None or kind != "cuda":
+        return torch.device(kind)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} has no CUDA device: {count} visible; start at most {count} processes per "
+            "node (--nproc-per-node)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 class Comm:
@@ -118,6 +141,14 @@ class Comm:
         tensor = torch.tensor(list(values), dtype=torch.int64, device=self.device)
         dist.broadcast(tensor, src=0)
         return [int(v) for v in tensor.tolist()]
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` (picklable: a checkpoint it read, a decision), on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order, on every rank."""

@@ -1,0 +1,113 @@
+"""TorchRun under the launcher as a user runs it: one process, a killed and resumed one, and 2 ranks on gloo.
+
+Every test starts ``python -m workloads.launcher ... -- python [-m torch.distributed.run ...] -m
+workloads.launcher.entrypoint tests.fixtures.trainers.torch_run_trainers:mlp`` on the digits dataset and reads
+back what a user sees: exit codes, each rank's last line, the MLflow run's metric history and its model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+from tests.fixtures.datasets import write_digits_dataset
+from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
+
+ENTRY = ("-m", "workloads.launcher.entrypoint", "tests.fixtures.trainers.torch_run_trainers:mlp")
+HPARAMS = {"epochs": 3, "seed": 42, "learning_rate": 0.01, "batch_size": 32}
+
+
+@dataclass(frozen=True)
+class Setup:
+    folder: Path
+    dataset_uri: str
+    store: Path
+    template: Path
+
+    def new_run(self, name: str) -> tuple[str, str]:
+        folder = self.folder / name
+        folder.mkdir()
+        tracking_uri, _, run_id = sqlite_run(folder, self.template, name)
+        return tracking_uri, run_id
+
+    def launch(
+        self, run: tuple[str, str], hparams: dict, *, training_id: str, ranks: int = 1, crash_at: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        torchrun = ("-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
+        command = [
+            sys.executable, "-m", "workloads.launcher", "--dataset-uri", self.dataset_uri, "--training-id", training_id,
+            "--device", "cpu", "--hparams", json.dumps(hparams), "--",
+            "python", *(torchrun if ranks > 1 else ()), *ENTRY,
+        ]  # fmt: skip
+        env = {
+            **os.environ, "MLFLOW_TRACKING_URI": run[0], "MLFLOW_RUN_ID": run[1], "GPUFLOW_STORE_URI": str(self.store),
+            "OMP_NUM_THREADS": "1", "GPUFLOW_DIST_TIMEOUT_SECONDS": "60",
+        }  # fmt: skip
+        env.pop("GPUFLOW_TEST_CRASH_AT", None)
+        if crash_at is not None:
+            env["GPUFLOW_TEST_CRASH_AT"] = str(crash_at)
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def history(run: tuple[str, str], key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(run[0]).get_metric_history(run[1], key))
+
+
+def rank_lines(stdout: str) -> list[dict]:
+    return sorted(
+        (json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')), key=lambda d: d["rank"]
+    )
+
+
+@pytest.fixture
+def setup(tmp_path: Path, mlflow_db_template: Path) -> Setup:  # noqa: F811
+    store = tmp_path / "store"
+    return Setup(tmp_path, write_digits_dataset(store), store, mlflow_db_template)
+
+
+def test_a_killed_training_resumes_to_the_same_figures_as_an_uninterrupted_one(setup: Setup) -> None:
+    straight = setup.new_run("straight")
+    result = setup.launch(straight, HPARAMS, training_id="straight")
+    assert result.returncode == 0, result.stderr
+    assert [line["steps"] for line in rank_lines(result.stdout)] == [[1, 2, 3]]
+    assert MlflowClient(straight[0]).get_run(straight[1]).data.tags["gpuflow.model_uri"]
+
+    interrupted = setup.new_run("interrupted")
+    killed = setup.launch(interrupted, HPARAMS, training_id="again", crash_at=2)
+    assert killed.returncode == 1, killed.stderr
+    assert [step for step, _ in history(interrupted, "train_loss")] == [1, 2]
+    resumed = setup.launch(interrupted, HPARAMS, training_id="again")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from the checkpoint of step 2" in resumed.stdout
+    assert [line["steps"] for line in rank_lines(resumed.stdout)] == [[3]]
+    for key in ("train_loss", "val_accuracy"):  # model, optimizer, scheduler, RNG and step all came back
+        assert history(interrupted, key) == history(straight, key), key
+
+    changed = setup.launch(interrupted, {**HPARAMS, "learning_rate": 0.1}, training_id="again")
+    assert changed.returncode == 2
+    assert "was made with learning_rate=0.01 (now 0.1)" in changed.stderr.splitlines()[-1]
+
+
+def test_two_ranks_on_gloo_log_each_step_once_and_stop_together(setup: Setup) -> None:
+    run = setup.new_run("two")
+    # learning rate 0: the accuracy never improves, so patience 1 stops after step 2 on every rank
+    hparams = {**HPARAMS, "learning_rate": 0.0, "patience": 1, "epochs": 6}
+    result = setup.launch(run, hparams, training_id="two", ranks=2)
+    assert result.returncode == 0, result.stderr
+    lines = rank_lines(result.stdout)
+    assert [line["rank"] for line in lines] == [0, 1]
+    assert lines[0]["steps"] == lines[1]["steps"] == [1, 2]
+    assert lines[0]["batches"] == lines[1]["batches"] == 20  # 629 of the 1,257 train rows each (one padded), 32 a batch
+    assert lines[0]["stop"].startswith("plateau: val_accuracy has not improved for 1")
+    assert lines[1]["stop"] == lines[0]["stop"]
+    assert [step for step, _ in history(run, "train_loss")] == [1, 2]  # once each, though two ranks report
+    tags = MlflowClient(run[0]).get_run(run[1]).data.tags
+    assert tags["gpuflow.model_uri"] and tags["gpuflow.task"] == "classification"

@@ -1,0 +1,164 @@
+"""Batches of a prepared split streamed from its Parquet file one row group at a time, each rank its own share.
+
+A split is never read whole: a loader holds one row group (32,768 rows as prepare writes them) plus one batch.
+Every rank walks the same order (row groups shuffled, then the rows inside each, from a generator seeded with
+``seed + epoch``, so :meth:`SplitLoader.set_epoch` plays ``DistributedSampler.set_epoch``'s part) and keeps the
+rows at the positions ``rank, rank + world_size, ...`` of it. With ``pad`` (training) the order is padded from
+its start to a multiple of ``world_size`` as ``DistributedSampler`` pads it, so every rank gets the same number
+of batches (DDP needs that); without it (evaluation) each row is on exactly one rank, so sums over ranks count
+each row once. The file's sha256 is checked against the manifest when the loader is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from workloads.dataset import table_to_arrays
+from workloads.sdk.errors import DatasetError
+
+if TYPE_CHECKING:
+    from workloads.dataset import DatasetManifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SplitLoader:
+    """``for x, y in loader``: x float32 ``[B, *input_shape]``, y int64 class indices (float32 regression targets)
+    on ``device``; ``len(loader)`` is this rank's number of batches (the same on every rank when ``pad``)."""
+
+    def __init__(
+        self,
+        dataset_dir: Path,
+        manifest: DatasetManifest,
+        split: str,
+        batch_size: int,
+        *,
+        input_shape: tuple[int, ...],
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        entry = manifest.splits.get(split)
+        if entry is None:
+            raise DatasetError(f"dataset {dataset_dir} has no split {split!r}; it has {sorted(manifest.splits)}")
+        self.path = Path(dataset_dir) / entry.file
+        if not self.path.is_file():
+            raise DatasetError(f"{self.path} is listed in the manifest but missing")
+        if entry.sha256 and _sha256(self.path) != entry.sha256:
+            raise DatasetError(f"{self.path} does not match the sha256 its manifest records: changed or cut short")
+        try:
+            self.file = pq.ParquetFile(self.path)
+        except Exception as exc:
+            raise DatasetError(f"{self.path} is not readable Parquet: {exc}") from exc
+        self.manifest = manifest
+        self.split, self.batch_size, self.input_shape = split, batch_size, input_shape
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.rank, self.world_size, self.pad, self.drop_last = rank, world_size, pad, drop_last
+        self.device = torch.device(device)
+        self.columns = [*manifest.features, manifest.label]
+        self.group_rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.rows = sum(self.group_rows)
+        self._index: dict[object, int] = {v: i for i, v in enumerate(manifest.labels)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Another order each epoch when shuffling (the same on every rank)."""
+        self.epoch = epoch
+
+    @property
+    def rank_rows(self) -> int:
+        """Rows this rank gets per epoch."""
+        w, r, n = self.world_size, self.rank, self.rows
+        return -(-n // w) if self.pad else (n - r + w - 1) // w
+
+    def __len__(self) -> int:
+        rows = self.rank_rows
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def _group(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            table = self.file.read_row_group(index, columns=self.columns)
+        except Exception as exc:
+            raise DatasetError(f"{self.path}: row group {index} is not readable: {exc}") from exc
+        try:
+            x, raw = table_to_arrays(table, self.manifest.features, self.manifest.label)
+        except Exception as exc:
+            raise DatasetError(f"{self.path}: {exc}") from exc
+        if self.manifest.task == "regression":
+            return x, raw.astype(np.float32)
+        values, inverse = np.unique(raw, return_inverse=True)
+        try:
+            lookup = np.array([self._index[v] for v in values.tolist()], dtype=np.int64)
+        except KeyError as exc:
+            label = exc.args[0]
+            raise DatasetError(f"split {self.split!r} has label {label!r}, not in the manifest's classes") from None
+        return x, lookup[inverse.reshape(-1)]
+
+    def _rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This rank's rows, one chunk per row group (then the padding)."""
+        w, r = self.world_size, self.rank
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        groups = torch.randperm(len(self.group_rows), generator=generator).tolist() if self.shuffle else None
+        order = groups if groups is not None else list(range(len(self.group_rows)))
+        short = (-self.rows) % w if self.pad else 0  # positions padded at the end, taken from the start
+        wanted = (r - self.rows) % w  # the padded position (as an offset from the start) that falls to this rank
+        padding: tuple[np.ndarray, np.ndarray] | None = None
+        position = 0
+        for index in order:
+            n = self.group_rows[index]
+            rows = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+            x, y = self._group(index)
+            if short and wanted < short and padding is None and position <= wanted < position + n:
+                at = rows[wanted - position]
+                padding = (x[at : at + 1], y[at : at + 1])
+            mine = rows[(r - position) % w :: w]
+            position += n
+            yield x[mine], y[mine]
+        if padding is not None:
+            yield padding
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        bs = self.batch_size
+        carry_x: np.ndarray | None = None  # fewer than bs rows left over from the chunks before
+        carry_y: np.ndarray | None = None
+        for x, y in self._rows():
+            start = 0
+            if carry_x is not None and carry_y is not None:
+                start = min(bs - len(carry_x), len(x))
+                carry_x, carry_y = np.concatenate([carry_x, x[:start]]), np.concatenate([carry_y, y[:start]])
+                if len(carry_x) < bs:
+                    continue
+                yield self._batch(carry_x, carry_y)
+                carry_x = carry_y = None
+            end = start + (len(x) - start) // bs * bs
+            for first in range(start, end, bs):
+                yield self._batch(x[first : first + bs], y[first : first + bs])
+            if end < len(x):
+                carry_x, carry_y = x[end:], y[end:]
+        if carry_x is not None and carry_y is not None and not self.drop_last:
+            yield self._batch(carry_x, carry_y)
+
+    def _batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tx = torch.from_numpy(np.ascontiguousarray(x).reshape((x.shape[0], *self.input_shape)))
+        ty = torch.from_numpy(np.ascontiguousarray(y))
+        if self.device.type == "cpu":
+            return tx, ty
+        return tx.to(self.device, non_blocking=True), ty.to(self.device, non_blocking=True)
