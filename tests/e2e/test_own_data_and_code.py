@@ -1,7 +1,8 @@
 """Bring your own data and code, end to end (issues 14 and 15): prepare -> train -> evaluate -> rollout with a
-canary against a first champion, for a regression with the built-in MLP and for the breast-cancer example's own
-scikit-learn trainer (the command contract, served through the pyfunc path), each through ml_pipeline as a
-Python caller runs it."""
+canary against a first champion, for a regression with the built-in MLP, for the breast-cancer example's own
+scikit-learn trainer (the command contract, served through the pyfunc path) and for the two examples written on
+the PyTorch SDK (digits CNN on images, diabetes regression gated on RMSE), each through ml_pipeline as a Python
+caller runs it."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow.pytorch
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from flows.pipeline import PipelineResult, ml_pipeline
 from tasks.core import settings
-from tasks.core.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError, GateFailed
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
 from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, write_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait", "migrated_home")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "breast_cancer_sklearn"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = EXAMPLES / "breast_cancer_sklearn"
 CANARY_SECONDS = 6.0  # the default policy's smallest window that can collect min_requests at 10 %
 
 
@@ -84,3 +88,65 @@ def test_the_breast_cancer_example_trains_its_own_code_and_earns_traffic_through
     lineage = model_lineage(MLflowTracking.embedded(), "breast-cancer@champion")  # what code trained it
     assert lineage.model_version == "2" and lineage.trainer == "command python train.py"
     assert lineage.hyperparameters["seed"] == "1" and lineage.hyperparameters["max_iter"] == "200"
+
+
+def example_project(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The example copied as a user's own folder (outside gpuflow's packages), its data made, gpuflow run there."""
+    project = tmp_path / name
+    shutil.copytree(EXAMPLES / name, project)
+    monkeypatch.chdir(project)  # the README runs gpuflow from the project folder (trainer.yaml's working_dir)
+    subprocess.run([sys.executable, "make_data.py"], cwd=project, check=True, capture_output=True)
+    return project
+
+
+def test_the_digits_cnn_example_trains_images_on_the_sdk_and_earns_traffic_through_a_canary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example_project("digits_cnn", tmp_path, monkeypatch)
+    common: dict[str, Any] = {
+        "data_uri": "digits.csv", "dataset_name": "digits-image", "model_name": "digits-cnn",
+        "dataset_spec": "dataset.yaml", "trainer": "trainer.yaml", "gate": "gate.yaml", "device": "cpu",
+        "canary_analysis_seconds": CANARY_SECONDS,
+    }  # fmt: skip
+    first = ml_pipeline(**common)
+    assert isinstance(first, PipelineResult), first
+    assert first.metrics["accuracy"] > 0.93 and first.champion_version == "1"
+    client = MlflowClient(settings.tracking_uri())
+    run = client.get_run(first.train_run_id)
+    assert run.data.tags["gpuflow.trainer"] == "entry point cnn:train"
+    history = client.get_metric_history(first.train_run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, 16))  # every epoch once
+    version = client.get_model_version("digits-cnn", "1")
+    model = mlflow.pytorch.load_model(version.source)  # the torch path: an exported CNN taking [N, 1, 8, 8]
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+    second = ml_pipeline(**common, hyperparameters={"seed": 1})  # another CNN: it must earn its traffic
+    assert isinstance(second, PipelineResult), second
+    assert second.canary is not None and second.canary["decision"] == "promoted", second.canary
+    assert second.champion_version == "2" and second.previous_champion_version == "1"
+
+
+def test_the_diabetes_example_is_gated_on_rmse_against_its_champion_and_passes_the_regression_canary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example_project("diabetes_regression", tmp_path, monkeypatch)
+    common: dict[str, Any] = {
+        "data_uri": "diabetes.csv", "dataset_name": "diabetes", "model_name": "diabetes-huber",
+        "dataset_spec": "dataset.yaml", "trainer": "trainer.yaml", "gate": "gate.yaml", "device": "cpu",
+        "canary_analysis_seconds": CANARY_SECONDS,
+    }  # fmt: skip
+    first = ml_pipeline(**common)
+    assert isinstance(first, PipelineResult), first
+    assert first.metrics["rmse"] < 70 and first.metrics["r2"] > 0.2 and first.champion_version == "1"
+
+    second = ml_pipeline(**common)  # the same training again (deterministic): the regression canary agrees
+    assert isinstance(second, PipelineResult), second
+    assert second.metrics["rmse"] == pytest.approx(first.metrics["rmse"], abs=1e-3)
+    assert second.canary is not None and second.canary["decision"] == "promoted", second.canary
+    assert second.champion_version == "2"
+
+    with pytest.raises(GateFailed) as rejected:  # one epoch: far worse than the champion
+        ml_pipeline(**common, hyperparameters={"epochs": 1})
+    reasons = " ".join(rejected.value.reasons)
+    assert "rmse" in reasons and "champion" in reasons, reasons
+    assert isinstance(rejected.value.result, PipelineResult) and rejected.value.result.champion_version == "2"
