@@ -1,6 +1,6 @@
 """TorchRun under the launcher as a user runs it: one process, a killed and resumed one, and 2 ranks on gloo.
 
-Every test starts ``python -m workloads.launcher ... -- python [-m torch.distributed.run ...] -m
+Every test starts ``python -m workloads.launcher ... -- python [-m workloads.trainer.launch ...] -m
 workloads.launcher.entrypoint tests.fixtures.trainers.torch_run_trainers:mlp`` on the digits dataset and reads
 back what a user sees: exit codes, each rank's last line, the MLflow run's metric history and its model.
 """
@@ -41,7 +41,8 @@ class Setup:
     def launch(
         self, run: tuple[str, str], hparams: dict, *, training_id: str, ranks: int = 1, crash_at: int | None = None
     ) -> subprocess.CompletedProcess[str]:
-        torchrun = ("-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
+        # torchrun that ends with the workers' own exit code (torchrun itself exits 1 whatever they did)
+        torchrun = ("-m", "workloads.trainer.launch", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
         command = [
             sys.executable, "-m", "workloads.launcher", "--dataset-uri", self.dataset_uri, "--training-id", training_id,
             "--device", "cpu", "--hparams", json.dumps(hparams), "--",
