@@ -6,8 +6,8 @@ because its newest checkpoint was broken is not logged again. So every epoch ste
 Each epoch's GPU telemetry travels in the same batch as its loss and accuracy (and in the checkpoint),
 and a restarted trainer replays the logged epochs into its early stopper before it goes on.
 
-Under torchrun (see ``workloads/sdk/distributed.py``) every rank trains its shard; rank 0 alone reads and writes the MLflow
-run, chooses the checkpoint to resume from (the others load the same epoch from the shared store), writes
+Under torchrun (see ``workloads/sdk/distributed.py``) every rank trains its shard; rank 0 alone reads and writes
+the MLflow run, chooses the checkpoint to resume from (the others load the same epoch from the shared store), writes
 checkpoints, decides early stops (broadcast, so all ranks leave the loop together), prints the lines above and
 logs the model while the others wait for it, so the group ends together and with one exit code. The other
 ranks print one ``[rank N] epoch E/EPOCHS: S samples`` line per epoch.
