@@ -44,6 +44,10 @@ class ComputeTarget(Block, ABC):
     _block_type_slug = "gpuflow-compute-target"
     _block_schema_capabilities = ["run-workload"]
 
+    def check_reachable(self, *, tracking_uri: str, store_uri: str) -> None:
+        """Raise ConfigurationError when the workload could not reach this MLflow or store from where it runs
+        (a cluster's pods cannot read this machine's files); called by flows before they create anything."""
+
     @abstractmethod
     def run_workload(self, spec: WorkloadSpec, log: LogFn) -> WorkloadResult:
         """Run the workload to completion, streaming its output lines to ``log``.

@@ -13,6 +13,7 @@ from blocks.kubernetes_pod import KubernetesPod
 from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadResult, WorkloadSpec
 from tasks.kube.manifests import PERMANENT_EXIT_CODES, JobSettings
+from tasks.kube.reachable import check_store_uri, check_tracking_uri
 
 
 class KubernetesGPUJob(ComputeTarget, KubernetesPod):
@@ -74,8 +75,21 @@ class KubernetesGPUJob(ComputeTarget, KubernetesPod):
             permanent_exit_codes=PERMANENT_EXIT_CODES,
         )
 
-    def run_workload(self, spec: WorkloadSpec, log: LogFn) -> WorkloadResult:
-        """Create the Job, stream its pods' logs to ``log``, wait for it; see :func:`tasks.kube.jobs.run_job`."""
-        from tasks.kube.jobs import run_job  # the cluster side loads only when a Job really runs
+    def check_reachable(self, *, tracking_uri: str, store_uri: str) -> None:
+        """Refuse a ``sqlite:``/file tracking URI or a local store: pods run on other machines (ConfigurationError)."""
+        check_tracking_uri(tracking_uri, _WHERE)
+        check_store_uri(store_uri, _WHERE)
 
+    def run_workload(self, spec: WorkloadSpec, log: LogFn) -> WorkloadResult:
+        """Create the Job, stream its pods' logs to ``log``, wait for it; see :func:`tasks.kube.jobs.run_job`.
+
+        A tracking URI or store in ``spec.env`` that only this machine reaches is refused before anything is created.
+        """
+        from tasks.kube.jobs import run_job  # the cluster side loads only when a Job really runs
+        from tasks.kube.reachable import check_reachable
+
+        check_reachable(spec.env, _WHERE)
         return run_job(self, spec, log)
+
+
+_WHERE = "the Kubernetes compute block (gpuflow-kubernetes-gpu-job)"

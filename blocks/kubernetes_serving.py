@@ -121,6 +121,15 @@ class KubernetesServing(Block, KubernetesPod):
         if self.secret_keys and not self.secret_name:
             raise ConfigurationError(f"secret_keys {self.secret_keys} need secret_name, the Secret that holds them")
 
+    def check_reachable(self, tracking_uri: str) -> None:
+        """Refuse a ``sqlite:``/file tracking URI (the block's, else the rollout's ``tracking_uri``): server pods
+        load the model from MLflow on another machine (ConfigurationError naming what to use instead)."""
+        from tasks.kube.reachable import check_tracking_uri
+
+        check_tracking_uri(
+            self.tracking_uri or tracking_uri, "the Kubernetes serving block (gpuflow-kubernetes-serving)"
+        )
+
 
 def resolve_kubernetes_serving(name: str) -> KubernetesServing:
     """A saved block by ``name`` or ``gpuflow-kubernetes-serving/name``; a missing one names what was looked up."""

@@ -15,13 +15,15 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.canary_policy import rollout_policy
+from blocks.data_store import resolve_data_store
 from blocks.mlflow_tracking import resolve_tracking
 from blocks.pricing import resolve_pricing
 from blocks.quality_gate import resolve_gate
+from blocks.registry import resolve_compute
 from flows.evaluate import evaluate
 from flows.prefect_server import own_prefect_ephemeral_server
 from flows.prepare import prepare
-from flows.rollout import rollout
+from flows.rollout import resolve_serving, rollout
 from flows.train import train
 from tasks.core import settings
 from tasks.core.dataset_spec import DatasetSpec
@@ -141,6 +143,12 @@ def ml_pipeline(
     if promote_on_pass:
         rollout_policy(policy, canary_analysis_seconds)  # a canary that can never promote fails before any work
     resolve_trainer(trainer).with_overrides(hyperparameters or {})  # a bad trainer spec fails before any work
+    # Pods on a cluster cannot read this machine's MLflow file or store folder: refused before any work.
+    store_root = resolve_data_store(data_store).root
+    resolve_compute(compute).check_reachable(tracking_uri=tracking_cfg.uri, store_uri=store_root)
+    serving_block = resolve_serving(serving)
+    if serving_block is not None:
+        serving_block.check_reachable(tracking_cfg.uri)
     parent = runs.start_run(tracking_cfg, "ml_pipeline", stage="pipeline")
     client = runs.client_for(tracking_cfg)
     logger.info("pipeline %s (%s), MLflow run %s", runs.pipeline_version(), runs.environment_version(), parent)

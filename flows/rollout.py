@@ -109,6 +109,8 @@ def rollout(
     tracking_cfg = resolve_tracking(tracking)
     store = resolve_data_store(data_store)
     cluster = resolve_serving(serving)  # a bad block name fails before the lock is taken
+    if cluster is not None:
+        cluster.check_reachable(tracking_cfg.uri)  # server pods cannot read this machine's MLflow files
 
     with rollout_lock(model_name, lock_timeout_seconds, announce=logger.info):
         target = resolve_target(tracking_cfg, model_name, candidate_version)

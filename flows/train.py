@@ -90,6 +90,7 @@ def train(
         epochs, batch_size = int(hp.get("epochs", epochs)), int(hp.get("batch_size", batch_size))
         learning_rate, seed = float(hp.get("learning_rate", learning_rate)), int(hp.get("seed", seed))
         hidden_size = int(hp.get("hidden_size", hidden_size))
+    target.check_reachable(tracking_uri=tracking_cfg.uri, store_uri=store.root)  # before any run is created
     manifest = dataset_manifest(dataset_uri, store)
     training_id = training_id or default_training_id()
 

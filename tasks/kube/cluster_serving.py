@@ -81,6 +81,7 @@ class ClusterServing:
         api: k8s.ApiClient | None = None,
     ) -> None:
         block.check()
+        block.check_reachable(tracking_uri)
         self._block = block
         self._pod = block.pod_settings()
         self._ns = self._pod.namespace
