@@ -247,12 +247,16 @@ def test_deleted_running_pod_is_replaced(kube_cluster: KubeCluster) -> None:
         "import os, time, pathlib; p = pathlib.Path(os.environ['MARK']); first = not p.exists(); p.touch(); "
         "print('first' if first else 'second', flush=True); time.sleep(30 if first else 0)"
     )
-    mark = kube_cluster.base_dir / "mark"
+    # Pods share no disk but a volume: the mark outlives the first pod on a persistentVolumeClaim, as on a cluster.
     manifest = job_manifest(
         "del",
         code,
         backoffLimit=0,
-        container={"env": [{"name": "MARK", "value": str(mark)}]},
+        container={
+            "env": [{"name": "MARK", "value": "/state/mark"}],
+            "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+        },
+        pod={"volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": "state"}}]},
         podFailurePolicy={"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
     )
     batch(kube_cluster).create_namespaced_job(kube_cluster.namespace, manifest)
@@ -551,7 +555,11 @@ def test_eviction_marks_disruption_and_the_job_replaces_the_pod(kube_cluster: Ku
     manifest = job_manifest(
         "ev",
         code,
-        container={"env": [{"name": "MARK", "value": str(kube_cluster.base_dir / "m")}]},
+        container={
+            "env": [{"name": "MARK", "value": "/state/m"}],
+            "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+        },
+        pod={"volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": "state"}}]},
         podFailurePolicy={"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
     )
     batch(kube_cluster).create_namespaced_job(kube_cluster.namespace, manifest)
