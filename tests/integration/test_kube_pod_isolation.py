@@ -88,7 +88,8 @@ def _probe_job(name: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _run_probe(cluster: KubeCluster, name: str, env: dict[str, str]) -> dict[str, Any]:
-    batch(cluster).create_namespaced_job(cluster.namespace, _probe_job(name, env))
+    job: Any = _probe_job(name, env)
+    batch(cluster).create_namespaced_job(cluster.namespace, job)
     wait_job(cluster, name, "Complete", "Failed", timeout=60)
     (pod,) = cluster.pods(f"job-name={name}")
     log = cluster.pod_log(pod["metadata"]["name"])

@@ -2,7 +2,8 @@
 
 Each test builds a real ``KubernetesGPUJob`` block (the flow test saves it, as a user would) and asserts what a
 user would see: the model in MLflow, the pods' lines in the log, the reason a Job failed, and nothing left on
-the cluster afterwards.
+the cluster afterwards. As on a cluster, the pods reach MLflow through a real ``mlflow server`` and the store
+through S3 (moto's server), with the store's keys in a Secret: they cannot read the test's files.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ import pytest
 from mlflow import MlflowClient
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
-from blocks.data_store import resolve_data_store
 from blocks.kubernetes import KubernetesGPUJob
-from blocks.mlflow_tracking import resolve_tracking
 from flows.train import train
-from tasks.core import settings
 from tasks.core.errors import ConfigurationError, PermanentError, ServiceUnavailable, WorkloadFailed
 from tasks.core.workload import WorkloadSpec
 from tasks.kube.manifests import LABEL_JOB, job_name
 from tasks.tracking.runs import experiment_id
 from tasks.training.trainer_job import trainer_workload
-from tests.conftest import free_port
+from tests.conftest import MlflowServer, S3Server, free_port
+from tests.fixtures.cluster_services import ClusterServices, cluster_services
 from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
+from tests.fixtures.flow_env import no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.integration.test_train_flow import flow_run_logs
 
@@ -41,6 +40,7 @@ class Training:
     """A dataset, an MLflow run to log into, and the cluster: what a trainer pod needs."""
 
     cluster: KubeCluster
+    services: ClusterServices
     dataset_uri: str
     run_id: str
 
@@ -57,6 +57,7 @@ class Training:
             "poll_interval_seconds": 0.2,
             "image_pull_grace_seconds": 1,
             "delete_failed_jobs": False,
+            "secret_name": self.services.secret_name,
         }
         return KubernetesGPUJob(**{**fields, **overrides})
 
@@ -71,14 +72,17 @@ class Training:
             seed=1,
             device="cpu",
             run_id=self.run_id,
-            tracking=resolve_tracking(None),
-            store=resolve_data_store(None),
+            tracking=self.services.tracking,
+            store=self.services.store,
             model_name="kube-test",
             telemetry_interval=0.5,
         )
 
     def history(self, key: str) -> list[int]:
-        return sorted(m.step for m in MlflowClient(settings.tracking_uri()).get_metric_history(self.run_id, key))
+        return sorted(m.step for m in self.mlflow().get_metric_history(self.run_id, key))
+
+    def mlflow(self) -> MlflowClient:
+        return MlflowClient(self.services.tracking.uri)
 
     def assert_nothing_left(self) -> None:
         """No Job, pod or Service with gpuflow's labels, and no pod process alive."""
@@ -106,12 +110,14 @@ def _listed(cluster: KubeCluster, kind: str, selector: str) -> list[Any]:
 
 
 @pytest.fixture
-def training(kube_cluster: KubeCluster, migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Training:  # noqa: F811
+def training(
+    kube_cluster: KubeCluster, gpuflow_home: Path, s3_server: S3Server, mlflow_server: MlflowServer
+) -> Training:
     kube_cluster.extra_env["GPUFLOW_TORCH_THREADS"] = "1"
-    dataset_uri = write_digits_dataset(settings.store_uri())
-    tracking = resolve_tracking(None)
-    run_id = MlflowClient(tracking.uri).create_run(experiment_id(tracking)).info.run_id
-    return Training(kube_cluster, dataset_uri, run_id)
+    services = cluster_services(kube_cluster, s3_server, mlflow_server)
+    dataset_uri = write_digits_dataset(services.store.root, store=services.store.object_store())
+    run_id = MlflowClient(services.tracking.uri).create_run(experiment_id(services.tracking)).info.run_id
+    return Training(kube_cluster, services, dataset_uri, run_id)
 
 
 # --------------------------------------------------------------------------------------------- success
@@ -120,8 +126,10 @@ def training(kube_cluster: KubeCluster, migrated_home: Path, monkeypatch: pytest
 @pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait")
 def test_train_flow_on_kubernetes_logs_the_model_and_timings_and_deletes_the_job(training: Training) -> None:
     training.block().save("k8s-test", overwrite=True)
+    blocks = training.services.save()
 
     state = train(
+        **blocks,
         dataset_uri=training.dataset_uri,
         model_name="kube-flow",
         epochs=2,
@@ -135,7 +143,7 @@ def test_train_flow_on_kubernetes_logs_the_model_and_timings_and_deletes_the_job
     assert trained.metrics["val_accuracy"] > 0.5  # two epochs of a tiny model: trained, not tuned
     assert set(trained.timings) == {"k8s_queue_seconds", "k8s_start_seconds"}
     assert all(0 <= v < 30 for v in trained.timings.values())
-    run = MlflowClient(settings.tracking_uri()).get_run(trained.run_id)
+    run = training.mlflow().get_run(trained.run_id)
     assert run.data.tags["gpuflow.model_uri"] == trained.model_uri
     assert run.data.tags["gpuflow.compute.backend"] == "kubernetes"
     assert {"k8s_queue_seconds", "k8s_start_seconds"} <= set(run.data.metrics)
@@ -159,7 +167,7 @@ def test_two_node_training_runs_two_gloo_processes(training: Training) -> None:
     assert any(line.startswith("[1] [rank 1] epoch 2/2") for line in lines), lines
     assert [line.split()[2] for line in lines if line.startswith("[0] epoch ")] == ["1/2", "2/2"]
     assert training.history("val_accuracy") == [1, 2]
-    assert MlflowClient(settings.tracking_uri()).get_run(training.run_id).data.tags.get("gpuflow.model_uri")
+    assert training.mlflow().get_run(training.run_id).data.tags.get("gpuflow.model_uri")
     training.assert_nothing_left()
 
 
@@ -335,11 +343,11 @@ def test_configuration_error_fails_through_the_pod_failure_policy_without_retrie
 def test_missing_secret_fails_fast_naming_the_secret(training: Training) -> None:
     spec = dataclasses.replace(training.spec("no-secret"), secret_env={"AWS_SECRET_ACCESS_KEY": "not-shown"})
     with pytest.raises(WorkloadFailed) as failed:
-        training.block(secret_name="gpuflow-store").run_workload(spec, lambda line: None)
+        training.block(secret_name="gpuflow-missing").run_workload(spec, lambda line: None)
 
     assert isinstance(failed.value, PermanentError)
     assert "cannot be created: CreateContainerConfigError" in failed.value.reason
-    assert "gpuflow-store" in failed.value.reason and "not-shown" not in str(failed.value)
+    assert "gpuflow-missing" in failed.value.reason and "not-shown" not in str(failed.value)
     training.assert_nothing_left()
 
 
