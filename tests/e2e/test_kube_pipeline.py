@@ -4,7 +4,9 @@ prepare runs in the flow; train runs as an Indexed Job of 2 pods whose torchrun 
 with 2 gloo processes; evaluate registers and gates; rollout serves the model from Deployments whose pods are
 real ``python -m workloads.server`` processes started by the emulated cluster. The first run has no champion,
 so its model goes straight to the stable Deployment; the second run's model goes through a canary and is
-promoted, and the stable Deployment ends up serving it. Nothing but the stable servers is left behind.
+promoted, and the stable Deployment ends up serving it. Nothing but the stable servers is left behind. MLflow
+is a real ``mlflow server`` and the store an S3 bucket (moto's server), the store's keys in a Secret: the pods
+cannot read the test's files, as on a cluster.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from blocks.canary_policy import CanaryPolicy
 from blocks.kubernetes import KubernetesGPUJob
 from blocks.kubernetes_serving import KubernetesServing
 from flows.pipeline import PipelineResult, ml_pipeline
-from tasks.core import settings
-from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401
+from tests.conftest import MlflowServer, S3Server
+from tests.fixtures.cluster_services import ClusterServices, cluster_services
+from tests.fixtures.flow_env import no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.integration.test_kube_canary import FAST as FAST_POLICY
 
@@ -30,7 +33,7 @@ IMAGE = "gpuflow/workloads:test"
 MANAGED = "app.kubernetes.io/managed-by=gpuflow"
 
 
-def _save_blocks(cluster: KubeCluster) -> dict[str, str]:
+def _save_blocks(cluster: KubeCluster, services: ClusterServices) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     names = {"compute": f"e2e-gpu-job-{suffix}", "serving": f"e2e-serving-{suffix}", "policy": f"e2e-policy-{suffix}"}
     KubernetesGPUJob(
@@ -44,6 +47,7 @@ def _save_blocks(cluster: KubeCluster) -> dict[str, str]:
         active_deadline_seconds=600,
         poll_interval_seconds=0.2,
         image_pull_grace_seconds=1,
+        secret_name=services.secret_name,
     ).save(names["compute"])
     KubernetesServing(
         image=IMAGE,
@@ -56,7 +60,7 @@ def _save_blocks(cluster: KubeCluster) -> dict[str, str]:
         image_pull_grace_seconds=0,
     ).save(names["serving"])
     CanaryPolicy(**FAST_POLICY).save(names["policy"])
-    return names
+    return {**names, **services.save()}
 
 
 def _run(blocks: dict[str, str], model_name: str) -> PipelineResult:
@@ -69,6 +73,8 @@ def _run(blocks: dict[str, str], model_name: str) -> PipelineResult:
         compute=blocks["compute"],
         serving=blocks["serving"],
         policy=blocks["policy"],
+        data_store=blocks["data_store"],
+        tracking=blocks["tracking"],
     )
     assert isinstance(result, PipelineResult), result
     return result
@@ -84,18 +90,18 @@ def _stable_serves(cluster: KubeCluster) -> set[str]:
 
 @pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait")
 def test_two_pipeline_runs_on_kubernetes_train_distributed_and_roll_out_through_a_canary(
-    kube_cluster: KubeCluster,
-    migrated_home: Path,  # noqa: F811
+    kube_cluster: KubeCluster, gpuflow_home: Path, s3_server: S3Server, mlflow_server: MlflowServer
 ) -> None:
     kube_cluster.extra_env["GPUFLOW_TORCH_THREADS"] = "1"
-    blocks = _save_blocks(kube_cluster)
+    services = cluster_services(kube_cluster, s3_server, mlflow_server)
+    blocks = _save_blocks(kube_cluster, services)
     model_name = f"digits-{uuid.uuid4().hex[:6]}"
 
     first = _run(blocks, model_name)
     assert first.promoted and first.champion_version == "1"
     assert first.canary is not None and first.canary["backend"] == "kubernetes"
     assert set(first.time_to_start) == {"k8s_queue_seconds", "k8s_start_seconds"}
-    train_run = MlflowClient(settings.tracking_uri()).get_run(first.train_run_id)
+    train_run = MlflowClient(services.tracking.uri).get_run(first.train_run_id)
     assert train_run.data.params["world_size"] == "2"  # both pods' ranks trained the one model
     assert "k8s_queue_seconds" in train_run.data.metrics
     assert _stable_serves(kube_cluster) == {"1"}

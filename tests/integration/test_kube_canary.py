@@ -4,8 +4,9 @@ Every server pod is a real ``python -m workloads.server`` process the emulator's
 Deployments the rollout creates; the rollout talks to the emulated API server with the real ``kubernetes``
 client through the kubeconfig, scrapes each pod's /metrics through ``pods/<pod>:8080/proxy`` and replays the
 labelled test split through ``services/<name>:http/proxy`` (or through a gateway that follows the HTTPRoute),
-so the split really comes from the replica ratio or the route's weights. MLflow is SQLite under one
-GPUFLOW_HOME for the module (the pods read the same file); Prefect is the session's test server.
+so the split really comes from the replica ratio or the route's weights. MLflow is a real ``mlflow server`` and
+the store an S3 bucket (moto's server) for the module, as the isolated pods cannot read the test's files; Prefect
+is the session's test server.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from tasks.kube.cluster_serving import canary_replicas
 from tasks.kube.servers import server_name_for
 from tasks.rollout.server_metrics import ServerSample
 from tasks.rollout.serving import ServerNotReady
-from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.conftest import MlflowServer, S3Server
+from tests.fixtures.cluster_services import services_env
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.gateway import RouteGateway
 from tests.fixtures.models import (
@@ -67,9 +69,13 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[RolloutHome]:  # noqa: F811
-    """One GPUFLOW_HOME for the module: the digits dataset and two logged models (good, shuffled labels)."""
-    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home"), mlflow_db_template) as made:
+def home(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, mlflow_server: MlflowServer
+) -> Iterator[RolloutHome]:
+    """One set-up for the module, on the MLflow server and an S3 bucket: the digits dataset and two logged models
+    (good, shuffled labels)."""
+    env = services_env(s3_server, mlflow_server)
+    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home"), env) as made:
         yield made
 
 
@@ -383,7 +389,11 @@ def test_a_canary_that_crashes_before_ready_is_rolled_back_naming_its_pod(
 ) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    champion, _ = champion_and_challenger(model_name, home.good_run, None, source=str(empty))
+    (empty / "README.txt").write_text("no MLmodel here")
+    client = registry_client()  # in the run's artifacts on the MLflow server, where the pods can download it
+    client.log_artifacts(home.good_run, str(empty), "not-a-model")
+    source = client.get_run(home.good_run).info.artifact_uri.rstrip("/") + "/not-a-model"
+    champion, _ = champion_and_challenger(model_name, home.good_run, home.good_run, source=source)
     server = server_name_for(model_name)
 
     result = rollout(
