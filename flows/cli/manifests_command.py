@@ -244,9 +244,11 @@ def _tracking(args: argparse.Namespace) -> Any:
             "give --tracking-uri (e.g. http://mlflow.gpuflow:5000) or --tracking BLOCK: pods cannot use this "
             "machine's embedded MLflow store"
         )
-    if args.tracking_uri:
-        return MLflowTracking(tracking_uri=args.tracking_uri)
-    return resolve_tracking(args.tracking)
+    from tasks.kube.reachable import check_tracking_uri
+
+    tracking = MLflowTracking(tracking_uri=args.tracking_uri) if args.tracking_uri else resolve_tracking(args.tracking)
+    check_tracking_uri(tracking.uri, "gpuflow manifests")
+    return tracking
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -258,9 +260,14 @@ def _store(args: argparse.Namespace) -> Any:
             "give --store-uri (e.g. s3://bucket/gpuflow) or --data-store BLOCK: pods cannot use this machine's "
             "embedded store"
         )
+    from tasks.kube.reachable import check_store_uri
+
     if args.store_uri:
-        return DataStore(root_uri=args.store_uri, s3_endpoint_url=args.s3_endpoint_url, s3_region=args.s3_region)
-    return resolve_data_store(args.data_store)
+        store = DataStore(root_uri=args.store_uri, s3_endpoint_url=args.s3_endpoint_url, s3_region=args.s3_region)
+    else:
+        store = resolve_data_store(args.data_store)
+    check_store_uri(store.root, "gpuflow manifests")
+    return store
 
 
 def _secret_keys(args: argparse.Namespace, store_root: str) -> list[str]:

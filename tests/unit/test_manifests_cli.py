@@ -239,6 +239,20 @@ def test_train_needs_an_image_and_cluster_reachable_services(capsys: pytest.Capt
     assert code == 2 and "--store-uri" in err
 
 
+def test_train_and_serve_refuse_an_mlflow_file_or_a_local_store_naming_what_to_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["manifests", "train", "--image", "i:1", "--dataset", "s3://b/d", "--run-id", "r"]
+    code, out, err = run([*base, "--tracking-uri", "sqlite:///mlflow.db", "--store-uri", "s3://b/g"], capsys)
+    assert code == 2 and not out and err.count("\n") == 1
+    assert "'sqlite:///mlflow.db' is on this machine" in err and "use an MLflow server both reach" in err
+    code, out, err = run([*base, "--tracking-uri", "http://m:5000", "--store-uri", "/srv/store"], capsys)
+    assert code == 2 and not out and "the store '/srv/store' is a folder on this machine" in err
+    serve = ["manifests", "serve", "--model-uri", "models:/m/1", "--image", "i:1", "--tracking-uri", "file:///mlruns"]
+    code, out, err = run(serve, capsys)
+    assert code == 2 and not out and "'file:///mlruns' is on this machine" in err
+
+
 def test_serve_refuses_a_weight_without_a_gateway(capsys: pytest.CaptureFixture[str]) -> None:
     base = ["manifests", "serve", "--model-uri", "models:/m/1", "--image", "i:1", "--tracking-uri", "http://m"]
     code, _, err = run([*base, "--canary-model-uri", "models:/m/2", "--canary-weight", "5"], capsys)
