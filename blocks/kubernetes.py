@@ -12,8 +12,13 @@ from blocks.compute import ComputeTarget
 from blocks.kubernetes_pod import KubernetesPod
 from tasks.core.types import LogFn
 from tasks.core.workload import WorkloadResult, WorkloadSpec
-from tasks.kube.manifests import PERMANENT_EXIT_CODES, JobSettings
-from tasks.kube.reachable import check_store_uri, check_tracking_uri
+from tasks.kube.manifests import (
+    PERMANENT_EXIT_CODES,
+    JobSettings,
+    check_reachable,
+    check_store_uri,
+    check_tracking_uri,
+)
 
 
 class KubernetesGPUJob(ComputeTarget, KubernetesPod):
@@ -86,7 +91,6 @@ class KubernetesGPUJob(ComputeTarget, KubernetesPod):
         A tracking URI or store in ``spec.env`` that only this machine reaches is refused before anything is created.
         """
         from tasks.kube.jobs import run_job  # the cluster side loads only when a Job really runs
-        from tasks.kube.reachable import check_reachable
 
         check_reachable(spec.env, _WHERE)
         return run_job(self, spec, log)

@@ -124,7 +124,7 @@ class KubernetesServing(Block, KubernetesPod):
     def check_reachable(self, tracking_uri: str) -> None:
         """Refuse a ``sqlite:``/file tracking URI (the block's, else the rollout's ``tracking_uri``): server pods
         load the model from MLflow on another machine (ConfigurationError naming what to use instead)."""
-        from tasks.kube.reachable import check_tracking_uri
+        from tasks.kube.manifests import check_tracking_uri
 
         check_tracking_uri(
             self.tracking_uri or tracking_uri, "the Kubernetes serving block (gpuflow-kubernetes-serving)"

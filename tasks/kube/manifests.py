@@ -11,7 +11,8 @@ import this module and no other of ``tasks.kube``). The builders live by kind of
 - :mod:`tasks.kube.job_manifests`: a training's Job and, for several nodes, its headless Service;
 - :mod:`tasks.kube.server_manifests`: a model server's Deployments, Services and HTTPRoute;
 - :mod:`tasks.kube.rbac`: the ServiceAccounts, Role and RoleBinding of a namespace;
-- :mod:`tasks.kube.checks`: names, labels, quantities and resources as Kubernetes accepts them.
+- :mod:`tasks.kube.checks`: names, labels, quantities and resources as Kubernetes accepts them;
+- :mod:`tasks.kube.reachable`: the MLflow and store URIs pods on another machine can reach.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tasks.kube.pod_settings import (
     workload_labels,
 )
 from tasks.kube.rbac import rbac_manifests
+from tasks.kube.reachable import check_reachable, check_store_uri, check_tracking_uri
 from tasks.kube.server_manifests import (
     SERVER_CONTAINER,
     SERVER_MODULE,
@@ -95,6 +97,9 @@ __all__ = [
     "Manifest",
     "PodSettings",
     "Track",
+    "check_reachable",
+    "check_store_uri",
+    "check_tracking_uri",
     "dns_label",
     "dns_subdomain",
     "gpu_resource_name",
