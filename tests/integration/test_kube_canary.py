@@ -74,7 +74,7 @@ def home(
     """One set-up for the module, on the MLflow server and an S3 bucket: the digits dataset and two logged models
     (good, shuffled labels)."""
     env = services_env(s3_server, mlflow_server)
-    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home"), env) as made:
+    with rollout_home(tmp_path_factory.mktemp("kube-rollout-home"), env=env) as made:
         yield made
 
 
