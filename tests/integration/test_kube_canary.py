@@ -561,7 +561,8 @@ class FakePrometheus:
         for pod in matchers["pod"][1].split("|"):
             url = f"{cluster.url}/api/v1/namespaces/{namespace}/pods/{pod}:8080/proxy/metrics"
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                request = urllib.request.Request(url, headers=cluster.admin_headers)  # Prometheus' own access
+                with urllib.request.urlopen(request, timeout=5) as response:
                     text = response.read().decode()
             except OSError:
                 continue  # a target Prometheus could not scrape has no fresh series
