@@ -15,6 +15,8 @@ from tasks.kube.pod_settings import LABEL_MODEL_VERSION
 from tasks.rollout.traffic import PREDICT_PATH, VERSION_HEADER, Answer, read_answer
 from workloads.server.config import EXIT_ERROR, EXIT_LISTEN, EXIT_UNAVAILABLE, EXIT_USAGE
 
+THROTTLE_BACKOFF_SECONDS = 0.05  # the first wait after the API server's own 429; doubles on each
+
 SERVER_EXIT_MEANINGS: dict[int, str] = {
     **diagnosis.GENERIC_EXIT_MEANINGS,
     EXIT_ERROR: "the server failed unexpectedly",
@@ -73,7 +75,15 @@ class PodView:
 
 
 class ProxyEndpoint:
-    """Predict requests through the API server's proxy of a Service, with the client's own credentials."""
+    """Predict requests through the API server's proxy of a Service, with the client's own credentials.
+
+    A busy API server answers ``429 TooManyRequests`` itself (API Priority and Fairness) before any pod sees the
+    request; such an answer names no model version. It says nothing about either track, so it is sent again
+    after a backoff (doubling from :data:`THROTTLE_BACKOFF_SECONDS`, never past the server's ``Retry-After``)
+    until the request's timeout: the Service then balances it like any other, so the canary's share stays the
+    replica ratio. A model server's own 429 carries its version and is its answer. The latency recorded is the
+    answered attempt's, so throttling of the shared path does not count against either track.
+    """
 
     def __init__(self, api: k8s.ApiClient, service_proxy: str, timeout: float) -> None:
         _, self._url, self._headers, _, _ = api.param_serialize(
@@ -83,18 +93,43 @@ class ProxyEndpoint:
             auth_settings=["BearerToken"],
         )
         self._pool = api.rest_client.pool_manager
-        self._timeout = urllib3.Timeout(total=timeout)
+        self._timeout = timeout
+        self.throttled = 0  # the API server's 429s this endpoint waited out
 
     def predict(self, body: bytes) -> Answer:
-        started = time.perf_counter()
-        try:
-            response = self._pool.request(
-                "POST", self._url, body=body, headers=self._headers, timeout=self._timeout, retries=False
-            )
-        except urllib3.exceptions.HTTPError:
-            return Answer(None, None, time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        return read_answer(response.status, response.headers.get(VERSION_HEADER), response.data, seconds)
+        deadline = time.perf_counter() + self._timeout
+        backoff = THROTTLE_BACKOFF_SECONDS
+        while True:
+            started = time.perf_counter()
+            try:
+                response = self._pool.request(
+                    "POST",
+                    self._url,
+                    body=body,
+                    headers=self._headers,
+                    timeout=urllib3.Timeout(total=max(0.001, deadline - started)),
+                    retries=False,
+                )
+            except urllib3.exceptions.HTTPError:
+                return Answer(None, None, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            version = response.headers.get(VERSION_HEADER)
+            if response.status != 429 or version is not None:
+                return read_answer(response.status, version, response.data, seconds)
+            wait = min(backoff, _retry_after(response.headers.get("Retry-After")))
+            if time.perf_counter() + wait >= deadline:
+                return read_answer(response.status, None, response.data, seconds)
+            self.throttled += 1
+            time.sleep(wait)
+            backoff *= 2
 
     def close(self) -> None:
         """Connections stay in the client's pool."""
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a ``Retry-After`` header (delay-seconds); 1 when absent or unreadable, as the server's default."""
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except ValueError:
+        return 1.0

@@ -235,6 +235,32 @@ def test_a_good_challenger_is_promoted_step_by_step_by_replica_ratio(
     assert run.data.tags["gpuflow.rollout.decision"] == "promoted"
 
 
+def test_through_a_slow_throttling_service_proxy_the_split_holds_and_the_canary_is_promoted(
+    home: RolloutHome, model_name: str, kube_cluster: KubeCluster
+) -> None:
+    """The API server's proxy adds latency and answers 429 past its rate (API Priority and Fairness): those
+    refusals are nobody's answer, so they are waited out and sent again, never charged to the canary."""
+    _, challenger = champion_and_challenger(model_name, home.good_run, home.good_run)
+    throttle = kube_cluster.throttle_proxy(latency_seconds=0.03, requests_per_second=50, burst=5)
+
+    result = rollout(
+        model_name=model_name,
+        dataset_uri=home.dataset_uri,
+        policy=_policy(step_weights=[50, 100], analysis_seconds=3.0),
+        serving=_serving(kube_cluster, replicas=2),
+    )
+
+    assert (result.decision, result.failed_check) == ("promoted", None), result.reason
+    assert aliases(model_name) == {"champion": challenger, "challenger": challenger}
+    assert throttle.throttled > 0, "the proxy refused requests past its rate"
+    for step in result.steps:
+        assert all(check.passed for check in step.checks), step.checks
+        assert step.unanswered == step.retried_on_stable == 0, "no 429 was taken for a canary failure"
+        assert step.canary.errors == step.stable.errors == 0
+        total = step.stable.routed + step.canary.routed
+        assert abs(step.canary.routed / total - (step.effective_weight or 0) / 100) < 0.2, (step.weight, total)
+
+
 def test_a_rollback_leaves_an_existing_stable_deployment_template_untouched(
     home: RolloutHome, model_name: str, kube_cluster: KubeCluster
 ) -> None:
