@@ -226,7 +226,13 @@ class JobFollower:
                 prefix = f"[{pod_index(pod) or '?'}] " if self.settings.nodes > 1 else ""
                 emit = self._prefixed(prefix) if prefix else self.line
                 follower = PodLogFollower(
-                    self.core, self.namespace, name, self.container, emit, retry_seconds=min(self.poll, 1.0)
+                    self.core,
+                    self.namespace,
+                    name,
+                    self.container,
+                    emit,
+                    retry_seconds=min(self.poll, 1.0),
+                    refused=self.note,
                 )
                 self.streams[name] = asyncio.create_task(follower.run(), name=f"log-{name}")
 

@@ -9,6 +9,7 @@ last line without a newline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any, cast
 
@@ -30,7 +31,7 @@ class PodLogFollower:
     """Pass every line of ``container`` in ``pod`` to ``emit`` as it is written, until the container ended.
 
     ``retry_seconds`` is the pause before a stream is opened again (the container not started yet, or a
-    connection lost).
+    connection lost). A 401/403 (the account may not read logs) ends the following and is told to ``refused``.
     """
 
     def __init__(
@@ -42,10 +43,12 @@ class PodLogFollower:
         emit: LogFn,
         *,
         retry_seconds: float = 1.0,
+        refused: LogFn | None = None,
     ) -> None:
         self.core, self.namespace, self.pod, self.container = core, namespace, pod, container
         self.emit = emit
         self.retry_seconds = retry_seconds
+        self.refused = refused  # told once when the API refuses the log (RBAC); the log is then given up
         self.delivered = 0
 
     async def run(self) -> None:
@@ -99,6 +102,16 @@ class PodLogFollower:
         )
         try:
             if response.status == 404:
+                return True
+            if response.status in (401, 403):  # no Role allows it: waiting cannot help, and the user must know
+                if self.refused is not None:
+                    message = await response.text()
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        message = json.loads(message).get("message") or message
+                    self.refused(
+                        f"cannot stream pod {self.pod}'s log: {response.status} {message}; the flow's service "
+                        "account needs the Role from `gpuflow manifests rbac`"
+                    )
                 return True
             if response.status >= 400:  # e.g. 400 "container is waiting to start"
                 if follow:

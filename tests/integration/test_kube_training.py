@@ -306,6 +306,38 @@ def test_without_permission_to_read_events_a_refused_job_is_still_followed_to_it
     assert 'cannot list resource "events"' in unreadable[0] and "show at the deadline" in unreadable[0]
 
 
+@pytest.mark.parametrize(("verb", "resource"), [("create", "jobs"), ("get", "jobs"), ("list", "pods")])
+def test_a_role_missing_one_verb_fails_the_stage_naming_the_verb_and_the_resource(
+    training: Training, verb: str, resource: str
+) -> None:
+    """RBAC is enforced with the Role `gpuflow manifests rbac` prints; take one verb out, as an older or
+    hand-edited Role would lack it, and the stage says which verb on which resource its account lacks."""
+    training.cluster.forbid(verb, resource)
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as refused:
+        training.block().run_workload(training.spec(f"no-{verb}"), lambda line: None)
+
+    message = str(refused.value)
+    assert f'cannot {verb} resource "{resource}"' in message, message
+    assert 'User "system:serviceaccount:gpuflow-test:gpuflow-flows"' in message
+    assert message.endswith("the flow's service account needs the Role from `gpuflow manifests rbac`")
+    assert time.monotonic() - started < 30, "refused at once, not at the deadline"
+
+
+def test_without_permission_to_read_logs_the_training_still_runs_and_says_why_no_line_shows(
+    training: Training,
+) -> None:
+    training.cluster.forbid("get", "pods/log")
+    notes: list[str] = []
+    result = training.block().run_workload(training.spec("no-logs", epochs=1), notes.append)
+
+    assert result.exit_code == 0
+    refused = [note for note in notes if "cannot stream pod" in note]
+    assert len(refused) == 1, notes  # said once, not retried every second
+    assert 'cannot get resource "pods/log"' in refused[0]
+    assert refused[0].endswith("the flow's service account needs the Role from `gpuflow manifests rbac`")
+
+
 def test_bad_image_fails_fast_naming_the_image_and_leaves_nothing(training: Training) -> None:
     notes: list[str] = []
     started = time.monotonic()
