@@ -113,6 +113,8 @@ def test_two_pipeline_runs_on_kubernetes_train_distributed_and_roll_out_through_
     assert second.canary["steps"], "the second model went through canary steps"
     assert _stable_serves(kube_cluster) == {"2"}
 
+    # Every object gpuflow sent is one the API server knows field by field: no "unknown field" warning.
+    assert kube_cluster.server.warnings == []
     # Only the stable servers remain: no training Job, no canary, no pod of either.
     batch = kubernetes.client.BatchV1Api(kube_cluster.api)
     assert not batch.list_namespaced_job(kube_cluster.namespace, label_selector=MANAGED).items
