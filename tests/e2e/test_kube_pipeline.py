@@ -113,6 +113,10 @@ def test_two_pipeline_runs_on_kubernetes_train_distributed_and_roll_out_through_
     assert second.canary["steps"], "the second model went through canary steps"
     assert _stable_serves(kube_cluster) == {"2"}
 
+    # The servers run as the workload account, with no API token mounted: they could not call the API at all.
+    for pod in kube_cluster.pods("gpuflow.io/track=stable"):
+        assert pod["spec"]["serviceAccountName"] == "gpuflow-workload"
+        assert not [v for v in pod["spec"].get("volumes") or [] if v["name"].startswith("kube-api-access-")]
     # Every object gpuflow sent is one the API server knows field by field: no "unknown field" warning.
     assert kube_cluster.server.warnings == []
     # Only the stable servers remain: no training Job, no canary, no pod of either.
