@@ -126,7 +126,8 @@ def test_a_regression_dataset_trains_a_regressor_tagged_with_its_task(
     from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, publish_by_spec
 
     monkeypatch.setenv("GPUFLOW_TORCH_THREADS", "1")
-    uri = publish_by_spec(Path(settings.store_uri()), diabetes_csv(tmp_path), diabetes_spec(), "diabetes")
+    uri = publish_by_spec(settings.store_uri(), diabetes_csv(tmp_path), diabetes_spec(), "diabetes")
+    assert uri.startswith(settings.store_uri() + "/datasets/diabetes/")  # in the home's store, not under the cwd
     state = train(dataset_uri=uri, model_name="diabetes", epochs=10, return_state=True)
     trained = state.result()
 
