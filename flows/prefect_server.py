@@ -83,7 +83,7 @@ def prefect_api(load: Callable[[], None]) -> Iterator[None]:
             try:
                 yield
             finally:
-                _drain()
+                deliver_events_and_logs()
     finally:
         warning = server.stop()
         if warning:
@@ -122,7 +122,13 @@ def _pointed_at(server: TemporaryPrefectServer) -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = before
 
 
-def _drain() -> None:
+def deliver_events_and_logs() -> None:
+    """Deliver what Prefect's events and log workers still hold, and stop them.
+
+    Each is one per process for every self-hosted API, bound to the API URL in effect when it started: stopped,
+    the next event or log starts a fresh one on the URL in effect then. So this runs before a process points
+    its clients elsewhere, or its server stops; otherwise later events go to a server that is gone.
+    """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -198,7 +204,7 @@ def _owned_slot_type() -> type:
                 owned, self._owned = self._owned, None
                 self.server_process, self.running = None, False
             if owned is not None:
-                _drain()
+                deliver_events_and_logs()
                 warning = owned.stop()
                 if warning:
                     print(warning, file=sys.stderr)

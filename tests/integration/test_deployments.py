@@ -35,6 +35,7 @@ from prefect.utilities.callables import parameter_schema
 
 from deployments import PROJECT_ROOT, deployment_entrypoints
 from deployments.bootstrap import BootstrapReport, bootstrap, declared_deployments
+from flows.prefect_server import deliver_events_and_logs
 from tasks.core import settings
 from tasks.data.demo import digits_csv_bytes
 from tasks.tracking import events
@@ -65,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(server.home), "GPUFLOW_HOME": str(home)}
         )
         try:
+            deliver_events_and_logs()  # the suite's server gets its events; the next ones go to this server
             with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: str(server.home)}):
                 report = bootstrap(PROJECT_ROOT)
                 worker_env = {
@@ -74,6 +76,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 }
                 with process_worker(server, "gpuflow-process", env=worker_env, log_path=root / "worker.log"):
                     yield Stack(server=server, gpuflow_home=home, report=report)
+                # Before this server stops: otherwise Prefect's events worker stays bound to it, and every later
+                # test in this process loses its events (and the session's end waits on them).
+                deliver_events_and_logs()
         finally:
             for key, value in saved.items():
                 if value is None:
