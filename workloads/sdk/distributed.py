@@ -11,10 +11,15 @@ No rank may wait forever for another:
   fails there (bad checkpoint, MLflow down on rank 0, missing dataset), the others end with the same code;
 - a rank that dies outright breaks the others' next collective (gloo at once; NCCL through its watchdog);
 - and joining the group, like every collective, gives up after ``GPUFLOW_DIST_TIMEOUT_SECONDS``.
+
+With a ``wait_s`` (the SDK's ``TorchRun`` gives its ``rank_timeout_seconds``), collectives after joining give up
+after ``wait_s`` instead, and a :class:`~workloads.sdk.lag.LagWatch` names the rank that fell behind: at
+:meth:`Comm.meet` (the SDK's sync points) and in :meth:`Comm.lost` (any other collective that timed out).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -25,6 +30,7 @@ import torch.distributed as dist
 
 from workloads.sdk.contract import EXIT_FAILED, EXIT_INTERRUPTED
 from workloads.sdk.errors import GroupError, TrainerError
+from workloads.sdk.lag import LagWatch
 from workloads.sdk.ranks import DIST_TIMEOUT_ENV, Ranks
 
 
@@ -73,9 +79,13 @@ def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
 class Comm:
     """The process group of one trainer run; use as a context manager (it joins and leaves the group)."""
 
-    def __init__(self, ranks: Ranks, device: torch.device) -> None:
+    def __init__(self, ranks: Ranks, device: torch.device, wait_s: float | None = None) -> None:
+        """``wait_s``: how long a rank waits for the others once joined (default: the joining timeout), with
+        the ranks behind named when it passes (see :mod:`workloads.sdk.lag`)."""
         self.ranks = ranks
         self.device = device
+        self.wait_s = wait_s
+        self.watch: LagWatch | None = None
         self._joined = False
 
     @property
@@ -116,13 +126,35 @@ class Comm:
                 f"{self.world_size}) within {self.ranks.timeout_s:g}s: {type(exc).__name__}: {exc}"
             ) from exc
         self._joined = True
+        if self.wait_s is not None:
+            self.watch = _watch(self.ranks, self.wait_s)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self._joined:
             self._joined = False
             with suppress(Exception):  # leaving a broken group must not hide why it broke
                 dist.destroy_process_group()
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a collective waits for the other ranks."""
+        return self.wait_s if self.wait_s is not None else self.ranks.timeout_s
+
+    # ------------------------------------------------------------------ lag (no-ops without a watch)
+
+    def meet(self, phase: str) -> None:
+        """Every rank reaches ``phase`` (bounded by :attr:`timeout_s`, the ranks behind named), before its
+        collectives: a rank that does not come is named here rather than waited for in silence."""
+        if self.watch is not None:
+            self.watch.meet(phase)
+
+    def mark(self, where: str) -> None:
+        """This rank drew one more batch (``where``, in words): what names it if it falls behind."""
+        if self.watch is not None:
+            self.watch.batch(where)
 
     # ------------------------------------------------------------------ collectives (identity on one process)
 
@@ -180,15 +212,50 @@ class Comm:
             yield
         except BaseException as exc:
             with suppress(Exception):  # the group is gone too: the error at hand is still the one to report
+                self.meet(f"the end of {phase}")
                 self.agree(exit_code_of(exc))
             raise
+        self.meet(f"the end of {phase}")  # rank 0's part may be long: a rank that does not come back is named
         code = self.agree(0)
         if code:
             raise GroupError(f"another rank failed while {phase} (exit {code}); see its log", code)
 
     def lost(self, exc: Exception) -> GroupError:
-        """The error for a collective that broke: a peer died, or the timeout passed."""
+        """The error for a collective that broke: a peer died, or the timeout passed (the ranks behind named
+        when a watch runs)."""
+        if self.watch is not None:
+            gone = self.watch.gone("lost contact with it")
+            if gone is not None:
+                return gone
+            first = " ".join(str(exc).split())[:200]
+            return GroupError(
+                f"{self.watch.behind()}; a collective gave up after {self.timeout_s:g} s (rank_timeout_seconds) "
+                f"or a peer died ({type(exc).__name__}: {first})"
+            )
         return GroupError(
             f"lost contact with the other ranks ({type(exc).__name__}: {exc}); "
             f"a peer failed or did not answer within {self.ranks.timeout_s:g}s ({DIST_TIMEOUT_ENV})"
         )
+
+
+def is_group_failure(exc: BaseException) -> bool:
+    """A collective that broke (a peer died or timed out), as opposed to a bug in the training code."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(word in text for word in ("gloo", "NCCL", "ProcessGroup"))
+
+
+def _watch(ranks: Ranks, wait_s: float) -> LagWatch | None:
+    """A watch over the group's own store, its collectives bounded by ``wait_s``; None where this torch does
+    not expose them (then the joining timeout bounds the collectives, unnamed)."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store, _set_pg_timeout
+
+        store = _get_default_store()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _set_pg_timeout(timedelta(seconds=wait_s))
+        return LagWatch(store, ranks.rank, ranks.world_size, wait_s).start()
+    except Exception:
+        return None

@@ -20,11 +20,10 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 
 from workloads.convergence import EarlyStopper, StopDecision
 from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
-from workloads.sdk.distributed import Comm, pick_device
+from workloads.sdk.distributed import Comm, is_group_failure, pick_device
 from workloads.store import StoreError, store_from_env
 from workloads.tags import TAG_RESUMED_FROM, TAG_STOP_REASON, TAG_TRAINING_ID
 from workloads.trainer.config import ConfigError, TrainerConfig, TrainerError
@@ -198,12 +197,6 @@ def stops(decision: StopDecision | None) -> int:
 
 def group_note(comm: Comm) -> str:
     return f" (rank 0 of {comm.world_size}, {comm.backend})" if comm.distributed else ""
-
-
-def is_group_failure(exc: RuntimeError) -> bool:
-    """A collective that broke (a peer died or timed out), as opposed to a bug in the training code."""
-    text = str(exc)
-    return isinstance(exc, dist.DistError) or any(word in text for word in ("gloo", "NCCL", "ProcessGroup"))
 
 
 def describe_stop(decision: StopDecision | None, epoch: int, epochs: int) -> str:
