@@ -1,4 +1,5 @@
-"""TorchRun under the launcher as a user runs it: one process, a killed and resumed one, and 2 ranks on gloo.
+"""TorchRun under the launcher as a user runs it: one process, a killed and resumed one, and 2 ranks on gloo (one
+of which may fall behind or fail).
 
 Every test starts ``python -m workloads.launcher ... -- python [-m workloads.trainer.launch ...] -m
 workloads.launcher.entrypoint tests.fixtures.trainers.torch_run_trainers:mlp`` on the digits dataset and reads
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,14 @@ class Setup:
         return tracking_uri, run_id
 
     def launch(
-        self, run: tuple[str, str], hparams: dict, *, training_id: str, ranks: int = 1, crash_at: int | None = None
+        self,
+        run: tuple[str, str],
+        hparams: dict,
+        *,
+        training_id: str,
+        ranks: int = 1,
+        crash_at: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         # torchrun that ends with the workers' own exit code (torchrun itself exits 1 whatever they did)
         torchrun = ("-m", "workloads.trainer.launch", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
@@ -52,9 +61,11 @@ class Setup:
             **os.environ, "MLFLOW_TRACKING_URI": run[0], "MLFLOW_RUN_ID": run[1], "GPUFLOW_STORE_URI": str(self.store),
             "OMP_NUM_THREADS": "1", "GPUFLOW_DIST_TIMEOUT_SECONDS": "60",
         }  # fmt: skip
-        env.pop("GPUFLOW_TEST_CRASH_AT", None)
+        for name in ("GPUFLOW_TEST_CRASH_AT", "GPUFLOW_TEST_HANG_AT", "GPUFLOW_TEST_FAIL_AT", "GPUFLOW_TEST_PID_DIR"):
+            env.pop(name, None)
         if crash_at is not None:
             env["GPUFLOW_TEST_CRASH_AT"] = str(crash_at)
+        env.update(extra_env or {})
         return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -66,6 +77,23 @@ def rank_lines(stdout: str) -> list[dict]:
     return sorted(
         (json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')), key=lambda d: d["rank"]
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return not stat.parent.parent.is_dir()  # no /proc (not Linux): kill(0) said it runs
+
+
+def rank_pids(folder: Path) -> list[int]:
+    return sorted(int(path.name) for path in folder.iterdir())
 
 
 @pytest.fixture
@@ -112,3 +140,58 @@ def test_two_ranks_on_gloo_log_each_step_once_and_stop_together(setup: Setup) ->
     assert [step for step, _ in history(run, "train_loss")] == [1, 2]  # once each, though two ranks report
     tags = MlflowClient(run[0]).get_run(run[1]).data.tags
     assert tags["gpuflow.model_uri"] and tags["gpuflow.task"] == "classification"
+
+
+@pytest.mark.parametrize(
+    ("where", "seen", "waited"),
+    [
+        # stuck before its first batch of step 2: rank 0 waits in DDP's gradient all-reduce of its first batch
+        ("load", "last seen after 'the end of reporting step 1'", "a collective gave up after 8 s"),
+        # stuck after its batches of step 2: rank 0 waits where the sums over the ranks are taken
+        ("report", "last seen at batch 4 of 'val' after step 1", "rank 0 waited 8 s at 'summing after step 1'"),
+    ],
+)
+def test_a_rank_that_falls_behind_is_named_and_the_group_ends_retryable(
+    setup: Setup, where: str, seen: str, waited: str
+) -> None:
+    run = setup.new_run(f"lag-{where}")
+    pids = setup.folder / f"pids-{where}"
+    pids.mkdir()
+    started = time.monotonic()
+    result = setup.launch(
+        run,
+        {**HPARAMS, "rank_timeout_seconds": 8},
+        training_id=f"lag-{where}",
+        ranks=2,
+        extra_env={"GPUFLOW_TEST_HANG_AT": f"2:{where}", "GPUFLOW_TEST_PID_DIR": str(pids)},
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stderr  # retryable: the lagging rank may be fine on another node
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: trainer exited 1: [rank 0] rank 1 is behind: "), result.stderr
+    assert seen in last and waited in last, last
+    assert "Traceback" not in result.stderr
+    assert took < 150, took  # rank 1 sleeps an hour: the group ended on the rank timeout, not on it
+    assert len(rank_pids(pids)) == 2 and not [pid for pid in rank_pids(pids) if alive(pid)]
+    assert [step for step, _ in history(run, "train_loss")] == [1]
+    assert "gpuflow.model_uri" not in MlflowClient(run[0]).get_run(run[1]).data.tags
+
+
+def test_one_rank_failing_ends_the_group_with_its_exit_code(setup: Setup) -> None:
+    run = setup.new_run("fail")
+    pids = setup.folder / "pids"
+    pids.mkdir()
+    result = setup.launch(
+        run,
+        HPARAMS,
+        training_id="fail",
+        ranks=2,
+        extra_env={"GPUFLOW_TEST_FAIL_AT": "2", "GPUFLOW_TEST_PID_DIR": str(pids)},
+    )
+    assert result.returncode == 3, result.stderr  # rank 1's data error, permanent, though rank 0 was fine
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: trainer exited 3: "), result.stderr
+    assert "rank 1 could not read its shard for step 2" in last, last
+    assert "Traceback" not in result.stderr
+    assert len(rank_pids(pids)) == 2 and not [pid for pid in rank_pids(pids) if alive(pid)]
+    assert [step for step, _ in history(run, "train_loss")] == [1]

@@ -129,3 +129,16 @@ def test_another_settings_checkpoint_is_refused_with_both_values(tmp_path: Path,
     with pytest.raises(TrainerFailed, match="2"), TorchRun(context(tmp_path, dataset), environ={"WORLD_SIZE": "2"}):
         pass
     assert "RANK must be a non-negative integer" in changed.failure_file.read_text()
+
+
+@pytest.mark.parametrize("timeout", [0, -5.0, float("nan"), "60", True])
+def test_a_rank_timeout_that_is_not_a_positive_number_is_a_configuration_error(
+    tmp_path: Path, dataset: str, timeout: object
+) -> None:
+    ctx = context(tmp_path, dataset)
+    with pytest.raises(TrainerFailed) as failed, TorchRun(ctx, environ={}, rank_timeout_seconds=timeout):  # type: ignore[arg-type]
+        pass
+    assert failed.value.exit_code == 2
+    assert (
+        ctx.failure_file.read_text() == f"rank_timeout_seconds must be a positive number of seconds, got {timeout!r}\n"
+    )

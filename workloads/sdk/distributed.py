@@ -227,7 +227,7 @@ class Comm:
             gone = self.watch.gone("lost contact with it")
             if gone is not None:
                 return gone
-            first = " ".join(str(exc).split())[:200]
+            first = " ".join(str(exc).split())[:120]
             return GroupError(
                 f"{self.watch.behind()}; a collective gave up after {self.timeout_s:g} s (rank_timeout_seconds) "
                 f"or a peer died ({type(exc).__name__}: {first})"

@@ -12,7 +12,7 @@ each row once. The file's sha256 is checked against the manifest when the loader
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +54,10 @@ class SplitLoader:
         pad: bool = True,
         drop_last: bool = False,
         device: torch.device | str = "cpu",
+        on_batch: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        """``on_batch(split, epoch, index)`` is called as each batch is handed out (index from 1): where a rank
+        is, should it fall behind (see :mod:`workloads.sdk.lag`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         entry = manifest.splits.get(split)
@@ -74,6 +77,7 @@ class SplitLoader:
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.rank, self.world_size, self.pad, self.drop_last = rank, world_size, pad, drop_last
         self.device = torch.device(device)
+        self.on_batch = on_batch
         self.columns = [*manifest.features, manifest.label]
         self.group_rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
         self.rows = sum(self.group_rows)
@@ -136,6 +140,14 @@ class SplitLoader:
             yield padding
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.on_batch is None:
+            yield from self._batches()
+            return
+        for index, batch in enumerate(self._batches(), start=1):
+            self.on_batch(self.split, self.epoch, index)
+            yield batch
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs = self.batch_size
         carry_x: np.ndarray | None = None  # fewer than bs rows left over from the chunks before
         carry_y: np.ndarray | None = None

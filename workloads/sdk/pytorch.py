@@ -23,10 +23,13 @@ Under torchrun every call above is made by every rank. Rank 0 alone reads and wr
 its state over the process group, so no shared folder is needed) and writes metrics lines, so each step reaches
 MLflow once. Whatever rank 0 decides (resume step, stop) is broadcast. A :class:`~workloads.sdk.errors.TrainerError`
 raised inside the ``with`` block ends the trainer with its exit code and failure line (2 configuration, 3 data).
+No rank waits for another longer than ``rank_timeout_seconds``: then it ends with exit 1 and a failure line that
+names the rank behind and where it was last seen (see :mod:`workloads.sdk.lag`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -43,9 +46,9 @@ from torch.nn.parallel import DistributedDataParallel
 from workloads.convergence import EarlyStopper
 from workloads.sdk import contract as c
 from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
-from workloads.sdk.context import TrainerContext
-from workloads.sdk.distributed import Comm, pick_device
-from workloads.sdk.errors import ConfigError, TrainerError
+from workloads.sdk.context import TrainerContext, TrainerFailed
+from workloads.sdk.distributed import Comm, exit_code_of, is_group_failure, pick_device
+from workloads.sdk.errors import ConfigError, GroupError, TrainerError
 from workloads.sdk.loaders import SplitLoader
 from workloads.sdk.ranks import parse_ranks
 from workloads.store import ObjectStore
@@ -85,12 +88,16 @@ class TorchRun:
         deterministic: bool = False,
         patience: int | None = None,
         keep_checkpoints: int = 3,
+        rank_timeout_seconds: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         """``seed`` seeds Python, numpy and torch (each rank's own stream after :meth:`wrap`); ``deterministic``
         switches torch to deterministic kernels; ``patience`` stops training once the task's primary metric has
-        not improved for that many reports (the launcher's ``--early-stop`` stops it too)."""
+        not improved for that many reports (the launcher's ``--early-stop`` stops it too);
+        ``rank_timeout_seconds`` bounds how long a rank waits for the others once the group is joined
+        (default ``GPUFLOW_DIST_TIMEOUT_SECONDS``, 600), after which the ranks behind are named."""
         self.ctx = ctx
+        self.rank_timeout_seconds = rank_timeout_seconds
         self.seed = seed
         self.deterministic = deterministic
         self.stopper = (
@@ -114,12 +121,17 @@ class TorchRun:
     def __enter__(self) -> TorchRun:
         try:
             ranks = parse_ranks(self.environ)
+            wait = self.rank_timeout_seconds
+            if wait is not None and (
+                isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait <= 0
+            ):
+                raise ConfigError(f"rank_timeout_seconds must be a positive number of seconds, got {wait!r}")
             requested = self.ctx.device if self.ctx.device in ("cpu", "cuda") else "auto"
             try:
                 device = pick_device(requested, ranks.local_rank if ranks.distributed else None)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            self.comm = Comm(ranks, device).__enter__()
+            self.comm = Comm(ranks, device, wait_s=ranks.timeout_s if wait is None else float(wait)).__enter__()
         except TrainerError as exc:
             self._fail(exc)
         if self.seed is not None:
@@ -130,6 +142,12 @@ class TorchRun:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        comm = self.comm
+        if comm is not None and comm.distributed and exc is not None:
+            if isinstance(exc, RuntimeError) and is_group_failure(exc):
+                exc = comm.lost(exc)  # a collective of the training loop's (DDP) broke: read the marks while we can
+            elif comm.watch is not None and not isinstance(exc, GroupError):
+                comm.watch.leave(exit_code_of(exc), _why(exc))  # the others stop waiting, with this code
         if self.comm is not None:
             self.comm.__exit__(kind, exc, tb)
         if isinstance(exc, TrainerError):
@@ -168,6 +186,7 @@ class TorchRun:
 
     def all_sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over every rank (float64): validation sums, counts."""
+        self.group.meet(f"summing after step {self.last_step}")
         return self.group.sum(values)
 
     # ------------------------------------------------------------------ model and data
@@ -208,7 +227,12 @@ class TorchRun:
             pad=train if pad is None else pad,
             drop_last=drop_last,
             device=self.device,
+            on_batch=self._mark_batch if self.group.distributed else None,
         )
+
+    def _mark_batch(self, split: str, epoch: int, index: int) -> None:
+        shown = f" (epoch {epoch})" if epoch else ""
+        self.group.mark(f"at batch {index} of {split!r}{shown} after step {self.last_step}")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -218,6 +242,7 @@ class TorchRun:
         self._tracked = (plain(model), optimizer, scheduler)
         found: Checkpoint | None = None
         comm = self.group
+        comm.meet("resuming")
         with comm.together("looking for a checkpoint"):
             if self.is_main:
                 found = self.checkpoints.latest()
@@ -308,6 +333,7 @@ class TorchRun:
         now = time.perf_counter()
         self.training_seconds += now - self._started
         self._started = now
+        self.group.meet(f"reporting step {line.step}")
         self.last_step = line.step
         keep = (self.ctx.primary_metric, "train_loss", "val_loss")
         self._history.append({"epoch": line.step, **{k: v for k, v in line.metrics.items() if k in keep}})
@@ -337,6 +363,7 @@ class TorchRun:
         """Rank 0 logs the module (see :meth:`TrainerContext.log_model`) while the others wait, so they end with
         its outcome; returns the model URI on rank 0, "" elsewhere."""
         uri = ""
+        self.group.meet("logging the model")
         with self.group.together("logging the model"):
             if self.is_main:
                 uri = self.ctx.log_model(plain(model), **kwargs)
@@ -345,6 +372,12 @@ class TorchRun:
     def _fail(self, exc: TrainerError) -> None:
         prefix = f"[rank {self.comm.rank}] " if self.comm is not None and self.comm.distributed else ""
         self.ctx.fail(prefix + str(exc), exc.exit_code)
+
+
+def _why(exc: BaseException) -> str:
+    """One short line for what ended a rank."""
+    text = exc.reason if isinstance(exc, TrainerFailed) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:200]
 
 
 def _warn(line: str) -> None:
