@@ -146,9 +146,9 @@ def test_two_ranks_on_gloo_log_each_step_once_and_stop_together(setup: Setup) ->
     ("where", "seen", "waited"),
     [
         # stuck before its first batch of step 2: rank 0 waits in DDP's gradient all-reduce of its first batch
-        ("load", "last seen after 'the end of reporting step 1'", "a collective gave up after 8 s"),
+        ("load", "last seen after 'the end of reporting step 1'", "rank 0 gave up on a collective after 8 s"),
         # stuck after its batches of step 2: rank 0 waits where the sums over the ranks are taken
-        ("report", "last seen at batch 4 of 'val' after step 1", "rank 0 waited 8 s at 'summing after step 1'"),
+        ("report", "last seen at batch 3 of 'val' after step 1", "rank 0 waited 8 s at 'summing after step 1'"),
     ],
 )
 def test_a_rank_that_falls_behind_is_named_and_the_group_ends_retryable(

@@ -66,11 +66,13 @@ def test_a_meeting_that_everyone_reaches_passes(store: dist.TCPStore) -> None:
 
 def test_a_rank_that_does_not_come_is_named_after_the_timeout(store: dist.TCPStore) -> None:
     behind = LagWatch(client(store), 1, 2, timeout_s=1).start()
-    behind.meet("resuming")
+    waiting = LagWatch(store, 0, 2, timeout_s=1).start()
+    first = threading.Thread(target=behind.meet, args=("resuming",))
+    first.start()
+    waiting.meet("resuming")
+    first.join(timeout=10)
     behind.batch("at batch 3 of 'train' (epoch 1) after step 0")
     behind._push()  # what its thread would publish within a second
-    waiting = LagWatch(store, 0, 2, timeout_s=1).start()
-    waiting.meet("resuming")
     started = time.monotonic()
     with pytest.raises(GroupError) as failed:
         waiting.meet("reporting step 1")

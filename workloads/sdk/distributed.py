@@ -227,11 +227,13 @@ class Comm:
             gone = self.watch.gone("lost contact with it")
             if gone is not None:
                 return gone
-            first = " ".join(str(exc).split())[:120]
-            return GroupError(
-                f"{self.watch.behind()}; a collective gave up after {self.timeout_s:g} s (rank_timeout_seconds) "
-                f"or a peer died ({type(exc).__name__}: {first})"
+            text = " ".join(str(exc).split())
+            how = (
+                f"rank {self.rank} gave up on a collective after {self.timeout_s:g} s (rank_timeout_seconds)"
+                if "timed out" in text.lower() or "timeout" in text.lower()
+                else f"a collective broke ({type(exc).__name__}: {text[:160]})"
             )
+            return GroupError(f"{self.watch.behind()}; {how}")
         return GroupError(
             f"lost contact with the other ranks ({type(exc).__name__}: {exc}); "
             f"a peer failed or did not answer within {self.ranks.timeout_s:g}s ({DIST_TIMEOUT_ENV})"
