@@ -300,6 +300,29 @@ def test_trainer_failure_passes_its_code_and_line_through(setup: Setup) -> None:
     assert last_line(result.stderr) == "error: trainer exited 3: the label column holds values outside the manifest"
 
 
+TORCHRUN_RANK_1 = {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+
+
+def test_a_launcher_torchrun_started_as_rank_1_runs_its_trainer_and_leaves_every_output_to_rank_0(
+    setup: Setup,
+) -> None:
+    # one launcher per rank (a multi-node Job's pods): this one's trainer reports, checkpoints and logs nothing
+    # of its own in the SDK's ranks, so nothing it writes is relayed, synced or checked, and it cannot stall
+    args = setup.args(COMMAND_TRAINER, {"steps": 2, "step_seconds": 0.5, "no_model": True}, "--stall-timeout", "0.2")
+    run = subprocess.run(args, cwd=ROOT, env={**setup.env(), **TORCHRUN_RANK_1}, capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stderr
+    assert "launcher: rank 1: starting " in run.stdout and "keeps contract" not in run.stdout
+    assert setup.steps("val_accuracy") == [] and setup.tags().get("gpuflow.model_uri") is None
+    assert setup.client().get_run(setup.run_id).data.params == {}
+    assert not (setup.store / "checkpoints").exists()
+
+    failing = setup.args(COMMAND_TRAINER, {"fail_with": 3})
+    failed = subprocess.run(failing, cwd=ROOT, env={**setup.env(), **TORCHRUN_RANK_1}, capture_output=True, text=True)
+    assert failed.returncode == 3  # its code ends its torchrun worker, and so the group
+    assert last_line(failed.stderr) == "error: trainer exited 3: the label column holds values outside the manifest"
+
+
 def test_missing_dataset_is_a_data_error(setup: Setup) -> None:
     setup = Setup(setup.dataset_uri + "-gone", setup.store, setup.tracking_uri, setup.run_id)
     result = setup.launch(COMMAND_TRAINER)

@@ -95,6 +95,13 @@ def test_options_and_command_are_split_at_the_double_dash() -> None:
     )
     assert config.command == ("python", "train.py", "--x") and config.dataset_uri == "/d"
     assert config.hparams == {"lr": 0.1} and config.checkpoint_uri == "/store/checkpoints/t1"
+    assert config.rank == 0  # not under torchrun: the launcher owns the outputs
+
+
+def test_under_torchrun_the_launcher_knows_its_rank() -> None:
+    torchrun = {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
+    config = parse_config(["--dataset-uri", "/d", "--training-id", "t", "--", "x"], {**ENV, **torchrun})
+    assert config.rank == 1
 
 
 @pytest.mark.parametrize(
@@ -107,6 +114,7 @@ def test_options_and_command_are_split_at_the_double_dash() -> None:
         (["--dataset-uri", "/d", "--training-id", "t", "--early-stop", "soon", "--", "x"], ENV, "--early-stop must"),
         (["--dataset-uri", "/d", "--training-id", "t", "--", "x"], {}, "MLFLOW_TRACKING_URI is not set"),
         (["--dataset-uri", "/d", "--training-id", "a b", "--", "x"], ENV, "--training-id must be"),
+        (["--dataset-uri", "/d", "--training-id", "t", "--", "x"], {**ENV, "WORLD_SIZE": "2"}, "RANK must be"),
     ],
 )
 def test_bad_options_are_configuration_errors(argv: list[str], env: dict[str, str], message: str) -> None:

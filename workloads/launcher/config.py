@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 # The built-in trainer's own checks, so both programs accept and refuse the same values.
+from workloads.sdk.ranks import parse_ranks
 from workloads.trainer.config import DEVICES, EARLY_STOP, ConfigError, _check, _telemetry_interval, run_target
 
 DEFAULT_STALL_TIMEOUT = 0.0  # seconds; 0 = off
@@ -39,6 +40,7 @@ class LauncherConfig:
     stop_grace: float = DEFAULT_STOP_GRACE
     telemetry_interval: float = 1.0
     batch_seconds: float = 0.5  # a relayed point waits at most this long for its batch
+    rank: int = 0  # torchrun's RANK when torchrun started this launcher (one per rank); 0 owns the outputs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,4 +129,5 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         stall_timeout=_seconds("--stall-timeout", args.stall_timeout, allow_zero=True),
         stop_grace=_seconds("--stop-grace", args.stop_grace, allow_zero=True),
         telemetry_interval=_telemetry_interval(args.telemetry_interval, environ),
+        rank=parse_ranks(environ).rank,
     )

@@ -9,6 +9,11 @@ metrics are sent, so a kill between the two makes the trainer redo logged steps,
 than lose them), and the stall timeout and the stop request's grace period are enforced. After the trainer
 exits: the rest of the file is relayed, the checkpoint folder mirrored once more, and on exit 0 the outputs
 are checked (:mod:`workloads.launcher.checks`) and the run tagged.
+
+Started by torchrun, one launcher per rank (a Kubernetes Indexed Job's pods run ``workloads.trainer.launch ...
+-m workloads.launcher ...``): rank 0's launcher does all of the above; another rank's only prepares the dataset,
+runs its trainer and ends with its exit code (:meth:`Launch.follow`), since rank 0 alone reports, checkpoints and
+logs the model (as the SDK's ranks do). Its metrics file is not read, so it neither relays a step twice nor stalls.
 """
 
 from __future__ import annotations
@@ -214,6 +219,8 @@ class Launch:
     def _run(self, files: Files) -> int:
         config = self.config
         self.check_run()
+        if config.rank != 0:
+            return self.follow(files)
         loading = time.perf_counter()
         dataset = open_dataset(config.dataset_uri, self.store, files.root)
         self.telemetry.data_loaded(time.perf_counter() - loading)
@@ -251,6 +258,30 @@ class Launch:
         if late is not None:
             relay.add(*late)
         return self.finish(code, files, relay, sync, dataset)
+
+    def follow(self, files: Files) -> int:
+        """A rank other than 0: its trainer gets the same inputs, but rank 0's launcher owns every output."""
+        config = self.config
+        dataset = open_dataset(config.dataset_uri, self.store, files.root)
+        device = pick_device(config.device, self.telemetry)
+        files.checkpoint.mkdir(parents=True, exist_ok=True)  # rank 0 restores the checkpoint and sends it over
+        files.hparams.write_text(json.dumps(config.hparams))
+        env = trainer_env(config, dataset, files, device, dict(os.environ))
+        say(f"rank {config.rank}: starting {shlex.join(config.command)}; rank 0's launcher relays, checkpoints, checks")
+        trainer = TrainerProcess(config.command, env)
+        trainer.start()
+        try:
+            returncode = trainer.poll()
+            while returncode is None:
+                time.sleep(POLL_SECONDS)
+                returncode = trainer.poll()
+        finally:
+            trainer.clean_up()
+        code = exit_code(returncode)
+        if code != EXIT_OK:
+            line = files.failure_line()
+            warn(f"error: trainer exited {code}{f': {line}' if line else ' (it wrote no failure line)'}")
+        return code
 
     def watch(
         self,
