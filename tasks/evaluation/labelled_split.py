@@ -8,6 +8,7 @@ import numpy as np
 
 from tasks.core.errors import ConfigurationError, DataValidationError
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest, read_split
+from workloads.model_input import category_vocabularies
 from workloads.store import ObjectStore
 
 
@@ -50,6 +51,10 @@ class LabelledSplit:
         """Tensor columns the manifest declares (name -> shape), to name them when a model's input does not fit."""
         columns = self.manifest.extra.get("columns", []) if self.manifest is not None else []
         return {str(c["name"]): list(c["shape"]) for c in columns if isinstance(c, dict) and c.get("type") == "tensor"}
+
+    def category_vocabularies(self) -> dict[str, list[str]]:
+        """Category columns the manifest declares (name -> values in code order): a model may take them as strings."""
+        return category_vocabularies(self.manifest)
 
 
 def read_test_split(store: ObjectStore, dataset_uri: str) -> LabelledSplit:

@@ -7,8 +7,10 @@ scikit-learn classifier with ``pyfunc_predict_fn="predict_proba"``), values ``[N
 
 The model's MLflow signature shapes the input: a tensor input of shape ``(-1, d1, d2, ...)`` gets the flat
 ``[N, F]`` test features reshaped to ``[N, d1, d2, ...]`` (features are stored in the manifest's order, row-major
-per tensor column); a column-based signature gets a table with the manifest's feature names; no signature, the
-flat matrix.
+per tensor column); a column-based signature gets a table with the manifest's feature names, each column cast to
+its type and a category column given as the signature asks (its vocabulary's values for a ``string`` column, its
+codes for a number: workloads/model_input.py decides, for every reader that feeds a model); no signature, the flat
+matrix.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blocks.mlflow_tracking import MLflowTracking
-from tasks.core.errors import ConfigurationError
+from tasks.core.errors import ConfigurationError, DataValidationError
 from tasks.core.mlflow_errors import is_not_found
 from tasks.tracking.model_registry import model_location
 from tasks.tracking.runs import client_for
+from workloads.dataset import DatasetCorrupt
+from workloads.model_input import InputMismatch, SignatureColumn, model_frame
 
 if TYPE_CHECKING:  # torch and MLflow are imported where used: loading the flow stays cheap
     import torch
@@ -44,7 +48,18 @@ class ModelInput:
     shape: tuple[int, ...] | None = None  # per row, e.g. (1, 8, 8); None: no tensor signature
     dtype: np.dtype[Any] | None = None
     columns: tuple[str, ...] | None = None  # a column-based signature's input names
-    column_dtypes: tuple[Any, ...] | None = None
+    column_types: tuple[str | None, ...] | None = None  # their MLflow types (double, long, string, ...)
+    named: bool = True  # False: the columns are the dataset's features by position
+
+    def signature_columns(self, feature_names: list[str]) -> tuple[SignatureColumn, ...] | None:
+        """The column signature's inputs, each named by the dataset feature it reads (None: not a column one)."""
+        if self.columns is None:
+            return None
+        names = list(self.columns)
+        if not self.named and len(names) == len(feature_names):
+            names = list(feature_names)
+        types = self.column_types or (None,) * len(names)
+        return tuple(SignatureColumn(name, kind) for name, kind in zip(names, types, strict=True))
 
     def describe(self) -> str:
         if self.shape is not None:
@@ -68,8 +83,15 @@ class LoadedModel:
     def is_torch(self) -> bool:
         return self.module is not None
 
-    def inputs(self, features: np.ndarray, feature_names: list[str], tensors: dict[str, list[int]]) -> Any:
-        """The split's features in the form the model takes (see the module docstring)."""
+    def inputs(
+        self,
+        features: np.ndarray,
+        feature_names: list[str],
+        tensors: dict[str, list[int]],
+        vocabularies: dict[str, list[str]] | None = None,
+    ) -> Any:
+        """The split's features in the form the model takes (see the module docstring); ``vocabularies`` are the
+        manifest's category columns (name -> values in code order)."""
         flat = np.ascontiguousarray(features, dtype=np.float32)
         shape = self.signature.shape
         if shape is not None:
@@ -89,8 +111,14 @@ class LoadedModel:
             import torch
 
             return torch.from_numpy(flat)  # float32: the weights' type, as the trainer logs them
-        if self.signature.columns is not None:
-            return _frame(self.uri, flat, feature_names, self.signature)
+        columns = self.signature.signature_columns(feature_names)
+        if columns is not None:
+            try:
+                return model_frame(flat, feature_names, columns, vocabularies or {})
+            except InputMismatch as exc:
+                raise ConfigurationError(f"{self.uri}: {exc}") from exc
+            except DatasetCorrupt as exc:
+                raise DataValidationError(str(exc)) from exc
         dtype = self.signature.dtype
         return flat if dtype is None or flat.dtype == dtype else flat.astype(dtype)
 
@@ -99,23 +127,6 @@ class LoadedModel:
         if self.module is not None:
             return self.module
         return self.pyfunc.predict
-
-
-def _frame(uri: str, flat: np.ndarray, names: list[str], signature: ModelInput) -> Any:
-    import pandas as pd
-
-    wanted = list(signature.columns or ())
-    missing = [c for c in wanted if c not in names]
-    if missing:
-        raise ConfigurationError(
-            f"{uri}: the model's signature asks for column(s) {missing[:8]} that the dataset does not have; "
-            f"its features are {names[:8]}{' ...' if len(names) > 8 else ''}"
-        )
-    index = {name: j for j, name in enumerate(names)}
-    types = signature.column_dtypes or (None,) * len(wanted)
-    return pd.DataFrame(
-        {c: flat[:, index[c]] if t is None else flat[:, index[c]].astype(t) for c, t in zip(wanted, types, strict=True)}
-    )
 
 
 def read_signature(local: str) -> tuple[dict[str, Any], ModelInput]:
@@ -138,15 +149,8 @@ def read_signature(local: str) -> tuple[dict[str, Any], ModelInput]:
             )
         return dict(meta.flavors), ModelInput(shape=shape[1:], dtype=np.dtype(spec.type))
     names = tuple(str(n) for n in schema.input_names())
-    dtypes = tuple(_numpy_type(t) for t in schema.input_types())
-    return dict(meta.flavors), ModelInput(columns=names, column_dtypes=dtypes)
-
-
-def _numpy_type(kind: Any) -> Any:
-    try:
-        return kind.to_numpy()
-    except Exception:  # a type with no numpy equivalent (string, binary): leave the column as float
-        return None
+    types = tuple(str(getattr(spec.type, "name", spec.type)) for spec in schema.inputs)
+    return dict(meta.flavors), ModelInput(columns=names, column_types=types, named=schema.has_input_names())
 
 
 def _download(tracking: MLflowTracking, model_uri: str, folder: str) -> str:

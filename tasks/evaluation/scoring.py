@@ -193,7 +193,7 @@ def score_loaded(
     model: LoadedModel, split: LabelledSplit, model_labels: Sequence[Any], task_name: str, custom: Resolved = ()
 ) -> ModelScore:
     """Test metrics (built-in, custom) and timings of one loaded model on one split, for ``task_name``."""
-    inputs = model.inputs(split.features, split.feature_names, split.tensor_shapes())
+    inputs = model.inputs(split.features, split.feature_names, split.tensor_shapes(), split.category_vocabularies())
     raw, seconds, single = _run(model, inputs, split.rows)
     truth = split.labels
     if task_name == "regression":

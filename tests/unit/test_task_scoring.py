@@ -135,7 +135,7 @@ def test_a_tensor_signature_reshapes_the_flat_features_row_major() -> None:
 
 
 def test_a_column_signature_gets_a_table_with_the_manifests_feature_names() -> None:
-    model = _pyfunc(lambda x: x, ModelInput(columns=("b", "a"), column_dtypes=(np.dtype("float64"), None)))
+    model = _pyfunc(lambda x: x, ModelInput(columns=("b", "a"), column_types=("double", None)))
 
     table = model.inputs(np.array([[1.0, 2.0]]), ["a", "b"], {})
 
