@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workloads.dataset import DatasetManifest, read_split
+from workloads.model_input import InputMismatch, category_forms, category_vocabularies, model_frame, signature_columns
 from workloads.sdk.contract import CONTRACT, ENV_METRICS_FILE, ENV_RUN_ID, MODEL_NAME, PRIMARY_METRIC, tensor_shape
 from workloads.store import ObjectStore
 from workloads.trainer.config import EXIT_CONFIG, TrainerError
@@ -116,6 +117,10 @@ def check_schema(schema: Schema | None, manifest: DatasetManifest, uri: str) -> 
             f"model {uri} signature names columns {_names([str(n) for n in unknown])} the dataset does not have; "
             f"its features are {_names(features)}"
         ]
+    try:  # a category column is taken as its strings or its codes; another type fits neither
+        category_forms(signature_columns(schema, features) or (), category_vocabularies(manifest))
+    except InputMismatch as exc:
+        return [f"model {uri}: {exc}"]
     return []
 
 
@@ -124,22 +129,16 @@ def _names(names: list[str]) -> str:
 
 
 def sample_input(schema: Schema, manifest: DatasetManifest, folder: Path) -> Any:
-    """The first validation rows, shaped and typed as the signature asks."""
+    """The first validation rows, shaped and typed as the signature asks (categories as its strings or codes,
+    workloads/model_input.py, as evaluation and the canary give them)."""
     x, _ = read_split(str(folder), "val", ObjectStore(), manifest=manifest)
     x = x[:SAMPLE_ROWS]
     if schema.is_tensor_spec():
         spec: Any = schema.inputs[0]
         return x.reshape((x.shape[0], *spec.shape[1:])).astype(spec.type, copy=False)
-    import pandas as pd
-
-    names = [str(n) for n in schema.input_names()]
-    frame = pd.DataFrame(x, columns=manifest.features if schema.has_input_names() else names)
-    if schema.has_input_names():
-        frame = frame[names]
-    frame.columns = schema.input_names()
-    for column in schema.inputs:
-        kind: Any = column.type
-        frame[column.name] = frame[column.name].astype(kind.to_numpy())
+    columns = signature_columns(schema, manifest.features) or ()
+    frame = model_frame(x, manifest.features, columns, category_vocabularies(manifest))
+    frame.columns = schema.input_names()  # unnamed columns keep MLflow's positions
     return frame
 
 
