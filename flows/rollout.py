@@ -116,7 +116,12 @@ def rollout(
         target = resolve_target(tracking_cfg, model_name, candidate_version)
         policy_cfg.for_task(target.task)  # a threshold meant for the other task is refused before servers start
         split = load_replay_split(
-            store, dataset_uri or target_dataset_uri(store, target), target.task, target.candidate.labels
+            store,
+            dataset_uri or target_dataset_uri(store, target),
+            target.task,
+            target.candidate.labels,
+            tracking_cfg,
+            target.served_models(),  # the rows are shaped as their signatures ask (categories as strings or codes)
         )
         previous = target.champion.version if target.champion else None
         with (

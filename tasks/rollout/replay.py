@@ -1,38 +1,53 @@
 """The labelled rows the canary replays: the dataset's test split, read through workloads/dataset.py.
 
-Features are sent as the split stores them (float32 rows; a tensor column's elements flattened, which the
-server reshapes; a category column's codes). Labels are put in the model's answer space: a classifier
-answers the values of its ``gpuflow.labels`` tag, which are either the split's stored label values or, for a
-dataset whose label column stores class indices (string classes), the class names from the manifest. A
-regressor's labels are the float targets.
+Features are sent in the form the models' signatures ask for (workloads/model_input.py, the one place that decides
+it for every reader): as the split stores them (float32 rows; a tensor column's elements flattened, which the
+server reshapes; a category column's codes), or, for a column signature, its columns in its order with a category
+it takes as a ``string`` given as the vocabulary's values. Stable and canary get the same requests (on a cluster
+through one Service), so both versions must take the same form; two that do not are a ConfigurationError naming
+both forms. Labels are put in the model's answer space: a classifier answers the values of its ``gpuflow.labels``
+tag, which are either the split's stored label values or, for a dataset whose label column stores class indices
+(string classes), the class names from the manifest. A regressor's labels are the float targets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.data_store import DataStore
+from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.errors import ConfigurationError, DataValidationError
+from tasks.tracking.model_signature import read_mlmodel
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest, read_split
+from workloads.model_input import (
+    InputMismatch,
+    category_vocabularies,
+    model_rows,
+    request_form,
+    signature_columns,
+)
 from workloads.store import ObjectStore
+
+if TYPE_CHECKING:
+    from mlflow.types import Schema
 
 __all__ = ["ReplaySplit", "load_replay_split", "read_replay_split"]
 
 
 @dataclass(frozen=True)
 class ReplaySplit:
-    """The test split as replayed traffic: float32 rows and each row's label in the model's answer space."""
+    """The test split as replayed traffic: request rows and each row's label in the model's answer space."""
 
     dataset_uri: str
     version: str
     task: str
-    features: np.ndarray
+    features: np.ndarray  # float32 [N, F], or objects [N, C] when a category is sent as its string
     labels: list[Any]  # str for classification (compared as text), float for regression
 
     @property
@@ -51,11 +66,51 @@ def _class_labels(stored: np.ndarray, manifest: DatasetManifest, model_labels: S
     return values
 
 
+def _rows(features: np.ndarray, manifest: DatasetManifest, schemas: Mapping[str, Schema | None]) -> np.ndarray:
+    """The rows every model in ``schemas`` (who -> input schema) takes; models taking different forms are refused."""
+    vocabularies = category_vocabularies(manifest)
+    names = manifest.features
+    found = []
+    for who, schema in schemas.items():
+        try:
+            columns = signature_columns(schema, names)
+            found.append((who, columns, request_form(columns, names, vocabularies)))
+        except InputMismatch as exc:
+            raise ConfigurationError(f"{who}: {exc}") from exc
+    if not found:
+        return model_rows(features, names, None, vocabularies)
+    who, columns, form = found[0]
+    for other, _, other_form in found[1:]:
+        if other_form != form:
+            raise ConfigurationError(
+                f"{who} and {other} take the test rows in different forms ({_form(form)}, against "
+                f"{_form(other_form)}): the canary sends both the same requests; roll out a version whose "
+                "signature takes the rows as the champion's does"
+            )
+    try:
+        return model_rows(features, names, columns, vocabularies)
+    except InputMismatch as exc:
+        raise ConfigurationError(f"{who}: {exc}") from exc
+
+
+def _form(form: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    columns, strings = form
+    shown = ", ".join(columns[:6]) + (f", ... ({len(columns)} in all)" if len(columns) > 6 else "")
+    return f"columns [{shown}], " + (f"categories {list(strings)} as strings" if strings else "categories as codes")
+
+
 def read_replay_split(
-    store: ObjectStore, dataset_uri: str, model_task: str, model_labels: Sequence[Any]
+    store: ObjectStore,
+    dataset_uri: str,
+    model_task: str,
+    model_labels: Sequence[Any],
+    schemas: Mapping[str, Schema | None] | None = None,
 ) -> ReplaySplit:
     """The test split of a published dataset for a model of ``model_task``; a task that differs from the
-    dataset's is a ConfigurationError (a regressor cannot be judged on class labels, nor the reverse)."""
+    dataset's is a ConfigurationError (a regressor cannot be judged on class labels, nor the reverse).
+
+    ``schemas`` (who, e.g. "the candidate (version 2)" -> its MLflow input schema) shape the rows; none: the rows
+    as stored."""
     base = dataset_uri.rstrip("/")
     try:
         manifest = load_manifest(base, store)
@@ -73,10 +128,29 @@ def read_replay_split(
         labels: list[Any] = [float(v) for v in stored.tolist()]
     else:
         labels = _class_labels(stored, manifest, model_labels)
-    return ReplaySplit(base, manifest.version, manifest.task, features, labels)
+    try:
+        rows = _rows(features, manifest, schemas or {})
+    except DatasetCorrupt as exc:
+        raise DataValidationError(f"{base}: {exc}") from exc
+    return ReplaySplit(base, manifest.version, manifest.task, rows, labels)
 
 
 @task(name="read-replay-split", cache_policy=NO_CACHE)
-def load_replay_split(store: DataStore, dataset_uri: str, model_task: str, model_labels: list[Any]) -> ReplaySplit:
-    """The dataset's test split as the canary's labelled traffic."""
-    return read_replay_split(store.object_store(), dataset_uri, model_task, model_labels)
+def load_replay_split(
+    store: DataStore,
+    dataset_uri: str,
+    model_task: str,
+    model_labels: list[Any],
+    tracking: MLflowTracking | None = None,
+    models: dict[str, str] | None = None,
+) -> ReplaySplit:
+    """The dataset's test split as the canary's labelled traffic, in the form the ``models`` (who -> model URI,
+    read through ``tracking``) take. A model without a readable MLmodel file does not shape the rows: its server
+    refuses to start, and the canary is rolled back for it."""
+    schemas = {}
+    if tracking is not None:
+        for who, uri in (models or {}).items():
+            found = read_mlmodel(tracking, uri)
+            if found is not None:
+                schemas[who] = found.get_input_schema()
+    return read_replay_split(store.object_store(), dataset_uri, model_task, model_labels, schemas)

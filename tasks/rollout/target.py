@@ -40,6 +40,11 @@ class RolloutTarget(BaseModel):
         """The candidate's task; resolve_target refuses a champion of another task."""
         return self.candidate.task
 
+    def served_models(self) -> dict[str, str]:
+        """Who -> model URI of each version the rollout serves (the champion first): the replayed rows fit both."""
+        served = {f"the champion (version {self.champion.version})": self.champion.model_uri} if self.champion else {}
+        return {**served, f"the candidate (version {self.candidate.version})": self.candidate.model_uri}
+
 
 @task(name="resolve-rollout-target", cache_policy=NO_CACHE)
 def resolve_target(tracking: MLflowTracking, model_name: str, candidate_version: str | None) -> RolloutTarget:

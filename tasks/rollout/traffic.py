@@ -266,7 +266,9 @@ class TrafficDriver:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         self._routes = routes
-        self._bodies = [json.dumps({"rows": [row.tolist()]}).encode() for row in np.asarray(features, np.float32)]
+        rows = np.asarray(features)  # float32 numbers, or objects: a category the models take as its string
+        rows = rows if rows.dtype == object else rows.astype(np.float32, copy=False)
+        self._bodies = [json.dumps({"rows": [row.tolist()]}).encode() for row in rows]
         self._thresholds = thresholds or TaskThresholds("classification")
         self._regression = self._thresholds.task == "regression"
         self._labels: list[Any] = [self._value(label.item() if hasattr(label, "item") else label) for label in labels]
