@@ -150,7 +150,8 @@ def model_frame(
     import pandas as pd
 
     values = column_values(features, feature_names, columns, vocabularies)
-    return pd.DataFrame({c.name: v for c, v in zip(columns, values, strict=True)})
+    # dtype given: pandas would make text a str column, with a missing value as NaN rather than None
+    return pd.DataFrame({c.name: pd.Series(v, dtype=v.dtype) for c, v in zip(columns, values, strict=True)})
 
 
 def model_rows(

@@ -23,12 +23,14 @@ import pandas as pd
 import pytest
 
 from blocks.canary_policy import CanaryPolicy
+from blocks.mlflow_tracking import MLflowTracking
 from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.rollout import rollout
 from tasks.core import settings
+from tasks.tracking.model_signature import read_mlmodel
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401 (fixture used by name)
-from tests.fixtures.models import aliases, log_sklearn_classifier
+from tests.fixtures.models import aliases, log_sklearn_classifier, registry_client
 from tests.fixtures.spec_data import breast_cancer_csv, breast_cancer_spec, write_spec
 from tests.fixtures.stage_runs import module_home
 from workloads.dataset import DatasetManifest, load_manifest, read_split
@@ -106,13 +108,16 @@ def home(
 
 
 def test_the_signature_takes_size_as_text(home: CategoryHome) -> None:
-    from mlflow.models import get_model_info
-
-    from tests.fixtures.models import registry_client
-
+    """Read as the rollout reads it: the MLmodel file alone, through gpuflow's tracking block."""
+    tracking = MLflowTracking(tracking_uri=settings.tracking_uri())
     model_uri = registry_client().get_run(home.runs[0]).data.tags["gpuflow.model_uri"]
-    schema = get_model_info(model_uri).signature.inputs
-    assert {spec.name: str(spec.type) for spec in schema.inputs}["size"] == "string"
+
+    found = read_mlmodel(tracking, model_uri)
+
+    assert found is not None
+    schema = found.get_input_schema()
+    assert schema is not None and not schema.is_tensor_spec()
+    assert {spec.name: spec.type.name for spec in schema.inputs}["size"] == "string"
     assert load_manifest(home.dataset_uri).extra["columns"][-1]["vocabulary"] == SIZES
 
 
