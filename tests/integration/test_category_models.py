@@ -39,7 +39,7 @@ from workloads.tags import METADATA_CATEGORIES
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SIZES = ["low", "mid", "high"]  # code order: low 0, mid 1, high 2 (alphabetical would be high, low, mid)
-POLICY = {
+POLICY: dict[str, Any] = {
     "analysis_seconds": 1.5,
     "check_interval_seconds": 0.25,
     "min_requests": 20,

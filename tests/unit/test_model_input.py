@@ -21,7 +21,14 @@ from tasks.rollout.replay import read_replay_split
 from tests.fixtures.spec_data import publish_by_spec
 from workloads.dataset import load_manifest, read_split
 from workloads.launcher.checks import check_schema, sample_input
-from workloads.model_input import InputMismatch, category_vocabularies, model_frame, model_rows, signature_columns
+from workloads.model_input import (
+    InputMismatch,
+    SignatureColumn,
+    category_vocabularies,
+    model_frame,
+    model_rows,
+    signature_columns,
+)
 from workloads.store import ObjectStore, local_path
 
 CITIES = ["paris", "lyon", "nice"]  # code order: paris 0, lyon 1, nice 2 (not sorted)
@@ -50,6 +57,12 @@ def _schema(city: str, *, visits: str = "long") -> Schema:
     return Schema([ColSpec(visits, "visits"), ColSpec(city, "city"), ColSpec("double", "height")])
 
 
+def _columns(schema: Schema, features: list[str]) -> tuple[SignatureColumn, ...]:
+    columns = signature_columns(schema, features)
+    assert columns is not None
+    return columns
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("categories")
@@ -69,10 +82,8 @@ def test_a_string_signature_gets_the_vocabularys_values_and_a_number_one_the_cod
     vocabularies = category_vocabularies(manifest)
     assert vocabularies == {"city": CITIES}
 
-    as_strings = model_frame(
-        x, manifest.features, signature_columns(_schema("string"), manifest.features), vocabularies
-    )
-    as_codes = model_frame(x, manifest.features, signature_columns(_schema("double"), manifest.features), vocabularies)
+    as_strings = model_frame(x, manifest.features, _columns(_schema("string"), manifest.features), vocabularies)
+    as_codes = model_frame(x, manifest.features, _columns(_schema("double"), manifest.features), vocabularies)
 
     assert list(as_strings.columns) == ["visits", "city", "height"]
     assert as_strings["city"].tolist() == _raw_cities(dataset)
@@ -81,7 +92,7 @@ def test_a_string_signature_gets_the_vocabularys_values_and_a_number_one_the_cod
     )
     assert str(as_codes["city"].dtype) == "float64" and str(as_strings["visits"].dtype) == "int64"
     train, _ = read_split(dataset, "train", manifest=manifest)
-    strings = model_frame(train, manifest.features, signature_columns(_schema("string"), manifest.features),
+    strings = model_frame(train, manifest.features, _columns(_schema("string"), manifest.features),
                           vocabularies)["city"].tolist()  # fmt: skip
     assert strings == _raw_cities(dataset, "train") and None in strings and set(strings) == {*CITIES, None}
 
@@ -113,7 +124,7 @@ def test_a_category_typed_neither_string_nor_number_is_a_configuration_error_nam
         r"codes of \['paris', 'lyon', 'nice'\]\); expected string \(the category's values\) or a number type"
     )
     with pytest.raises(InputMismatch, match=expected):
-        model_frame(x, manifest.features, signature_columns(_schema("boolean"), manifest.features), {"city": CITIES})
+        model_frame(x, manifest.features, _columns(_schema("boolean"), manifest.features), {"city": CITIES})
 
     with pytest.raises(ConfigurationError, match=r"the candidate \(version 2\): " + expected):
         read_replay_split(ObjectStore(), dataset, "classification", ["no", "yes"],
