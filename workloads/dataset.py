@@ -5,20 +5,28 @@ last. A folder without a manifest is not a dataset (a crashed or running prepare
 from the manifest. Split files are checked against the sha256 the manifest records, so a trainer never
 trains on a file that was changed or cut short after publishing. No Prefect import: trainer and server
 images use this module.
+
+Two ways to read a split: whole (:func:`read_split`, :func:`read_split_table`: the built-in trainer, small
+splits) or one Parquet row group at a time (:func:`open_split`: :class:`SplitRowGroups`, which the SDK's
+``SplitLoader``, evaluation and the canary's replay use), so a reader holds one row group, not the split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.store import ObjectNotFound, ObjectStore, StoreError, join, store_from_env
+from workloads.store import ObjectNotFound, ObjectStore, StoreError, is_s3, join, local_path, store_from_env
 
 MANIFEST = "manifest.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -204,9 +212,7 @@ def read_split_table(
     """One split as an Arrow table, its bytes checked against the manifest's sha256 when ``verify``."""
     store = store or store_from_env()
     manifest = manifest or load_manifest(uri, store)
-    entry = manifest.splits.get(split)
-    if entry is None:
-        raise DatasetCorrupt(f"dataset {uri} has no split {split!r}; it has {sorted(manifest.splits)}")
+    entry = _entry(uri, manifest, split)
     file_uri = join(uri, entry.file)
     try:
         data = store.read_bytes(file_uri)
@@ -249,3 +255,136 @@ def read_split(
     manifest = manifest or load_manifest(uri, store)
     table = read_split_table(uri, split, store, manifest=manifest, verify=verify)
     return table_to_arrays(table, manifest.features, manifest.label)
+
+
+# --------------------------------------------------------------------------- one row group at a time
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read 1 MiB at a time (never whole in memory)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SplitRowGroups:
+    """A split's Parquet file opened to be read one row group at a time (prepare writes 32,768 rows per group).
+
+    Made by :func:`open_split` (any store) or :meth:`open` (a local dataset folder); the file is checked
+    against the manifest's sha256 when opened with ``verify``. Errors are :class:`DatasetCorrupt` naming the file.
+    """
+
+    def __init__(self, path: Path, manifest: DatasetManifest, split: str) -> None:
+        self.path, self.manifest, self.split = path, manifest, split
+        try:
+            self.file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetCorrupt(f"{path} is not readable Parquet: {exc}") from exc
+        self.group_rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.rows = sum(self.group_rows)
+
+    @classmethod
+    def open(cls, folder: Path, manifest: DatasetManifest, split: str, *, verify: bool = True) -> SplitRowGroups:
+        """The split of the dataset in a local ``folder``."""
+        entry = _entry(str(folder), manifest, split)
+        path = Path(folder) / entry.file
+        if not path.is_file():
+            raise DatasetCorrupt(f"{path} is listed in the manifest but missing")
+        if verify:
+            _verify(path, entry)
+        return cls(path, manifest, split)
+
+    def table(self, index: int) -> pa.Table:
+        """Row group ``index``: the manifest's feature columns and its label column."""
+        try:
+            return self.file.read_row_group(index, columns=[*self.manifest.features, self.manifest.label])
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetCorrupt(f"{self.path}: row group {index} is not readable: {exc}") from exc
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row group ``index`` as :func:`table_to_arrays` gives it: float32 features, raw labels."""
+        table = self.table(index)
+        try:
+            return table_to_arrays(table, self.manifest.features, self.manifest.label)
+        except (DatasetCorrupt, pa.ArrowException, ValueError, TypeError) as exc:
+            raise DatasetCorrupt(f"{self.path}: {exc}") from exc
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row group in file order, as arrays."""
+        for index in range(len(self.group_rows)):
+            yield self.arrays(index)
+
+
+def _entry(uri: str, manifest: DatasetManifest, split: str) -> SplitFile:
+    entry = manifest.splits.get(split)
+    if entry is None:
+        raise DatasetCorrupt(f"dataset {uri} has no split {split!r}; it has {sorted(manifest.splits)}")
+    return entry
+
+
+def _verify(path: Path, entry: SplitFile) -> None:
+    if entry.sha256:  # manifests written by prepare always carry it
+        digest = file_sha256(path)
+        if digest != entry.sha256:
+            raise DatasetCorrupt(
+                f"{path} does not match the sha256 its manifest records: changed or cut short "
+                f"(sha256 {digest}, the manifest expects {entry.sha256})"
+            )
+
+
+@contextmanager
+def open_split(
+    uri: str,
+    split: str,
+    store: ObjectStore | None = None,
+    *,
+    manifest: DatasetManifest | None = None,
+    verify: bool = True,
+) -> Iterator[SplitRowGroups]:
+    """One split of the dataset at ``uri``, to read a row group at a time. A local file is read in place; an S3
+    object is first copied in chunks to a temporary file, removed when the block ends."""
+    store = store or store_from_env()
+    manifest = manifest or load_manifest(uri, store)
+    entry = _entry(uri, manifest, split)
+    file_uri = join(uri, entry.file)
+    if not is_s3(file_uri):
+        yield SplitRowGroups.open(local_path(uri), manifest, split, verify=verify)
+        return
+    with tempfile.TemporaryDirectory(prefix="gpuflow-split-") as folder:
+        path = Path(folder) / Path(entry.file).name
+        try:
+            store.download(file_uri, path)
+        except ObjectNotFound as exc:
+            raise DatasetCorrupt(f"{file_uri} is listed in the manifest but missing") from exc
+        if verify:
+            _verify(path, entry)
+        yield SplitRowGroups(path, manifest, split)
+
+
+def rebatch(chunks: Iterable[tuple[np.ndarray, ...]], size: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Chunks of aligned arrays (row groups) regrouped into batches of exactly ``size`` rows, the last fewer.
+
+    Batches are those a slice of the whole split ``[i : i + size]`` would give, so a model scores a streamed split
+    on the very batches it would score the split read whole.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    carry: tuple[np.ndarray, ...] | None = None  # fewer than ``size`` rows left over from the chunks before
+    for chunk in chunks:
+        start = 0
+        if carry is not None:
+            start = min(size - len(carry[0]), len(chunk[0]))
+            carry = tuple(np.concatenate([c, a[:start]]) for c, a in zip(carry, chunk, strict=True))
+            if len(carry[0]) < size:
+                continue
+            yield carry
+            carry = None
+        end = start + (len(chunk[0]) - start) // size * size
+        for first in range(start, end, size):
+            yield tuple(a[first : first + size] for a in chunk)
+        if end < len(chunk[0]):
+            carry = tuple(a[end:] for a in chunk)
+    if carry is not None:
+        yield carry

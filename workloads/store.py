@@ -114,6 +114,24 @@ class ObjectStore:
             raise ObjectNotFound(f"no file at {path}")
         return path.read_bytes()
 
+    def download(self, uri: str, path: Path) -> None:
+        """Copy an object to a local file in chunks (a large split is never whole in memory)."""
+        if not is_s3(uri):
+            source = local_path(uri)
+            if not source.is_file():
+                raise ObjectNotFound(f"no file at {source}")
+            import shutil
+
+            shutil.copyfile(source, path)
+            return
+        bucket, key = split_s3(uri)
+        try:
+            self.s3.download_file(bucket, key, str(path))
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise ObjectNotFound(f"no object at {uri}") from exc
+            raise StoreError(f"could not read {uri}: {exc}") from exc
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         if is_s3(uri):
             bucket, key = split_s3(uri)

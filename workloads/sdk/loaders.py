@@ -6,33 +6,24 @@ Every rank walks the same order (row groups shuffled, then the rows inside each,
 rows at the positions ``rank, rank + world_size, ...`` of it. With ``pad`` (training) the order is padded from
 its start to a multiple of ``world_size`` as ``DistributedSampler`` pads it, so every rank gets the same number
 of batches (DDP needs that); without it (evaluation) each row is on exactly one rank, so sums over ranks count
-each row once. The file's sha256 is checked against the manifest when the loader is made.
+each row once. The file's sha256 is checked against the manifest when the loader is made; the row groups are
+read by ``workloads.dataset.SplitRowGroups``, the reader evaluation and the canary's replay share.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from workloads.dataset import table_to_arrays
+from workloads.dataset import DatasetCorrupt, SplitRowGroups, rebatch
 from workloads.sdk.errors import DatasetError
 
 if TYPE_CHECKING:
     from workloads.dataset import DatasetManifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SplitLoader:
@@ -60,27 +51,18 @@ class SplitLoader:
         is, should it fall behind (see :mod:`workloads.sdk.lag`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        entry = manifest.splits.get(split)
-        if entry is None:
-            raise DatasetError(f"dataset {dataset_dir} has no split {split!r}; it has {sorted(manifest.splits)}")
-        self.path = Path(dataset_dir) / entry.file
-        if not self.path.is_file():
-            raise DatasetError(f"{self.path} is listed in the manifest but missing")
-        if entry.sha256 and _sha256(self.path) != entry.sha256:
-            raise DatasetError(f"{self.path} does not match the sha256 its manifest records: changed or cut short")
         try:
-            self.file = pq.ParquetFile(self.path)
-        except Exception as exc:
-            raise DatasetError(f"{self.path} is not readable Parquet: {exc}") from exc
+            self.groups = SplitRowGroups.open(Path(dataset_dir), manifest, split)
+        except DatasetCorrupt as exc:
+            raise DatasetError(str(exc)) from exc
+        self.path = self.groups.path
         self.manifest = manifest
         self.split, self.batch_size, self.input_shape = split, batch_size, input_shape
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.rank, self.world_size, self.pad, self.drop_last = rank, world_size, pad, drop_last
         self.device = torch.device(device)
         self.on_batch = on_batch
-        self.columns = [*manifest.features, manifest.label]
-        self.group_rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
-        self.rows = sum(self.group_rows)
+        self.group_rows, self.rows = self.groups.group_rows, self.groups.rows
         self._index: dict[object, int] = {v: i for i, v in enumerate(manifest.labels)}
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,13 +81,9 @@ class SplitLoader:
 
     def _group(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            table = self.file.read_row_group(index, columns=self.columns)
-        except Exception as exc:
-            raise DatasetError(f"{self.path}: row group {index} is not readable: {exc}") from exc
-        try:
-            x, raw = table_to_arrays(table, self.manifest.features, self.manifest.label)
-        except Exception as exc:
-            raise DatasetError(f"{self.path}: {exc}") from exc
+            x, raw = self.groups.arrays(index)
+        except DatasetCorrupt as exc:
+            raise DatasetError(str(exc)) from exc
         if self.manifest.task == "regression":
             return x, raw.astype(np.float32)
         values, inverse = np.unique(raw, return_inverse=True)
@@ -148,25 +126,10 @@ class SplitLoader:
             yield batch
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.batch_size
-        carry_x: np.ndarray | None = None  # fewer than bs rows left over from the chunks before
-        carry_y: np.ndarray | None = None
-        for x, y in self._rows():
-            start = 0
-            if carry_x is not None and carry_y is not None:
-                start = min(bs - len(carry_x), len(x))
-                carry_x, carry_y = np.concatenate([carry_x, x[:start]]), np.concatenate([carry_y, y[:start]])
-                if len(carry_x) < bs:
-                    continue
-                yield self._batch(carry_x, carry_y)
-                carry_x = carry_y = None
-            end = start + (len(x) - start) // bs * bs
-            for first in range(start, end, bs):
-                yield self._batch(x[first : first + bs], y[first : first + bs])
-            if end < len(x):
-                carry_x, carry_y = x[end:], y[end:]
-        if carry_x is not None and carry_y is not None and not self.drop_last:
-            yield self._batch(carry_x, carry_y)
+        for x, y in rebatch(self._rows(), self.batch_size):
+            if len(x) < self.batch_size and self.drop_last:
+                return
+            yield self._batch(x, y)
 
     def _batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tx = torch.from_numpy(np.ascontiguousarray(x).reshape((x.shape[0], *self.input_shape)))
