@@ -1,32 +1,39 @@
-"""The test split of a published dataset as arrays, with what its manifest says about the task and the target."""
+"""The test split of a published dataset, with what its manifest says about the task and the target.
+
+Two forms, one interface (:meth:`batches`): :class:`LabelledSplit` holds the split in memory (read whole, or arrays
+a caller has), :class:`StreamedSplit` reads it from the store one Parquet row group at a time on every pass, so
+scoring a split of any size holds one row group and one batch of features, never the split.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 
 from tasks.core.errors import ConfigurationError, DataValidationError
-from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest, read_split
+from workloads.dataset import (
+    DatasetCorrupt,
+    DatasetManifest,
+    DatasetNotFound,
+    load_manifest,
+    open_split,
+    read_split,
+    rebatch,
+)
 from workloads.model_input import category_vocabularies
 from workloads.store import ObjectStore
 
+__all__ = ["LabelledSplit", "ScoredSplit", "StreamedSplit", "open_test_split", "read_test_split"]
 
-@dataclass(frozen=True)
-class LabelledSplit:
-    """One split of a prepared dataset as arrays: float32 features [N, F] and the true labels [N]: class values
-    (names for string classes, whose label column stores indices), or floats for a regression target."""
+
+class _Described:
+    """What both forms say from the manifest (``dataset_uri`` and ``manifest`` are their fields)."""
 
     dataset_uri: str
-    version: str
-    features: np.ndarray
-    labels: np.ndarray
-    feature_names: list[str]
-    manifest: DatasetManifest | None = None
-
-    @property
-    def rows(self) -> int:
-        return int(self.features.shape[0])
+    manifest: DatasetManifest | None
 
     @property
     def task(self) -> str:
@@ -57,34 +64,122 @@ class LabelledSplit:
         return category_vocabularies(self.manifest)
 
 
+@dataclass(frozen=True)
+class LabelledSplit(_Described):
+    """One split of a prepared dataset as arrays: float32 features [N, F] and the true labels [N]: class values
+    (names for string classes, whose label column stores indices), or floats for a regression target."""
+
+    dataset_uri: str
+    version: str
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: list[str]
+    manifest: DatasetManifest | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.features.shape[0])
+
+    def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Features and labels ``[i : i + size]``, in order."""
+        for first in range(0, self.rows, size):
+            yield self.features[first : first + size], self.labels[first : first + size]
+
+
+@dataclass(frozen=True)
+class StreamedSplit(_Described):
+    """The test split of a published dataset, read from its store a row group at a time on every pass (checksum
+    verified each time); labels as :class:`LabelledSplit` has them."""
+
+    dataset_uri: str
+    version: str
+    feature_names: list[str]
+    manifest: DatasetManifest
+    store: ObjectStore
+    rows: int
+
+    def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Features and labels in batches of exactly ``size`` rows (the last fewer), the batches of the split read
+        whole: one row group in memory at a time."""
+        try:
+            with open_split(self.dataset_uri, "test", self.store, manifest=self.manifest) as groups:
+                chunks = ((x, _labels(self.manifest, y, self.dataset_uri)) for x, y in groups)
+                yield from cast("Iterator[tuple[np.ndarray, np.ndarray]]", rebatch(chunks, size))
+        except DatasetCorrupt as exc:
+            raise DataValidationError(str(exc)) from exc
+
+
+class ScoredSplit(Protocol):
+    """What scoring needs of a split, in memory or streamed."""
+
+    @property
+    def dataset_uri(self) -> str: ...
+
+    @property
+    def feature_names(self) -> list[str]: ...
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def task(self) -> str: ...
+
+    def tensor_shapes(self) -> dict[str, list[int]]: ...
+
+    def category_vocabularies(self) -> dict[str, list[str]]: ...
+
+    def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def _manifest(store: ObjectStore, base: str) -> DatasetManifest:
+    try:
+        return load_manifest(base, store)
+    except DatasetNotFound as exc:
+        raise ConfigurationError(f"{exc} (run prepare first, or check dataset_uri)") from exc
+    except DatasetCorrupt as exc:
+        raise DataValidationError(str(exc)) from exc
+
+
 def read_test_split(store: ObjectStore, dataset_uri: str) -> LabelledSplit:
-    """The test split of a published dataset, read through its manifest (checksums verified).
+    """The test split of a published dataset read whole, through its manifest (checksums verified).
 
     No manifest means "not a published dataset" (``ConfigurationError`` naming the URI); a manifest
     that does not match its files is a ``DataValidationError``.
     """
     base = dataset_uri.rstrip("/")
+    manifest = _manifest(store, base)
     try:
-        manifest = load_manifest(base, store)
         features, labels = read_split(base, "test", store, manifest=manifest)
-    except DatasetNotFound as exc:
-        raise ConfigurationError(f"{exc} (run prepare first, or check dataset_uri)") from exc
     except DatasetCorrupt as exc:
         raise DataValidationError(str(exc)) from exc
-    if manifest.task == "classification" and manifest.target.get("stored") == "index":
-        labels = _class_names(manifest, labels, base)  # string classes are stored as indices; models know names
     return LabelledSplit(
         dataset_uri=base,
         version=manifest.version,
         features=features,
-        labels=labels,
+        labels=_labels(manifest, labels, base),
         feature_names=manifest.features,
         manifest=manifest,
     )
 
 
-def _class_names(manifest: DatasetManifest, indices: np.ndarray, uri: str) -> np.ndarray:
+def open_test_split(store: ObjectStore, dataset_uri: str) -> StreamedSplit:
+    """The test split of a published dataset, to be streamed; its file is checked now (checksum, Parquet footer),
+    so a bad split fails before any model is scored. Errors as :func:`read_test_split`'s."""
+    base = dataset_uri.rstrip("/")
+    manifest = _manifest(store, base)
+    try:
+        with open_split(base, "test", store, manifest=manifest) as groups:
+            rows = groups.rows
+    except DatasetCorrupt as exc:
+        raise DataValidationError(str(exc)) from exc
+    return StreamedSplit(base, manifest.version, manifest.features, manifest, store, rows)
+
+
+def _labels(manifest: DatasetManifest, stored: np.ndarray, uri: str) -> np.ndarray:
+    """Labels as models know them: string classes are stored as indices, models answer their names."""
+    if manifest.task != "classification" or manifest.target.get("stored") != "index":
+        return stored
     names = manifest.class_names
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= len(names)):
+    if stored.size and (int(stored.min()) < 0 or int(stored.max()) >= len(names)):
         raise DataValidationError(f"the test split of {uri} stores class indices outside 0..{len(names) - 1}")
-    return np.asarray(names, dtype=object)[indices]
+    return np.asarray(names, dtype=object)[stored]

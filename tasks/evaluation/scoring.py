@@ -4,10 +4,12 @@ The model contract: a classifier answers ``[N, C]`` in the order of its ``gpuflo
 torch path, softmaxed here; probabilities from a pyfunc ``predict``); a regressor answers ``[N]`` or ``[N, 1]``.
 Scoring maps the split's labels onto the model's order, so two models with different label orders (champion and
 challenger) are still compared on the same rows. Custom metric functions run last, on the same predictions.
+The evaluate flow streams the test split (one row group, one batch at a time) and keeps only each row's output
+and label, so a split of any size is scored in bounded memory (what the outputs take aside).
 
 The pieces live beside this module: metrics.py (pure figures), model_loading.py (flavors, signatures),
-labelled_split.py (the test split), reporting.py (MLflow and Prefect artifacts), custom_metrics.py. Their
-public names are re-exported here for the callers that import them from ``scoring``.
+labelled_split.py (the test split, whole or streamed), reporting.py (MLflow and Prefect artifacts),
+custom_metrics.py. Their public names are re-exported here for the callers that import them from ``scoring``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from blocks.mlflow_tracking import MLflowTracking
 from blocks.quality_gate import CustomMetric
 from tasks.core.errors import ConfigurationError, DataValidationError
 from tasks.evaluation import custom_metrics
-from tasks.evaluation.labelled_split import LabelledSplit, read_test_split
+from tasks.evaluation.labelled_split import (
+    LabelledSplit,
+    ScoredSplit,
+    StreamedSplit,
+    open_test_split,
+    read_test_split,
+)
 from tasks.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -50,6 +58,8 @@ __all__ = [
     "Evaluation",
     "LabelledSplit",
     "ModelScore",
+    "ScoredSplit",
+    "StreamedSplit",
     "classification_metrics",
     "confusion_figure",
     "confusion_rows",
@@ -59,6 +69,7 @@ __all__ = [
     "load_model",
     "load_test_split",
     "log_evaluation",
+    "open_test_split",
     "publish_artifacts",
     "read_test_split",
     "regression_metrics",
@@ -76,40 +87,61 @@ PROBABILITY_SLACK = 1e-3
 Resolved = Sequence[tuple[CustomMetric, Callable[..., Any]]]
 
 
-def _timed(call: Callable[[Any], Any], inputs: Any, n: int) -> tuple[list[Any], float, list[float]]:
-    """Outputs per batch, the batched pass's seconds, and single-row seconds over the first ``LATENCY_ROWS`` rows.
+def _predict(model: LoadedModel, split: ScoredSplit) -> tuple[np.ndarray, np.ndarray, float, list[float]]:
+    """Every row's output and true label, the batched pass's seconds, and single-row seconds over the first
+    ``LATENCY_ROWS`` rows.
 
-    ``inference_ms_per_sample`` is the batched pass over the whole split (after one warm-up row) divided by its
-    rows; ``latency_p50_ms`` the median single-row call, the figure a server answering one request at a time sees.
+    The split is scored batch by batch (``BATCH_ROWS`` rows; a streamed split reads one row group at a time), and
+    only the outputs and labels are kept: one value or one row of class scores per example, small next to the
+    features. The batches are those of the split read whole, so the figures do not depend on how it is read.
+    ``inference_ms_per_sample`` is the model's time over all batches (after one warm-up row) divided by the rows;
+    ``latency_p50_ms`` the median single-row call, the figure a server answering one request at a time sees.
     """
-    call(inputs[:1])  # warm-up: first call allocates and picks kernels
-    started = time.perf_counter()
-    outputs = [call(inputs[i : i + BATCH_ROWS]) for i in range(0, n, BATCH_ROWS)]
-    batch_seconds = time.perf_counter() - started
-    single: list[float] = []
-    for i in range(min(LATENCY_ROWS, n)):
-        begin = time.perf_counter()
-        call(inputs[i : i + 1])
-        single.append(time.perf_counter() - begin)
-    return outputs, batch_seconds, single
-
-
-def _run(model: LoadedModel, inputs: Any, n: int) -> tuple[np.ndarray, float, list[float]]:
-    """All outputs as one float numpy array, with the timings of :func:`_timed`."""
-    if n == 0:
+    call = model.predictor()
+    shapes, vocabularies = split.tensor_shapes(), split.category_vocabularies()
+    outputs: list[Any] = []
+    truth: list[np.ndarray] = []
+    first: Any = None
+    seconds = 0.0
+    for features, labels in split.batches(BATCH_ROWS):
+        inputs = model.inputs(features, split.feature_names, shapes, vocabularies)
+        if first is None:
+            first = inputs[:LATENCY_ROWS]
+            call(inputs[:1])  # warm-up: first call allocates and picks kernels
+        started = time.perf_counter()
+        outputs.append(call(inputs))
+        seconds += time.perf_counter() - started
+        truth.append(labels)
+    if first is None:
         raise DataValidationError("the test split has no rows")
+    single: list[float] = []
+    for i in range(len(first)):
+        begin = time.perf_counter()
+        call(first[i : i + 1])
+        single.append(time.perf_counter() - begin)
+    return _merge(model, outputs), np.concatenate(truth), seconds, single
+
+
+def _merge(model: LoadedModel, outputs: list[Any]) -> np.ndarray:
+    """The batches' outputs as one float numpy array."""
     if model.module is not None:
         import torch
 
-        with torch.inference_mode():
-            outputs, seconds, single = _timed(model.predictor(), inputs, n)
-            return torch.cat(outputs).float().numpy(), seconds, single
-    outputs, seconds, single = _timed(model.predictor(), inputs, n)
+        return torch.cat(outputs).float().numpy()
     try:
-        merged = np.concatenate([np.asarray(o, dtype=np.float64) for o in outputs])
+        return np.concatenate([np.asarray(o, dtype=np.float64) for o in outputs])
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{model.uri}: its predict returned values that are not numbers: {exc}") from exc
-    return merged, seconds, single
+
+
+def _run(model: LoadedModel, split: ScoredSplit) -> tuple[np.ndarray, np.ndarray, float, list[float]]:
+    """:func:`_predict`, under ``torch.inference_mode`` for a torch model."""
+    if model.module is None:
+        return _predict(model, split)
+    import torch
+
+    with torch.inference_mode():
+        return _predict(model, split)
 
 
 def _timings(metrics: dict[str, float], seconds: float, single: list[float], n: int) -> None:
@@ -190,17 +222,19 @@ def _regress(model: LoadedModel, raw: np.ndarray, truth: np.ndarray, custom: Res
 
 
 def score_loaded(
-    model: LoadedModel, split: LabelledSplit, model_labels: Sequence[Any], task_name: str, custom: Resolved = ()
+    model: LoadedModel, split: ScoredSplit, model_labels: Sequence[Any], task_name: str, custom: Resolved = ()
 ) -> ModelScore:
-    """Test metrics (built-in, custom) and timings of one loaded model on one split, for ``task_name``."""
-    inputs = model.inputs(split.features, split.feature_names, split.tensor_shapes(), split.category_vocabularies())
-    raw, seconds, single = _run(model, inputs, split.rows)
-    truth = split.labels
+    """Test metrics (built-in, custom) and timings of one loaded model on one split, for ``task_name``.
+
+    The split is read batch by batch (see :func:`_predict`); the metrics are computed once at the end from the
+    outputs and labels of every row, so they are the figures of the whole split, exactly.
+    """
+    raw, truth, seconds, single = _run(model, split)
     if task_name == "regression":
         result = _regress(model, raw, truth, custom)
     else:
         result = _classify(model, raw, truth, model_labels, custom)
-    _timings(result.metrics, seconds, single, split.rows)
+    _timings(result.metrics, seconds, single, truth.shape[0])
     return result
 
 
@@ -223,9 +257,10 @@ def score(
 
 
 @task(name="read-test-split", cache_policy=NO_CACHE)
-def load_test_split(store: DataStore, dataset_uri: str) -> LabelledSplit:
-    """The dataset's test split (``ConfigurationError`` when the URI holds no published dataset)."""
-    return read_test_split(store.object_store(), dataset_uri)
+def load_test_split(store: DataStore, dataset_uri: str) -> StreamedSplit:
+    """The dataset's test split, checked now and streamed when scored (``ConfigurationError`` when the URI holds
+    no published dataset)."""
+    return open_test_split(store.object_store(), dataset_uri)
 
 
 @task(name="score-model", cache_policy=NO_CACHE)
@@ -233,7 +268,7 @@ def score_model(
     tracking: MLflowTracking,
     model_uri: str,
     model_labels: list[str],
-    split: LabelledSplit,
+    split: ScoredSplit,
     task_name: str = "classification",
     custom: Sequence[CustomMetric] = (),
 ) -> ModelScore:
