@@ -15,6 +15,7 @@ one set for the other task is refused before any server starts (:meth:`CanaryPol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -201,6 +202,11 @@ class CanaryPolicy(Block):
     def first_step_requests(self) -> float:
         """Canary requests the first (smallest) step receives at most: rate x window x weight."""
         return self.local_requests_per_second * self.analysis_seconds * self.step_weights[0] / 100
+
+    def step_requests(self) -> int:
+        """Requests one step sends at most (rate x window): as many labelled rows as the replay needs to send
+        none twice in a step."""
+        return math.ceil(self.local_requests_per_second * self.analysis_seconds)
 
     def check_reachable(self) -> None:
         """Refuse a policy that can never promote: its smallest step cannot collect ``min_requests``.

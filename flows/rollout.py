@@ -30,7 +30,7 @@ from tasks.rollout.canary_steps import CanaryOutcome, run_canary
 from tasks.rollout.model_lock import RolloutLocked, lock_name, rollout_lock
 from tasks.rollout.recording import report
 from tasks.rollout.registry_moves import promote, retire
-from tasks.rollout.replay import load_replay_split
+from tasks.rollout.replay import load_replay_split, replay_rows
 from tasks.rollout.serving import LocalServers, Serving
 from tasks.rollout.target import dataset_uri as target_dataset_uri
 from tasks.rollout.target import resolve_target
@@ -122,7 +122,10 @@ def rollout(
             target.candidate.labels,
             tracking_cfg,
             target.served_models(),  # the rows are shaped as their signatures ask (categories as strings or codes)
+            max_rows=replay_rows(policy_cfg.step_requests()),
         )
+        if split.rows < split.split_rows:
+            logger.info("replaying %d of the test split's %d rows (one step's requests)", split.rows, split.split_rows)
         previous = target.champion.version if target.champion else None
         with (
             stage_run(tracking_cfg, "rollout", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,

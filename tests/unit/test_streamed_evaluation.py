@@ -1,5 +1,6 @@
-"""Evaluation reads the test split a Parquet row group at a time, with the figures of the split read whole: a split
-written in several row groups (not a multiple of the scoring batch) scores exactly as before."""
+"""Evaluation and the canary's replay read the test split a Parquet row group at a time, with the figures of the
+split read whole: a split written in several row groups (not a multiple of the scoring batch) scores exactly as
+before, and the replay keeps only the rows a step sends."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from torch import nn
 from tasks.core.errors import DataValidationError
 from tasks.evaluation.model_loading import LoadedModel, ModelInput
 from tasks.evaluation.scoring import BATCH_ROWS, open_test_split, read_test_split, score_loaded
-from workloads.dataset import open_split, rebatch
+from tasks.rollout.replay import MAX_REPLAY_ROWS, MIN_REPLAY_ROWS, read_replay_split, replay_rows
+from workloads.dataset import open_split, read_split, rebatch
 from workloads.store import ObjectStore
 
 ROWS, GROUP, FEATURES = 10_000, 1_500, 6  # 7 row groups; 10,000 rows = 2 full scoring batches + 1,808
@@ -115,3 +117,23 @@ def test_rebatch_gives_the_batches_of_the_whole_array() -> None:
     got = list(rebatch(chunks, 5))
     assert [x.tolist() for x, _ in got] == [whole[i : i + 5].tolist() for i in range(0, 23, 5)]
     assert all(np.array_equal(y, -x) for x, y in got)
+
+
+def test_the_replay_keeps_a_split_that_fits_whole_and_samples_a_larger_one_in_file_order(tmp_path: Path) -> None:
+    uri = write_dataset(tmp_path, "regression")
+    x, y = read_split(uri, "test")
+    whole = read_replay_split(ObjectStore(), uri, "regression", [], max_rows=ROWS)
+    assert np.array_equal(whole.features, x) and whole.labels == y.tolist()  # same rows, order and labels
+    sample = read_replay_split(ObjectStore(), uri, "regression", [], max_rows=700)
+    assert sample.rows == 700 and sample.split_rows == ROWS
+    ids = sample.features[:, 0].astype(int)
+    assert (np.diff(ids) > 0).all() and ids.min() < GROUP and ids.max() >= ROWS - GROUP  # file order, all groups
+    assert np.array_equal(sample.features, x[ids]) and sample.labels == y[ids].tolist()
+    again = read_replay_split(ObjectStore(), uri, "regression", [], max_rows=700)
+    assert np.array_equal(again.features, sample.features)  # seeded: the same sample every time
+
+
+def test_the_replay_keeps_one_steps_requests_but_a_small_split_whole() -> None:
+    assert replay_rows(12_000) == 12_000  # 200 req/s x 60 s
+    assert replay_rows(300) == MIN_REPLAY_ROWS  # a short window still replays a small split whole, as before
+    assert replay_rows(720_000) == MAX_REPLAY_ROWS
