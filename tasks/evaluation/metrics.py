@@ -153,16 +153,25 @@ def classification_metrics(probabilities: np.ndarray, y_true: np.ndarray) -> dic
 
 
 def label_indices(values: Sequence[Any] | np.ndarray, model_labels: Sequence[Any]) -> np.ndarray:
-    """Map label values onto the model's output indices (compared as text: 3 and "3" are one label)."""
+    """Map label values onto the model's output indices (compared as text: 3 and "3" are one label).
+
+    Each distinct value is turned into text once (a test split of millions of rows has a few classes), so the
+    mapping costs one index array, not a Python string per row.
+    """
     index = {str(label): i for i, label in enumerate(model_labels)}
-    texts = [str(v) for v in np.asarray(values).tolist()]
+    array = np.asarray(values)
+    try:
+        distinct, inverse = np.unique(array, return_inverse=True)
+    except TypeError:  # values of kinds that do not sort together: each on its own
+        distinct, inverse = array.reshape(-1), np.arange(array.size)
+    texts = [str(v) for v in distinct.tolist()]
     unknown = sorted({t for t in texts if t not in index})
     if unknown:
         raise DataValidationError(
             f"the test split has label(s) {unknown[:10]} that the model does not know; "
             f"model labels: {[str(label) for label in model_labels]}"
         )
-    return np.array([index[t] for t in texts], dtype=np.int64)
+    return np.array([index[t] for t in texts], dtype=np.int64)[inverse.reshape(-1)]
 
 
 # --------------------------------------------------------------------------- regression
