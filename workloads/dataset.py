@@ -307,9 +307,11 @@ class SplitRowGroups:
         """Row group ``index`` as :func:`table_to_arrays` gives it: float32 features, raw labels."""
         table = self.table(index)
         try:
-            return table_to_arrays(table, self.manifest.features, self.manifest.label)
+            x, y = table_to_arrays(table, self.manifest.features, self.manifest.label)
         except (DatasetCorrupt, pa.ArrowException, ValueError, TypeError) as exc:
             raise DatasetCorrupt(f"{self.path}: {exc}") from exc
+        # labels of their own: a view into Arrow's buffer would keep the row group's whole read buffer alive
+        return x, y.copy()
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every row group in file order, as arrays."""
