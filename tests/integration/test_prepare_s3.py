@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from uuid import UUID
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
@@ -21,7 +22,7 @@ from tasks.data.demo import digits_csv_bytes
 from tests.conftest import S3Server
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.raw_files import csv_bytes, digits_rows, set_field
-from workloads.dataset import load_manifest, read_split
+from workloads.dataset import load_manifest, open_split, read_split
 from workloads.store import ObjectStore, S3Options
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait", "migrated_home")
@@ -90,6 +91,9 @@ def test_dataset_round_trips_through_s3_and_secrets_stay_secret(
     for split in ("train", "val", "test"):
         x, y = read_split(first.dataset_uri, split, reader, manifest=manifest)
         assert x.shape == (first.rows[split], 64) and len(y) == first.rows[split]
+        with open_split(first.dataset_uri, split, reader, manifest=manifest) as groups:  # streamed: the same rows
+            assert np.array_equal(np.concatenate([gx for gx, _ in groups]), x)
+            assert np.concatenate([gy for _, gy in groups]).tolist() == y.tolist()
 
     second = prepare(source, data_store=s3_store)
     assert second.cache_hit and second.dataset_version == first.dataset_version
