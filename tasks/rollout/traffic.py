@@ -402,12 +402,15 @@ class TrafficDriver:
                 self._record.unanswered += 1
 
     def _record_canary(self, row: int, answer: Answer, stable: Endpoint) -> None:
+        if not answer.ok:
+            retry = self._retry_on_stable(row, stable)
+            with self._lock:
+                self._count(self._record.canary, row, answer)
+                self._settle(row, retry)
+            return
         with self._lock:
             self._count(self._record.canary, row, answer)
             known = self._stable_answers.get(row)
-        if not answer.ok:
-            self._retry_on_stable(row, stable)
-            return
         shadow = False
         if known is None:
             shadow = True
@@ -429,21 +432,28 @@ class TrafficDriver:
 
     def _record_unattributed(self, row: int, answer: Answer, stable: Endpoint) -> None:
         """An answer naming neither version; a failure is charged to the canary and answered by stable."""
+        if answer.ok:
+            with self._lock:
+                self._record.unattributed += 1  # some other version answered (a pod left from before)
+            return
+        retry = self._retry_on_stable(row, stable)
         with self._lock:
             self._record.unattributed += 1
-            if answer.ok:
-                return  # some other version answered (a pod left from before): the user has an answer
             self._record.canary.routed += 1
             self._record.canary.transport_errors += 1  # no server of either track counted it
-        self._retry_on_stable(row, stable)
+            self._settle(row, retry)
 
-    def _retry_on_stable(self, row: int, stable: Endpoint) -> None:
-        """The canary failed this request: stable answers it, so the user still gets an answer."""
-        retry = self._read(stable.predict(self._bodies[row]))
-        with self._lock:
-            if retry.ok:
-                assert retry.prediction is not None
-                self._record.retried_on_stable += 1
-                self._stable_answers[row] = retry.prediction
-            else:
-                self._record.unanswered += 1
+    def _retry_on_stable(self, row: int, stable: Endpoint) -> Answer:
+        """The canary failed this request: stable answers it, so the user still gets an answer. The failure is
+        counted with its retry, under one lock, so a snapshot taken meanwhile (the early decision reads one while
+        requests are in flight) never holds a canary failure without its retry."""
+        return self._read(stable.predict(self._bodies[row]))
+
+    def _settle(self, row: int, retry: Answer) -> None:
+        """Count a canary failure's retry on stable (caller holds the lock)."""
+        if retry.ok:
+            assert retry.prediction is not None
+            self._record.retried_on_stable += 1
+            self._stable_answers[row] = retry.prediction
+        else:
+            self._record.unanswered += 1
