@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,20 +68,6 @@ def _module_rank(path: str) -> tuple[int, int]:
         return (0, LONGEST_FIRST.index(path))
     folder = next((i for i, prefix in enumerate(_DIRECTORY_ORDER) if path.startswith(prefix)), len(_DIRECTORY_ORDER))
     return (1 + folder, 0)
-
-
-@pytest.fixture(autouse=True)
-def signal_handlers_restored() -> Iterator[None]:
-    """SIGINT and SIGTERM are handled after each test as before it: tests share a process, and a handler the code
-    under one test installs (the CLI's, the launcher's, an event loop's) must not decide how Ctrl-C reaches the
-    next (a test that interrupts its own process saw no KeyboardInterrupt in one CI run)."""
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum, handler in before.items():
-        if signal.getsignal(signum) is not handler and handler is not None:
-            signal.signal(signum, handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

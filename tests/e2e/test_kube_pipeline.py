@@ -20,11 +20,10 @@ import pytest
 from mlflow import MlflowClient
 
 from blocks.canary_policy import CanaryPolicy
-from blocks.kubernetes import KubernetesGPUJob
 from blocks.kubernetes_serving import KubernetesServing
 from flows.pipeline import PipelineResult, ml_pipeline
 from tests.conftest import MlflowServer, S3Server
-from tests.fixtures.cluster_services import ClusterServices, cluster_services
+from tests.fixtures.cluster_services import ClusterServices, cluster_services, two_node_job
 from tests.fixtures.flow_env import no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.integration.test_kube_canary import FAST as FAST_POLICY
@@ -36,19 +35,7 @@ MANAGED = "app.kubernetes.io/managed-by=gpuflow"
 def _save_blocks(cluster: KubeCluster, services: ClusterServices) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     names = {"compute": f"e2e-gpu-job-{suffix}", "serving": f"e2e-serving-{suffix}", "policy": f"e2e-policy-{suffix}"}
-    KubernetesGPUJob(
-        image=IMAGE,
-        namespace=cluster.namespace,
-        nodes=2,
-        cpu_request="100m",
-        cpu_limit="2",
-        memory_request="256Mi",
-        memory_limit="4Gi",
-        active_deadline_seconds=600,
-        poll_interval_seconds=0.2,
-        image_pull_grace_seconds=1,
-        secret_name=services.secret_name,
-    ).save(names["compute"])
+    two_node_job(services, cluster, IMAGE).save(names["compute"])
     KubernetesServing(
         image=IMAGE,
         namespace=cluster.namespace,

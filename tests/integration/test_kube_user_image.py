@@ -23,7 +23,7 @@ from flows.prepare import prepare
 from flows.train import train
 from tasks.core.errors import PermanentWorkloadFailure
 from tests.conftest import MlflowServer, S3Server
-from tests.fixtures.cluster_services import ClusterServices, cluster_services
+from tests.fixtures.cluster_services import ClusterServices, cluster_services, two_node_job
 from tests.fixtures.flow_env import no_heartbeat_wait  # noqa: F401
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube.image import Image, build_image
@@ -50,20 +50,7 @@ def user_image(cluster: KubeCluster, out: Path) -> Image:
 
 
 def block(services: ClusterServices, cluster: KubeCluster) -> KubernetesGPUJob:
-    return KubernetesGPUJob(
-        image=GPUFLOW_IMAGE,
-        namespace=cluster.namespace,
-        nodes=2,
-        cpu_request="100m",
-        cpu_limit="2",
-        memory_request="256Mi",
-        memory_limit="4Gi",
-        backoff_limit=0,
-        active_deadline_seconds=600,
-        poll_interval_seconds=0.2,
-        image_pull_grace_seconds=1,
-        secret_name=services.secret_name,
-    )
+    return two_node_job(services, cluster, GPUFLOW_IMAGE, backoff_limit=0)
 
 
 Setting = tuple[ClusterServices, dict[str, str], str]  # the services, their saved blocks, the prepared dataset

@@ -116,9 +116,9 @@ def test_interrupt_while_waiting_kills_the_workload_and_propagates(tmp_path: Pat
         if line.startswith("pids "):
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C on the flow process does
 
-    # Ctrl-C as a flow process gets it: Python's own handler, SIGINT not blocked. Code under earlier tests in this
-    # process (a library's set-up in a module fixture) may have changed either: in two CI runs the signal raised
-    # nothing here, while the test alone always passed.
+    # Ctrl-C as a flow process gets it: Python's own handler, SIGINT not blocked. Something earlier in this test
+    # process changed one of them outside any test function: in two CI runs the signal raised nothing here (restoring
+    # handlers after each test did not help), while the test alone always passed.
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
