@@ -71,7 +71,8 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 class ObjectStore:
-    """Reads and writes whole objects; writes are atomic (temp file + rename locally, one PUT on S3)."""
+    """Reads and writes whole objects; writes are atomic (temp file + rename locally, one PUT or one multipart
+    upload on S3)."""
 
     def __init__(self, s3: S3Options | None = None) -> None:
         self._s3_options = s3 or S3Options()
@@ -131,6 +132,30 @@ class ObjectStore:
             if _is_not_found(exc):
                 raise ObjectNotFound(f"no object at {uri}") from exc
             raise StoreError(f"could not read {uri}: {exc}") from exc
+
+    def upload(self, path: Path, uri: str) -> None:
+        """Copy a local file to ``uri`` without holding it in memory: on S3 boto3's managed transfer (a multipart
+        upload in 8 MB parts for a large file, aborted by boto3 if it fails, so no half-written object appears);
+        locally a temp file renamed into place."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                self.s3.upload_file(str(path), bucket, key)
+            except Exception as exc:
+                raise StoreError(f"could not write {uri}: {exc}") from exc
+            return
+        import shutil
+
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         if is_s3(uri):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +32,6 @@ from tasks.data.split import SPLIT_NAMES
 from workloads.dataset import MANIFEST, DatasetManifest, SplitFile, dataset_exists, load_manifest
 from workloads.store import ObjectStore, is_s3, join, local_path
 
-# Bump when the split algorithm or the file layout changes, so old versions are not mistaken for new ones.
 # Bump when the split algorithm or the file layout changes, so old versions are not mistaken for new ones.
 PREPARE_FORMAT = 1
 
@@ -180,19 +181,32 @@ def publish(
 
 
 class SplitWriter:
-    """One split's Parquet file, fed batch by batch; row groups of exactly ROW_GROUP rows (the last fewer)."""
+    """One split's Parquet file, fed batch by batch; row groups of exactly ROW_GROUP rows (the last fewer).
+
+    Locally the file is written in place (inside the staging folder). For S3 it is written to a local temporary
+    file and uploaded by :meth:`ObjectStore.upload` when closed, so a split is never whole in memory: the writer
+    holds one row group, the upload one part at a time.
+    """
 
     def __init__(self, uri: str, schema: pa.Schema) -> None:
         self.uri = uri
         self.rows = 0
-        self.sink: pa.NativeFile
+        self.spool: Path | None = None  # the local file an S3 split is written to before its upload
         if is_s3(uri):
-            self.sink = pa.BufferOutputStream()
+            fd, spool = tempfile.mkstemp(prefix="gpuflow-split-", suffix=".parquet")
+            os.close(fd)
+            self.spool = path = Path(spool)
         else:
             path = local_path(uri)
             path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
             self.sink = pa.OSFile(str(path), "wb")
-        self.writer = pq.ParquetWriter(self.sink, schema, compression="snappy", memory_pool=arrays.pool())
+            self.writer = pq.ParquetWriter(self.sink, schema, compression="snappy", memory_pool=arrays.pool())
+        except BaseException:
+            if self.spool is not None:
+                self.spool.unlink(missing_ok=True)
+            raise
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
 
@@ -219,23 +233,27 @@ class SplitWriter:
         if self.rows == 0:
             self.writer.write_table(self.writer.schema.empty_table())
         self.writer.close()
-        name = self.uri.rsplit("/", 1)[-1]
-        if isinstance(self.sink, pa.BufferOutputStream):
-            payload = self.sink.getvalue().to_pybytes()
-            store.write_bytes(self.uri, payload)
-            return SplitFile(name, self.rows, hashlib.sha256(payload).hexdigest(), len(payload))
         self.sink.close()
-        path = local_path(self.uri)
-        with path.open("rb") as handle:
+        name = self.uri.rsplit("/", 1)[-1]
+        with self.path.open("rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        return SplitFile(name, self.rows, digest, path.stat().st_size)
+        entry = SplitFile(name, self.rows, digest, self.path.stat().st_size)
+        if self.spool is not None:
+            store.upload(self.spool, self.uri)
+            self.spool.unlink()
+            self.spool = None
+        return entry
 
     def abandon(self) -> None:
-        """Close whatever is still open (after an error; a no-op after :meth:`close`)."""
+        """Close whatever is still open and remove the local spool file (after an error; a no-op after
+        :meth:`close`)."""
         if self.writer.is_open:
             self.writer.close()
         if not self.sink.closed:
             self.sink.close()
+        if self.spool is not None:
+            self.spool.unlink(missing_ok=True)
+            self.spool = None
 
 
 def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, SplitFile]:
