@@ -8,6 +8,7 @@ failed gate means.
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 from prefect import flow, get_run_logger
@@ -85,86 +86,93 @@ def evaluate(
     store = resolve_data_store(data_store)
 
     model = trained_model(tracking_cfg, train_run_id)
-    split = load_test_split(store, dataset_uri)
-    task = split.task
-    # Before any run or registry write: a gate that cannot judge this task, or a model of another task.
-    check_gate_for_task(thresholds, task, len(split.class_names) if task == "classification" else None)
-    split.require_task(model.task, f"the model of training run {train_run_id}")
-    previous = current_champion(tracking_cfg, model_name)
-    if previous is not None:
-        split.require_task(previous.task, f"the champion, {model_name} version {previous.version},")
-    if model.dataset_version and model.dataset_version != split.version:
-        logger.warning(
-            "run %s trained on dataset %s; scoring it on %s", train_run_id, model.dataset_version, split.version
-        )
-    primary = PRIMARY_METRIC[task]
-    custom = list(thresholds.custom_metrics)
-    with (
-        stage_run(tracking_cfg, "evaluate", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,
-        stage_telemetry(tracking_cfg, run_id, "evaluate") as telemetry,
-    ):
-        logger.info("evaluate run %s on %s", run_id, record_gpu_inventory(tracking_cfg, run_id))
-        challenger = score_model(tracking_cfg, model.model_uri, model.labels, split, task, custom)
-        previous_version = previous.version if previous else None
-        champion = (
-            score_model(tracking_cfg, previous.model_uri, previous.labels, split, task, custom) if previous else None
-        )
-        regression = primary_regression(task, challenger.metrics, champion.metrics if champion else None)
-        decision = apply_gate(
-            thresholds,
-            task,
-            metrics=challenger.metrics,
-            champion_metrics=champion.metrics if champion else None,
-            champion_version=previous_version,
-        )
-        promote = decision.passed and promote_on_pass
+    # One local copy of an S3 test split for the whole evaluation (challenger and champion), removed at the end.
+    with tempfile.TemporaryDirectory(prefix="gpuflow-evaluate-") as scratch:
+        split = load_test_split(store, dataset_uri, scratch)
+        task = split.task
+        # Before any run or registry write: a gate that cannot judge this task, or a model of another task.
+        check_gate_for_task(thresholds, task, len(split.class_names) if task == "classification" else None)
+        split.require_task(model.task, f"the model of training run {train_run_id}")
+        previous = current_champion(tracking_cfg, model_name)
+        if previous is not None:
+            split.require_task(previous.task, f"the champion, {model_name} version {previous.version},")
+        if model.dataset_version and model.dataset_version != split.version:
+            logger.warning(
+                "run %s trained on dataset %s; scoring it on %s", train_run_id, model.dataset_version, split.version
+            )
+        primary = PRIMARY_METRIC[task]
+        custom = list(thresholds.custom_metrics)
+        with (
+            stage_run(tracking_cfg, "evaluate", parent_run_id=parent_run_id, dataset_version=split.version) as run_id,
+            stage_telemetry(tracking_cfg, run_id, "evaluate") as telemetry,
+        ):
+            logger.info("evaluate run %s on %s", run_id, record_gpu_inventory(tracking_cfg, run_id))
+            challenger = score_model(tracking_cfg, model.model_uri, model.labels, split, task, custom)
+            previous_version = previous.version if previous else None
+            champion = (
+                score_model(tracking_cfg, previous.model_uri, previous.labels, split, task, custom)
+                if previous
+                else None
+            )
+            regression = primary_regression(task, challenger.metrics, champion.metrics if champion else None)
+            decision = apply_gate(
+                thresholds,
+                task,
+                metrics=challenger.metrics,
+                champion_metrics=champion.metrics if champion else None,
+                champion_version=previous_version,
+            )
+            promote = decision.passed and promote_on_pass
 
-        headline = [*headline_metrics(task), *(metric.name for metric in custom)]
-        version_tags = {
-            **gate_tags(decision),
-            TAG_EVALUATE_RUN: run_id,
-            TAG_DATASET_VERSION: split.version,
-            TAG_DATASET_URI: split.dataset_uri,
-            **{f"{TAG_TEST_METRIC_PREFIX}{key}": f"{challenger.metrics[key]:.6f}" for key in headline
-               if key in challenger.metrics},
-        }  # fmt: skip
-        registered = register_version(tracking_cfg, model_name, model, version_tags)
-        report = render_markdown(
-            decision,
-            model_name=model_name,
-            model_version=registered.version,
-            metrics=challenger.metrics,
-            champion_metrics=champion.metrics if champion else None,
-            champion_version=previous_version,
-            outcome=outcome(
-                decision, version=registered.version, promote_on_pass=promote_on_pass, champion_version=previous_version
-            ),
-            task=task,
-        )
-        report_evaluation(
-            tracking_cfg,
-            run_id,
-            challenger=challenger,
-            champion=champion,
-            regression=regression,
-            decision=decision,
-            tags={
-                TAG_MODEL_NAME: model_name,
-                TAG_MODEL_VERSION: registered.version,
-                TAG_TRAIN_RUN: train_run_id,
-                TAG_PREVIOUS_CHAMPION_VERSION: previous_version or "",
-                TAG_PROMOTED: str(promote).lower(),
-                TAG_TASK: task,
-            },
-            report=report,
-        )
-        report_artifacts(challenger, report, model_name=model_name, model_version=registered.version)
-        # Last registry write: everything above has already succeeded.
-        champion_after = move_aliases(
-            tracking_cfg, model_name, registered.version, promote=promote, expected_champion=previous_version
-        )
-        seconds = time.perf_counter() - started
-        client_for(tracking_cfg).log_metric(run_id, "stage_seconds", seconds)
+            headline = [*headline_metrics(task), *(metric.name for metric in custom)]
+            version_tags = {
+                **gate_tags(decision),
+                TAG_EVALUATE_RUN: run_id,
+                TAG_DATASET_VERSION: split.version,
+                TAG_DATASET_URI: split.dataset_uri,
+                **{f"{TAG_TEST_METRIC_PREFIX}{key}": f"{challenger.metrics[key]:.6f}" for key in headline
+                   if key in challenger.metrics},
+            }  # fmt: skip
+            registered = register_version(tracking_cfg, model_name, model, version_tags)
+            report = render_markdown(
+                decision,
+                model_name=model_name,
+                model_version=registered.version,
+                metrics=challenger.metrics,
+                champion_metrics=champion.metrics if champion else None,
+                champion_version=previous_version,
+                outcome=outcome(
+                    decision,
+                    version=registered.version,
+                    promote_on_pass=promote_on_pass,
+                    champion_version=previous_version,
+                ),
+                task=task,
+            )
+            report_evaluation(
+                tracking_cfg,
+                run_id,
+                challenger=challenger,
+                champion=champion,
+                regression=regression,
+                decision=decision,
+                tags={
+                    TAG_MODEL_NAME: model_name,
+                    TAG_MODEL_VERSION: registered.version,
+                    TAG_TRAIN_RUN: train_run_id,
+                    TAG_PREVIOUS_CHAMPION_VERSION: previous_version or "",
+                    TAG_PROMOTED: str(promote).lower(),
+                    TAG_TASK: task,
+                },
+                report=report,
+            )
+            report_artifacts(challenger, report, model_name=model_name, model_version=registered.version)
+            # Last registry write: everything above has already succeeded.
+            champion_after = move_aliases(
+                tracking_cfg, model_name, registered.version, promote=promote, expected_champion=previous_version
+            )
+            seconds = time.perf_counter() - started
+            client_for(tracking_cfg).log_metric(run_id, "stage_seconds", seconds)
 
     evaluation = Evaluation(
         model_name=model_name,

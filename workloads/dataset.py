@@ -355,14 +355,33 @@ def open_split(
         yield SplitRowGroups.open(local_path(uri), manifest, split, verify=verify)
         return
     with tempfile.TemporaryDirectory(prefix="gpuflow-split-") as folder:
-        path = Path(folder) / Path(entry.file).name
-        try:
-            store.download(file_uri, path)
-        except ObjectNotFound as exc:
-            raise DatasetCorrupt(f"{file_uri} is listed in the manifest but missing") from exc
-        if verify:
-            _verify(path, entry)
+        path = download_split(uri, split, Path(folder), store, manifest=manifest, verify=verify)
         yield SplitRowGroups(path, manifest, split)
+
+
+def download_split(
+    uri: str,
+    split: str,
+    folder: Path,
+    store: ObjectStore | None = None,
+    *,
+    manifest: DatasetManifest | None = None,
+    verify: bool = True,
+) -> Path:
+    """Copy one split's file into a local ``folder`` in chunks (checked against the manifest's sha256 when
+    ``verify``) and return its path: for readers that pass over an S3 split more than once."""
+    store = store or store_from_env()
+    manifest = manifest or load_manifest(uri, store)
+    entry = _entry(uri, manifest, split)
+    file_uri = join(uri, entry.file)
+    path = Path(folder) / Path(entry.file).name
+    try:
+        store.download(file_uri, path)
+    except ObjectNotFound as exc:
+        raise DatasetCorrupt(f"{file_uri} is listed in the manifest but missing") from exc
+    if verify:
+        _verify(path, entry)
+    return path
 
 
 def rebatch(chunks: Iterable[tuple[np.ndarray, ...]], size: int) -> Iterator[tuple[np.ndarray, ...]]:

@@ -1,14 +1,17 @@
 """The test split of a published dataset, with what its manifest says about the task and the target.
 
 Two forms, one interface (:meth:`batches`): :class:`LabelledSplit` holds the split in memory (read whole, or arrays
-a caller has), :class:`StreamedSplit` reads it from the store one Parquet row group at a time on every pass, so
-scoring a split of any size holds one row group and one batch of features, never the split.
+a caller has), :class:`StreamedSplit` reads it one Parquet row group at a time on every pass (from one local copy
+when the store is S3), so scoring a split of any size holds one row group and one batch of features, never the
+split.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, cast
 
 import numpy as np
@@ -18,13 +21,15 @@ from workloads.dataset import (
     DatasetCorrupt,
     DatasetManifest,
     DatasetNotFound,
+    SplitRowGroups,
+    download_split,
     load_manifest,
     open_split,
     read_split,
     rebatch,
 )
 from workloads.model_input import category_vocabularies
-from workloads.store import ObjectStore
+from workloads.store import ObjectStore, is_s3
 
 __all__ = ["LabelledSplit", "ScoredSplit", "StreamedSplit", "open_test_split", "read_test_split"]
 
@@ -88,8 +93,13 @@ class LabelledSplit(_Described):
 
 @dataclass(frozen=True)
 class StreamedSplit(_Described):
-    """The test split of a published dataset, read from its store a row group at a time on every pass (checksum
-    verified each time); labels as :class:`LabelledSplit` has them."""
+    """The test split of a published dataset, read a row group at a time on every pass; labels as
+    :class:`LabelledSplit` has them.
+
+    A local split is read in place (checksum verified on each pass); an S3 split is read from ``copy``, the one
+    local copy :func:`open_test_split` downloaded and verified, so every pass (challenger, champion) reads the
+    same bytes and S3 serves the split once per evaluation.
+    """
 
     dataset_uri: str
     version: str
@@ -97,16 +107,25 @@ class StreamedSplit(_Described):
     manifest: DatasetManifest
     store: ObjectStore
     rows: int
+    copy: Path | None = None
 
     def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Features and labels in batches of exactly ``size`` rows (the last fewer), the batches of the split read
         whole: one row group in memory at a time."""
         try:
-            with open_split(self.dataset_uri, "test", self.store, manifest=self.manifest) as groups:
+            with self._row_groups() as groups:
                 chunks = ((x, _labels(self.manifest, y, self.dataset_uri)) for x, y in groups)
                 yield from cast("Iterator[tuple[np.ndarray, np.ndarray]]", rebatch(chunks, size))
         except DatasetCorrupt as exc:
             raise DataValidationError(str(exc)) from exc
+
+    @contextmanager
+    def _row_groups(self) -> Iterator[SplitRowGroups]:
+        if self.copy is not None:
+            yield SplitRowGroups(self.copy, self.manifest, "test")
+            return
+        with open_split(self.dataset_uri, "test", self.store, manifest=self.manifest) as groups:
+            yield groups
 
 
 class ScoredSplit(Protocol):
@@ -162,12 +181,20 @@ def read_test_split(store: ObjectStore, dataset_uri: str) -> LabelledSplit:
     )
 
 
-def open_test_split(store: ObjectStore, dataset_uri: str) -> StreamedSplit:
+def open_test_split(store: ObjectStore, dataset_uri: str, scratch: Path | None = None) -> StreamedSplit:
     """The test split of a published dataset, to be streamed; its file is checked now (checksum, Parquet footer),
-    so a bad split fails before any model is scored. Errors as :func:`read_test_split`'s."""
+    so a bad split fails before any model is scored. Errors as :func:`read_test_split`'s.
+
+    An S3 split is downloaded once, into ``scratch`` (a folder the caller removes when the evaluation ends), and
+    every pass reads that copy; without ``scratch`` each pass downloads it again into a folder of its own.
+    """
     base = dataset_uri.rstrip("/")
     manifest = _manifest(store, base)
     try:
+        if scratch is not None and is_s3(base):
+            copy = download_split(base, "test", Path(scratch), store, manifest=manifest)
+            rows = SplitRowGroups(copy, manifest, "test").rows
+            return StreamedSplit(base, manifest.version, manifest.features, manifest, store, rows, copy)
         with open_split(base, "test", store, manifest=manifest) as groups:
             rows = groups.rows
     except DatasetCorrupt as exc:

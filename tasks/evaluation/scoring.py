@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -257,10 +258,10 @@ def score(
 
 
 @task(name="read-test-split", cache_policy=NO_CACHE)
-def load_test_split(store: DataStore, dataset_uri: str) -> StreamedSplit:
+def load_test_split(store: DataStore, dataset_uri: str, scratch: str | None = None) -> StreamedSplit:
     """The dataset's test split, checked now and streamed when scored (``ConfigurationError`` when the URI holds
-    no published dataset)."""
-    return open_test_split(store.object_store(), dataset_uri)
+    no published dataset); an S3 split is downloaded once into ``scratch``, which the caller removes."""
+    return open_test_split(store.object_store(), dataset_uri, Path(scratch) if scratch else None)
 
 
 @task(name="score-model", cache_policy=NO_CACHE)
