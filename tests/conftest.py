@@ -162,13 +162,16 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """moto's S3 server in its own process; tests reach it only over HTTP."""
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server in its own process; tests reach it only over HTTP. Its request recorder (off until a test
+    starts it through ``/moto-api/recorder/``) writes into a temp folder, not the working directory."""
     port = free_port()
+    recording = tmp_path_factory.mktemp("moto-recorder") / "requests.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)},
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
