@@ -4,6 +4,9 @@ Exactly once: before the trainer starts, the run's metric history is read, and e
 is skipped from then on, so a trainer that writes a step again after a restart, or a launcher that is itself
 restarted, logs nothing twice. The first value of a (key, step) wins. Batches go out through ``log_batch``
 when they reach MLflow's limit of 1000 metrics or when their oldest point has waited ``batch_seconds``.
+A full batch is sent from a background thread while the next one is read and parsed (the server, not the
+relay, is the slow side); one request at most is in flight, so batches reach MLflow in the order they were
+made, and ``flush`` returns only once everything is stored (a failed batch raises there, or at the next send).
 A line that breaks the contract is skipped with one warning naming the line and what was expected.
 """
 
@@ -13,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,6 +96,8 @@ class MetricRelay:
         self._keys: set[str] = {key for key, steps in history.items() if steps}
         self._buffer: list[Metric] = []
         self._oldest = 0.0
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: Future[int] | None = None
         self.sent = 0
         self.skipped = 0
         self.batches = 0
@@ -115,21 +121,42 @@ class MetricRelay:
             self._seen.add((key, step))
             self._keys.add(key)
             self._buffer.append(Metric(key, value, now, step))
-        if len(self._buffer) >= MAX_BATCH:
-            self.flush()
+        while len(self._buffer) >= MAX_BATCH:
+            batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            self._send(batch)
+        if self._buffer:
+            self._oldest = self._clock()
         return fresh
 
     def due(self) -> bool:
         return bool(self._buffer) and self._clock() - self._oldest >= self.batch_seconds
 
     def flush(self) -> None:
-        """Send everything queued, in batches of at most :data:`MAX_BATCH`."""
+        """Send everything queued, in batches of at most :data:`MAX_BATCH`, and wait until MLflow has it all."""
         while self._buffer:
             batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self.client.log_batch(self.run_id, metrics=batch)
-            self.sent += len(batch)
-            self.batches += 1
+            self._send(batch)
+        self._wait()
         self._oldest = self._clock()
+
+    def _send(self, batch: list[Metric]) -> None:
+        """Start sending ``batch`` once the batch before it is stored (one request in flight keeps the order)."""
+        self._wait()
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metric-relay")
+        self._in_flight = self._sender.submit(self._log, batch)
+
+    def _log(self, batch: list[Metric]) -> int:
+        self.client.log_batch(self.run_id, metrics=batch)
+        return len(batch)
+
+    def _wait(self) -> None:
+        """Wait for the batch in flight; its error, if any, is raised here."""
+        if self._in_flight is None:
+            return
+        done, self._in_flight = self._in_flight, None
+        self.sent += done.result()
+        self.batches += 1
 
 
 class LineReader:
