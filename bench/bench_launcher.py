@@ -17,7 +17,8 @@ time during the loop as a share of the loop's time (read from /proc at the train
     python -m bench.bench_launcher [--points 20000] [--per-call 300] [--steps 50] [--step-ms 100] [--repeats 3]
 
 The three relay figures are measured in interleaved rounds and their medians compared; the server itself is the
-bottleneck (a relay batch and a ceiling batch are the same request). On a shared machine the step slowdown is
+bottleneck (a relay batch and a ceiling batch are the same request; the relay reads and parses on while its one
+batch in flight is stored, the ceiling's loop only builds requests). On a shared machine the step slowdown is
 noisy at the percent level (the best-of-runs figure is the steadier one); the launcher's CPU share is not.
 """
 
