@@ -128,7 +128,7 @@ class SplitWriter:
 
 
 class WriterThread:
-    """Some splits' :class:`SplitWriter`\\ s on a thread of their own: :meth:`add` hands a batch over (waiting
+    """Some splits' writers (:class:`SplitWriter`) on a thread of their own: :meth:`add` hands a batch over (waiting
     while :data:`QUEUE_DEPTH` batches are queued), :meth:`close` waits for the files. A failure on the thread is
     raised by the next :meth:`add` or by :meth:`close`.
     """
