@@ -1,20 +1,17 @@
-r"""Publishing a dataset version, whichever way its rows were read: the all-or-nothing folder, the split writers,
-the cache check and what a preparation returns.
+r"""Publishing a dataset version, whichever way its rows were read: the all-or-nothing folder, routing rows to
+the split writers (:mod:`tasks.data.split_writer`), the cache check and what a preparation returns.
 
 Locally the splits and manifest are written into a hidden staging folder that is renamed into place; on S3 (no
 rename) the manifest is written last and readers ignore a folder without one. Any failure deletes what was
 written. A table read whole is written from :class:`Rows`; an input read batch by batch
-(:mod:`tasks.data.streaming`) hands :func:`publish` a function that feeds the :class:`SplitWriter`\ s itself.
+(:mod:`tasks.data.streaming`) hands :func:`publish` a function that feeds the split writers itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,20 +21,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tasks.core.errors import ConfigurationError
 from tasks.data import arrays
 from tasks.data.split import SPLIT_NAMES
+from tasks.data.split_writer import SplitWriters
 from workloads.dataset import MANIFEST, DatasetManifest, SplitFile, dataset_exists, load_manifest
 from workloads.store import ObjectStore, is_s3, join, local_path
 
 # Bump when the split algorithm or the file layout changes, so old versions are not mistaken for new ones.
 PREPARE_FORMAT = 1
-
-
-# Rows per Parquet row group; also what each writer holds in memory at most while assembling one.
-ROW_GROUP = 32_768
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -180,93 +173,17 @@ def publish(
         raise
 
 
-class SplitWriter:
-    """One split's Parquet file, fed batch by batch; row groups of exactly ROW_GROUP rows (the last fewer).
-
-    Locally the file is written in place (inside the staging folder). For S3 it is written to a local temporary
-    file and uploaded by :meth:`ObjectStore.upload` when closed, so a split is never whole in memory: the writer
-    holds one row group, the upload one part at a time.
-    """
-
-    def __init__(self, uri: str, schema: pa.Schema) -> None:
-        self.uri = uri
-        self.rows = 0
-        self.spool: Path | None = None  # the local file an S3 split is written to before its upload
-        if is_s3(uri):
-            fd, spool = tempfile.mkstemp(prefix="gpuflow-split-", suffix=".parquet")
-            os.close(fd)
-            self.spool = path = Path(spool)
-        else:
-            path = local_path(uri)
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        try:
-            self.sink = pa.OSFile(str(path), "wb")
-            self.writer = pq.ParquetWriter(self.sink, schema, compression="snappy", memory_pool=arrays.pool())
-        except BaseException:
-            if self.spool is not None:
-                self.spool.unlink(missing_ok=True)
-            raise
-        self.pending: list[pa.RecordBatch] = []
-        self.pending_rows = 0
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.pending.append(batch)
-        self.pending_rows += batch.num_rows
-        if self.pending_rows >= ROW_GROUP:
-            self._flush(final=False)
-
-    def _flush(self, *, final: bool) -> None:
-        if not self.pending:
-            return
-        table = pa.Table.from_batches(self.pending)
-        while table.num_rows >= ROW_GROUP or (final and table.num_rows):
-            part = _conform(table.slice(0, ROW_GROUP), self.writer.schema)
-            self.writer.write_table(part, row_group_size=ROW_GROUP)
-            self.rows += part.num_rows
-            table = table.slice(part.num_rows)
-        self.pending = table.to_batches()
-        self.pending_rows = table.num_rows
-
-    def close(self, store: ObjectStore) -> SplitFile:
-        self._flush(final=True)
-        if self.rows == 0:
-            self.writer.write_table(self.writer.schema.empty_table())
-        self.writer.close()
-        self.sink.close()
-        name = self.uri.rsplit("/", 1)[-1]
-        with self.path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        entry = SplitFile(name, self.rows, digest, self.path.stat().st_size)
-        if self.spool is not None:
-            store.upload(self.spool, self.uri)
-            self.spool.unlink()
-            self.spool = None
-        return entry
-
-    def abandon(self) -> None:
-        """Close whatever is still open and remove the local spool file (after an error; a no-op after
-        :meth:`close`)."""
-        if self.writer.is_open:
-            self.writer.close()
-        if not self.sink.closed:
-            self.sink.close()
-        if self.spool is not None:
-            self.spool.unlink(missing_ok=True)
-            self.spool = None
-
-
 def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, SplitFile]:
     """One pass over the batches in file order, routing each row to its split; frees each batch behind it.
 
     Each source batch is dropped as soon as its rows are copied out, and each split holds at most one
-    row group being assembled, so writing adds little to the peak. Rows keep their source order inside
-    each split, so the files are deterministic for a given input. ``rows`` is consumed.
+    row group being assembled plus a few queued batches, so writing adds little to the peak. The files are
+    written at once by writer threads (:class:`SplitWriters`). Rows keep their source order inside each split, so the
+    files are deterministic for a given input. ``rows`` is consumed.
     """
-    writers: dict[str, SplitWriter] = {}
+    shares = {name: float(np.count_nonzero(rows.code == k)) for k, name in enumerate(SPLIT_NAMES)}
+    writers = SplitWriters(folder, rows.schema, shares)
     try:
-        for name in SPLIT_NAMES:
-            writers[name] = SplitWriter(join(folder, f"{name}.parquet"), rows.schema)
         batches, rows.batches = rows.batches[::-1], []  # sole owner now; pop() from the end is O(1)
         offset = 0
         while batches:
@@ -277,26 +194,14 @@ def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, Split
                 selected = code == k
                 count = int(np.count_nonzero(selected))
                 if count == batch.num_rows:
-                    writers[name].add(batch)
+                    writers.add(name, batch)
                 elif count:
                     # filter beats take for dense picks
-                    writers[name].add(pc.filter(batch, arrays.mask(selected), memory_pool=arrays.pool()))
+                    writers.add(name, pc.filter(batch, arrays.mask(selected), memory_pool=arrays.pool()))
             del batch
-        return {name: writer.close(store) for name, writer in writers.items()}
+        return writers.close(store)
     finally:
-        for writer in writers.values():
-            writer.abandon()
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast columns held narrower (small integers) to the file's declared types."""
-    if table.schema.equals(schema):
-        return table
-    columns = [
-        column if column.type == field.type else pc.cast(column, field.type, memory_pool=arrays.pool())
-        for column, field in zip(table.columns, schema, strict=True)
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
+        writers.abandon()
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -9,7 +9,6 @@ passes here run after that, on the failing file only, to name the row.
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -135,10 +134,10 @@ def csv_header(raw: RawFile) -> list[str]:
     return next(csv.reader([line.rstrip("\r\n")]))
 
 
-def block_size(size: int) -> int:
-    """Small blocks: every core gets many, and parse buffers in flight stay a small share of peak memory."""
-    per_core = size // (16 * (os.cpu_count() or 1))
-    return int(min(max(per_core, 1 << 20), 2 << 20))
+# Bytes of CSV text pyarrow parses as one block (pyarrow's own default). Small blocks give every core many and keep
+# the parse buffers in flight a small share of peak memory; a block and what it parses into should fit a core's L2
+# cache: on a 1M x 64 file, 2 MB blocks took 20 % more CPU than 1 MB ones on a 2 MB-L2 machine.
+PARSE_BLOCK = 1 << 20
 
 
 # --------------------------------------------------------------------------- the row to name
@@ -152,7 +151,7 @@ def first_unparseable_csv(raw: RawFile, column: str, target: pa.DataType) -> tup
     try:
         strings = pcsv.read_csv(
             raw.path,
-            read_options=pcsv.ReadOptions(use_threads=True, block_size=block_size(raw.size)),
+            read_options=pcsv.ReadOptions(use_threads=True, block_size=PARSE_BLOCK),
             parse_options=pcsv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
             convert_options=pcsv.ConvertOptions(
                 include_columns=[column], column_types={column: pa.string()}, null_values=[""], strings_can_be_null=True

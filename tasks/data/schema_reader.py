@@ -18,9 +18,9 @@ from tasks.core.errors import DataValidationError
 from tasks.data import arrays
 from tasks.data.raw_file import (
     CSV_CONVERSION,
+    PARSE_BLOCK,
     ROWS_NOTE,
     RawFile,
-    block_size,
     check_columns,
     csv_header,
     empty_file_error,
@@ -72,7 +72,7 @@ def _parse_csv(raw: RawFile, schema: DatasetSchema, kind: pa.DataType) -> pa.Tab
     types[schema.label] = pa.int64()
     # Only an empty field is missing: "NaN" and "inf" parse as such and "NA" is text, each reported by name.
     convert = pcsv.ConvertOptions(column_types=types, include_columns=list(schema.columns), null_values=[""])
-    options = pcsv.ReadOptions(use_threads=True, block_size=block_size(raw.size))
+    options = pcsv.ReadOptions(use_threads=True, block_size=PARSE_BLOCK)
     try:
         table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
     finally:

@@ -17,10 +17,10 @@ from tasks.core.errors import DataValidationError
 from tasks.data import arrays
 from tasks.data.raw_file import (
     CSV_CONVERSION,
+    PARSE_BLOCK,
     ROWS_NOTE,
     ExpectedColumns,
     RawFile,
-    block_size,
     check_columns,
     csv_header,
     data_row,
@@ -103,7 +103,7 @@ def read_by_spec(raw: RawFile, spec: DatasetSpec) -> pa.Table:
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
     convert = csv_convert_options(spec, types)
-    options = pcsv.ReadOptions(use_threads=True, block_size=block_size(raw.size))
+    options = pcsv.ReadOptions(use_threads=True, block_size=PARSE_BLOCK)
     try:
         table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
     except pa.ArrowInvalid as exc:

@@ -37,12 +37,12 @@ from tasks.data import arrays
 from tasks.data.conform import conform_values, stored_classes
 from tasks.data.duplicate_rows import SeenRows, row_hashes
 from tasks.data.parts import Parts
-from tasks.data.publishing import Log, PrepareResult, SplitWriter, _Clock, cached_result, publish_result
+from tasks.data.publishing import Log, PrepareResult, _Clock, cached_result, publish_result
 from tasks.data.raw_file import (
+    PARSE_BLOCK,
     ROWS_NOTE,
     ExpectedColumns,
     RawFile,
-    block_size,
     check_columns,
     csv_header,
     first_problem,
@@ -58,8 +58,9 @@ from tasks.data.spec_reader import (
     refuse_list_tensors,
 )
 from tasks.data.split import SPLIT_NAMES, allocate, min_rows_per_class, splitmix64
+from tasks.data.split_writer import SplitWriters
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
-from workloads.store import ObjectStore, join
+from workloads.store import ObjectStore
 
 # CSV bytes per batch (parsed by pyarrow's threads); Parquet rows per batch. With the writers' row groups they
 # bound the memory.
@@ -159,7 +160,7 @@ def read_batches(raw: RawFile, spec: DatasetSpec) -> Iterator[tuple[int, pa.Tabl
     refuse_list_tensors(raw, spec)
     header = csv_header(raw)
     check_columns(header, expected, raw.uri)
-    options = pcsv.ReadOptions(use_threads=True, block_size=block_size(BATCH_BYTES))
+    options = pcsv.ReadOptions(use_threads=True, block_size=PARSE_BLOCK)
     convert = csv_convert_options(spec, types)
     offset = 0
     for chunk in csv_chunks(raw):
@@ -328,7 +329,7 @@ class Stream:
         seen = SeenRows() if policy != "allow" else None
         assigner = SplitAssigner(self.params)
         method = self.spec.split_method
-        writers: dict[str, SplitWriter] = {}
+        writers: SplitWriters | None = None
         total = 0
         try:
             for raw in self.parts.files:
@@ -346,20 +347,27 @@ class Stream:
                     if seen is not None:
                         self._duplicates(seen, row_hashes(stored), ids, code, policy)
                     self._tally(code, target)
-                    if not writers:
-                        writers = {n: SplitWriter(join(folder, f"{n}.parquet"), stored.schema) for n in SPLIT_NAMES}
+                    if writers is None:
+                        writers = SplitWriters(folder, stored.schema, self._shares())
                     for k, name in enumerate(SPLIT_NAMES):
                         selected = code == k
                         count = int(np.count_nonzero(selected))
                         part = stored if count == stored.num_rows else stored.filter(arrays.mask(selected))
                         for batch in part.to_batches() if count else ():
-                            writers[name].add(batch)
+                            writers.add(name, batch)
                     total += len(ids)
             self._check_filled(total)
-            return {name: writer.close(store) for name, writer in writers.items()}
+            if writers is None:  # _check_filled refused an input without rows
+                return {}
+            return writers.close(store)
         finally:
-            for writer in writers.values():
-                writer.abandon()
+            if writers is not None:
+                writers.abandon()
+
+    def _shares(self) -> dict[str, float]:
+        """Each split's expected share of the rows, to balance the writer threads."""
+        val, test = self.params.val_fraction, self.params.test_fraction
+        return {"train": 1.0 - val - test, "val": val, "test": test}
 
     def _duplicates(self, seen: SeenRows, hashes: np.ndarray, ids: np.ndarray, code: np.ndarray, policy: str) -> None:
         first = seen.add(hashes, ids)
