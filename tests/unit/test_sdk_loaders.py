@@ -101,3 +101,39 @@ def test_a_changed_file_or_unknown_label_is_a_data_error(tmp_path: Path) -> None
         list(loader(tmp_path, unchecked))
     with pytest.raises(DatasetError, match="no split 'test'"):
         SplitLoader(tmp_path, manifest, "test", 8, input_shape=(2,))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_global_order_is_the_classic_per_epoch_permutation_cut_as_distributed_sampler_cuts_it(
+    tmp_path: Path, world: int
+) -> None:
+    """``order="global"``: epoch e trains in the e-th randperm of one seeded generator, each rank its sampler share."""
+    manifest = write_dataset(tmp_path)
+    shuffle = torch.Generator().manual_seed(7)
+    classic = [torch.randperm(ROWS, generator=shuffle) for _ in range(3)]
+    ranks = [
+        loader(tmp_path, manifest, shuffle=True, seed=7, rank=r, world_size=world, order="global") for r in range(world)
+    ]
+    per_rank = -(-ROWS // world)
+    for epoch, order in enumerate(classic, start=1):
+        padded = order.repeat(2)[: per_rank * world]
+        for rank, each in enumerate(ranks):
+            each.set_epoch(epoch)
+            assert row_ids(each) == padded[rank::world].tolist()
+            assert len(each) == -(-per_rank // 8)
+    resumed = loader(tmp_path, manifest, shuffle=True, seed=7, rank=world - 1, world_size=world, order="global")
+    resumed.set_epoch(3)  # a restarted process, straight at epoch 3: no generator state needed
+    assert row_ids(resumed) == row_ids(ranks[-1])
+    resumed.set_epoch(2)  # an epoch again (a redone epoch) gives its order again
+    assert row_ids(resumed) == classic[1].repeat(2)[: per_rank * world][world - 1 :: world].tolist()
+
+
+def test_global_order_without_padding_gives_each_rank_a_contiguous_slice_of_every_row_once(tmp_path: Path) -> None:
+    manifest = write_dataset(tmp_path, task="regression")
+    shares = [row_ids(loader(tmp_path, manifest, rank=r, world_size=2, pad=False, order="global")) for r in range(2)]
+    assert shares == [list(range(51)), list(range(51, ROWS))]
+    every = loader(tmp_path, manifest, pad=False, order="global")
+    x, y = every.tensors()
+    assert x.shape == (ROWS, 2) and y.dtype == torch.float32 and y.tolist() == [2.0 * i for i in range(ROWS)]
+    with pytest.raises(ValueError, match="order must be 'stream' or 'global', got 'random'"):
+        loader(tmp_path, manifest, order="random")

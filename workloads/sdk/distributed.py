@@ -57,6 +57,12 @@ def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return order[rank:total:world_size]
 
 
+def span(rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """This rank's contiguous slice ``[first, end)`` of ``rows`` rows: the slices cover every row once (evaluation,
+    whose sums over ranks must count each row once)."""
+    return rank * rows // world_size, (rank + 1) * rows // world_size
+
+
 def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
     """``auto`` means CUDA when present; asking for ``cuda`` without one raises ``ValueError``.
 

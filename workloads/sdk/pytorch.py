@@ -210,9 +210,12 @@ class TorchRun:
         shuffle: bool | None = None,
         pad: bool | None = None,
         drop_last: bool = False,
+        order: str = "stream",
     ) -> SplitLoader:
         """This rank's batches of ``split`` on :attr:`device`; ``shuffle`` and ``pad`` default to True for train
-        (equal batches on every rank), False otherwise (every row on exactly one rank)."""
+        (equal batches on every rank), False otherwise (every row on exactly one rank). ``order="stream"`` reads
+        a row group at a time; ``order="global"`` holds the split in memory and shuffles it whole (see
+        :mod:`workloads.sdk.loaders`)."""
         train = split == "train"
         return SplitLoader(
             self.ctx.dataset_dir,
@@ -228,6 +231,7 @@ class TorchRun:
             drop_last=drop_last,
             device=self.device,
             on_batch=self._mark_batch if self.group.distributed else None,
+            order=order,
         )
 
     def _mark_batch(self, split: str, epoch: int, index: int) -> None:

@@ -1,13 +1,14 @@
 """The training loop proper: epochs over in-memory tensors, deterministic for a given seed.
 
-Batches come from ``torch.randperm`` with a dedicated generator, whose state goes into every checkpoint,
-so a resumed run sees exactly the batches an uninterrupted run would have seen.
+Batches come in the SDK's :class:`~workloads.sdk.loaders.EpochOrder` (``SplitLoader``'s ``order="global"``):
+epoch e's permutation is the e-th ``torch.randperm`` of one generator seeded with ``--seed``, replayed from the
+seed on resume, so a resumed run sees exactly the batches an uninterrupted run would have seen.
 
 Under torchrun (``comm.distributed``) the model trains inside DistributedDataParallel: every rank draws the
-same permutation from the same generator and takes its own :func:`~workloads.sdk.distributed.shard` of it
-(the generator advancing each epoch is what ``DistributedSampler.set_epoch`` does), so ``--batch-size`` is per
-rank. Validation is split in contiguous slices and the sums are all-reduced: every rank gets the same metrics,
-and the validation work is divided instead of repeated. ``self.model`` stays the plain module (checkpoints and
+same permutation and takes ``DistributedSampler``'s cut of it (:func:`~workloads.sdk.distributed.shard`), so
+``--batch-size`` is per rank. Validation is split in contiguous slices (:func:`~workloads.sdk.distributed.span`)
+and the sums are all-reduced: every rank gets the same metrics, and the validation work is divided instead of
+repeated. ``self.model`` stays the plain module (checkpoints and
 the logged model look the same as a single process's).
 """
 
@@ -22,7 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads.sdk.checkpoint import Checkpoint
-from workloads.sdk.distributed import Comm, shard
+from workloads.sdk.distributed import Comm, span
+from workloads.sdk.loaders import EpochOrder
 from workloads.sdk.ranks import Ranks
 from workloads.trainer.config import Hyperparameters
 from workloads.trainer.data import TrainingData
@@ -101,7 +103,7 @@ class Trainer:
             torch.manual_seed(hyper.seed + self.comm.rank)
         self.shard_size = data.train.x.shape[0]  # training rows this rank saw in the last epoch
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hyper.learning_rate)
-        self.shuffle = torch.Generator().manual_seed(hyper.seed)
+        self.order = EpochOrder(data.train.x.shape[0], hyper.seed)
         # regression losses are in standardised target units: one learning rate fits targets of any scale
         self.scale = model.target_std.to(device) if isinstance(model, MLPRegressor) else torch.ones((), device=device)
         self.train_x, self.train_y = data.train.x.to(device), data.train.y.to(device)
@@ -114,10 +116,7 @@ class Trainer:
         started = time.perf_counter()
         self.net.train()
         n = self.train_x.shape[0]
-        order = torch.randperm(n, generator=self.shuffle)
-        if self.comm.distributed:
-            order = shard(order, self.comm.rank, self.comm.world_size)
-        order = order.to(self.device)
+        order = self.order.share(self.epoch + 1, self.comm.rank, self.comm.world_size).to(self.device)
         self.shard_size = m = int(order.shape[0])
         total = torch.zeros((), device=self.device)
         for start in range(0, m, self.hyper.batch_size):
@@ -156,10 +155,7 @@ class Trainer:
         self.model.eval()
         sums: list[float] | None = None
         n = self.val_x.shape[0]
-        first, end = 0, n
-        if self.comm.distributed:
-            rank, world = self.comm.rank, self.comm.world_size
-            first, end = rank * n // world, (rank + 1) * n // world
+        first, end = span(n, self.comm.rank, self.comm.world_size)
         for start in range(first, end, EVAL_BATCH):
             stop = min(start + EVAL_BATCH, end)
             batch = self.head.sums(self.model(self.val_x[start:stop]), self.val_y[start:stop], self.scale)
@@ -176,7 +172,7 @@ class Trainer:
         Distributed, this is a collective: each rank's dropout RNG goes into ``rng["ranks"]`` (the top-level
         entries are rank 0's, as a single process writes them) and the world size into ``extra``.
         """
-        rng: dict[str, object] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        rng: dict[str, object] = {"torch": torch.get_rng_state()}  # the batch order replays from the seed
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
         extra: dict[str, object] = {}
@@ -196,10 +192,10 @@ class Trainer:
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        """Continue from a checkpoint: weights, optimizer moments, RNG streams and epoch counter."""
+        """Continue from a checkpoint: weights, optimizer moments, RNG streams and epoch counter (a ``shuffle``
+        entry, written by earlier trainers, is not needed: the batch order replays from the seed)."""
         self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
-        self.shuffle.set_state(checkpoint.rng["shuffle"])
         self.epoch = checkpoint.epoch
         self.training_seconds = checkpoint.training_seconds
         if self.comm.distributed:
