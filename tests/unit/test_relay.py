@@ -48,3 +48,16 @@ def test_a_batch_that_mlflow_refuses_is_raised_by_the_next_flush(tmp_path: Path)
     with pytest.raises(MlflowException, match=run_id):
         relay.flush()
     assert relay.sent == 0
+
+
+def test_points_arriving_steadily_are_sent_once_the_oldest_has_waited_batch_seconds(tmp_path: Path) -> None:
+    client, run_id = new_run(tmp_path)
+    now = [0.0]
+    relay = MetricRelay(client, run_id, {}, batch_seconds=0.5, clock=lambda: now[0])
+    for step in range(1, 6):  # a point every 0.2 s: the first has waited 0.8 s by the fifth
+        relay.add(step, {"loss": 1.0 / step})
+        now[0] += 0.2
+    assert relay.due(), "a batch is due batch_seconds after its oldest point, however often points arrive"
+    relay.flush()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4, 5]
+    assert not relay.due()

@@ -121,11 +121,11 @@ class MetricRelay:
             self._seen.add((key, step))
             self._keys.add(key)
             self._buffer.append(Metric(key, value, now, step))
-        while len(self._buffer) >= MAX_BATCH:
-            batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self._send(batch)
-        if self._buffer:
-            self._oldest = self._clock()
+        if len(self._buffer) >= MAX_BATCH:
+            while len(self._buffer) >= MAX_BATCH:
+                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+                self._send(batch)
+            self._oldest = self._clock()  # what is left arrived just now
         return fresh
 
     def due(self) -> bool:
