@@ -262,6 +262,9 @@ def test_a_permanent_error_ends_every_rank_and_the_launcher_with_its_code(setup:
         r"error: training group failed \(rank 0 exited (3|-15), rank 1 exited (3|-15)\); exit 3", lines[-1]
     )
     assert ended is not None and "3" in ended.groups(), lines[-1]
+    # One clear message: torchrun's own log lines ("W... Sending process ... closing signal", "E... failed
+    # (exitcode: 3)") say nothing the launcher's last line does not.
+    assert "torch/distributed/elastic" not in done.stderr, done.stderr
 
 
 def test_each_rank_samples_its_own_gpu_and_rank_0_logs_its_figures(

@@ -4,10 +4,14 @@ torchrun (``python -m torch.distributed.run``) exits 1 whatever its workers exit
 trainer's permanent codes (2 configuration, 3 dataset) from a Kubernetes podFailurePolicy: a Job would retry a
 training that can never pass. This runs torchrun unchanged (same arguments, same agent, same rendezvous) and
 only changes how it ends: with the workers' own code (see :func:`group_exit_code`), and one line on stderr.
+torchrun's own warning and error lines (which worker got SIGTERM, which exit code) are silenced unless ``LOGLEVEL``
+is set (torchrun's own switch): that last line says the same, once.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(list(argv) if argv is not None else None)
+    if "LOGLEVEL" not in os.environ:
+        _quiet_torchrun()
     try:
         run(args)
     except ChildFailedError as exc:
@@ -48,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: launcher stopped by {signal.Signals(exc.sigval).name}", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
     return EXIT_OK
+
+
+def _quiet_torchrun() -> None:
+    """Silence torch.distributed's loggers: each set its own level (LOGLEVEL or WARNING) when imported."""
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 if __name__ == "__main__":
