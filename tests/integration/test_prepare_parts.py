@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import SecretStr
 
-from blocks.data_store import DataStore
 from flows.prepare import prepare
 from tasks.core.errors import DataNotFoundError, DataValidationError
 from tasks.data.demo import digits_csv_bytes
 from tests.conftest import S3Server
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
+from tests.fixtures.s3_store import new_bucket, save_store_block
 from tests.integration.test_spec_cli import gpuflow
 from workloads.dataset import load_manifest, read_split
 from workloads.store import ObjectStore, S3Options
@@ -28,22 +26,12 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait", "migrat
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    name = f"parts-{uuid.uuid4().hex[:10]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_server, "parts")
 
 
 @pytest.fixture
 def s3_store(s3_server: S3Server, bucket: str, gpuflow_home: Path) -> str:
-    block_name = f"s3-{bucket}"
-    DataStore(
-        root_uri=f"s3://{bucket}/store",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_region=s3_server.region,
-        aws_access_key_id=SecretStr("AKIAGPUFLOWPARTS0001"),
-        aws_secret_access_key=SecretStr("gpuflow-parts-secret-1"),
-    ).save(block_name, overwrite=True)
-    return block_name
+    return save_store_block(s3_server, bucket, "AKIAGPUFLOWPARTS0001", "gpuflow-parts-secret-1")
 
 
 def digits_frame() -> pd.DataFrame:

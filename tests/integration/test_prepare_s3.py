@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from uuid import UUID
 
@@ -12,9 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from pydantic import SecretStr
 
-from blocks.data_store import DataStore
 from flows.prepare import prepare
 from tasks.core import settings
 from tasks.core.errors import DataNotFoundError, DataValidationError
@@ -22,6 +19,7 @@ from tasks.data.demo import digits_csv_bytes
 from tests.conftest import S3Server
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.raw_files import csv_bytes, digits_rows, set_field
+from tests.fixtures.s3_store import new_bucket, save_store_block
 from workloads.dataset import load_manifest, open_split, read_split
 from workloads.store import ObjectStore, S3Options
 
@@ -33,23 +31,13 @@ SECRET_KEY = "gpuflow-prepare-secret-9f3Kq2xZ"
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    name = f"prepare-{uuid.uuid4().hex[:10]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_server, "prepare")
 
 
 @pytest.fixture
 def s3_store(s3_server: S3Server, bucket: str, gpuflow_home: Path) -> str:
     """A saved DataStore block rooted in the bucket, with credentials only the block knows."""
-    block_name = f"s3-{bucket}"
-    DataStore(
-        root_uri=f"s3://{bucket}/store",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_region=s3_server.region,
-        aws_access_key_id=SecretStr(ACCESS_KEY),
-        aws_secret_access_key=SecretStr(SECRET_KEY),
-    ).save(block_name, overwrite=True)
-    return block_name
+    return save_store_block(s3_server, bucket, ACCESS_KEY, SECRET_KEY)
 
 
 def keys(s3_server: S3Server, bucket: str, prefix: str) -> list[str]:

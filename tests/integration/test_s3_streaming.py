@@ -18,9 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import requests
-from pydantic import SecretStr
 
-from blocks.data_store import DataStore
 from flows.evaluate import evaluate
 from flows.prepare import prepare
 from tasks.core import settings
@@ -30,6 +28,7 @@ from tests.conftest import S3Server
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.models import log_training_run, train_digits_model
+from tests.fixtures.s3_store import new_bucket, save_store_block
 from workloads.dataset import load_manifest, read_split
 from workloads.store import ObjectStore, S3Options
 
@@ -38,22 +37,12 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "no_heartbeat_wait", "migrat
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    name = f"stream-{uuid.uuid4().hex[:10]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_server, "stream")
 
 
 @pytest.fixture
 def s3_store(s3_server: S3Server, bucket: str, gpuflow_home: Path) -> str:
-    block_name = f"s3-{bucket}"
-    DataStore(
-        root_uri=f"s3://{bucket}/store",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_region=s3_server.region,
-        aws_access_key_id=SecretStr(s3_server.access_key_id),
-        aws_secret_access_key=SecretStr(s3_server.secret_access_key),
-    ).save(block_name, overwrite=True)
-    return block_name
+    return save_store_block(s3_server, bucket, s3_server.access_key_id, s3_server.secret_access_key)
 
 
 @pytest.fixture
