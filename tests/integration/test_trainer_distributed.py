@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +94,22 @@ def run(setup: Setup, command: list[str], timeout: float = 90) -> subprocess.Com
     return subprocess.run(command, cwd=ROOT, env=setup.env(), capture_output=True, text=True, timeout=timeout)
 
 
-def start_two_nodes(setup: Setup, port: int, *trainer_args: str) -> list[subprocess.Popen[str]]:
-    """Node ranks 0 and 1 as two torchrun invocations meeting at 127.0.0.1:port, as two Job pods would."""
-    return [
+@pytest.fixture
+def nodes_left() -> Iterator[list[subprocess.Popen[str]]]:
+    """Nodes a test started: any still running when it ends (a failed assertion, a timeout) are killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            kill_node(proc)
+
+
+def start_two_nodes(
+    setup: Setup, port: int, *trainer_args: str, cleanup: list[subprocess.Popen[str]]
+) -> list[subprocess.Popen[str]]:
+    """Node ranks 0 and 1 as two torchrun invocations meeting at 127.0.0.1:port, as two Job pods would; added to
+    ``cleanup`` (the nodes_left fixture)."""
+    procs = [
         subprocess.Popen(
             setup.command(node(rank, port), *trainer_args),
             cwd=ROOT,
@@ -107,6 +120,8 @@ def start_two_nodes(setup: Setup, port: int, *trainer_args: str) -> list[subproc
         )
         for rank in (0, 1)
     ]
+    cleanup.extend(procs)
+    return procs
 
 
 def kill_node(proc: subprocess.Popen[str]) -> None:
@@ -219,9 +234,9 @@ def test_killed_group_resumes_from_rank_0_checkpoint_into_the_same_run(setup: Se
         assert resumed == expected, key
 
 
-def test_two_nodes_rendezvous_at_node_0_and_both_exit_0(setup: Setup) -> None:
+def test_two_nodes_rendezvous_at_node_0_and_both_exit_0(setup: Setup, nodes_left: list[subprocess.Popen[str]]) -> None:
     port = free_port()
-    nodes = start_two_nodes(setup, port, "--epochs", "1", *TRAIN)
+    nodes = start_two_nodes(setup, port, "--epochs", "1", *TRAIN, cleanup=nodes_left)
     outputs = [proc.communicate(timeout=90) for proc in nodes]
 
     assert [proc.returncode for proc in nodes] == [0, 0], [err for _, err in outputs]
@@ -231,9 +246,9 @@ def test_two_nodes_rendezvous_at_node_0_and_both_exit_0(setup: Setup) -> None:
     assert_one_model(setup, epochs=1)
 
 
-def test_a_lost_node_ends_the_other_instead_of_hanging(setup: Setup) -> None:
+def test_a_lost_node_ends_the_other_instead_of_hanging(setup: Setup, nodes_left: list[subprocess.Popen[str]]) -> None:
     port = free_port()
-    procs = start_two_nodes(setup, port, "--epochs", "20", *SLOW)
+    procs = start_two_nodes(setup, port, "--epochs", "20", *SLOW, cleanup=nodes_left)
     survivor, lost = procs
     assert lost.stdout is not None
     for line in lost.stdout:
