@@ -9,11 +9,13 @@ explicit arguments or boto3's own environment variables (``AWS_ENDPOINT_URL_S3``
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
@@ -144,18 +146,8 @@ class ObjectStore:
             except Exception as exc:
                 raise StoreError(f"could not write {uri}: {exc}") from exc
             return
-        import shutil
-
-        target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with path.open("rb") as source:
+            _write_local_atomically(local_path(uri), lambda handle: shutil.copyfileobj(source, handle))
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         if is_s3(uri):
@@ -165,18 +157,7 @@ class ObjectStore:
             except Exception as exc:
                 raise StoreError(f"could not write {uri}: {exc}") from exc
             return
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_local_atomically(local_path(uri), lambda handle: handle.write(data))
 
     def exists(self, uri: str) -> bool:
         if is_s3(uri):
@@ -256,3 +237,18 @@ def store_from_env() -> ObjectStore:
     return ObjectStore(
         S3Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     )
+
+
+def _write_local_atomically(target: Path, fill: Callable[[IO[bytes]], object]) -> None:
+    """Write ``target`` through a temp file beside it, synced and renamed into place: readers see all or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
