@@ -8,75 +8,18 @@ back what a user sees: exit codes, each rank's last line, the MLflow run's metri
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
+from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.fixtures.sdk_launch import Setup, history, rank_lines
 
-ENTRY = ("-m", "workloads.launcher.entrypoint", "tests.fixtures.trainers.torch_run_trainers:mlp")
 HPARAMS = {"epochs": 3, "seed": 42, "learning_rate": 0.01, "batch_size": 32}
-
-
-@dataclass(frozen=True)
-class Setup:
-    folder: Path
-    dataset_uri: str
-    store: Path
-    template: Path
-
-    def new_run(self, name: str) -> tuple[str, str]:
-        folder = self.folder / name
-        folder.mkdir()
-        tracking_uri, _, run_id = sqlite_run(folder, self.template, name)
-        return tracking_uri, run_id
-
-    def launch(
-        self,
-        run: tuple[str, str],
-        hparams: dict,
-        *,
-        training_id: str,
-        ranks: int = 1,
-        crash_at: int | None = None,
-        extra_env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        # torchrun that ends with the workers' own exit code (torchrun itself exits 1 whatever they did)
-        torchrun = ("-m", "workloads.trainer.launch", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
-        command = [
-            sys.executable, "-m", "workloads.launcher", "--dataset-uri", self.dataset_uri, "--training-id", training_id,
-            "--device", "cpu", "--hparams", json.dumps(hparams), "--",
-            "python", *(torchrun if ranks > 1 else ()), *ENTRY,
-        ]  # fmt: skip
-        env = {
-            **os.environ, "MLFLOW_TRACKING_URI": run[0], "MLFLOW_RUN_ID": run[1], "GPUFLOW_STORE_URI": str(self.store),
-            "OMP_NUM_THREADS": "1", "GPUFLOW_DIST_TIMEOUT_SECONDS": "60",
-        }  # fmt: skip
-        for name in ("GPUFLOW_TEST_CRASH_AT", "GPUFLOW_TEST_HANG_AT", "GPUFLOW_TEST_FAIL_AT", "GPUFLOW_TEST_PID_DIR"):
-            env.pop(name, None)
-        if crash_at is not None:
-            env["GPUFLOW_TEST_CRASH_AT"] = str(crash_at)
-        env.update(extra_env or {})
-        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def history(run: tuple[str, str], key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in MlflowClient(run[0]).get_metric_history(run[1], key))
-
-
-def rank_lines(stdout: str) -> list[dict]:
-    return sorted(
-        (json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')), key=lambda d: d["rank"]
-    )
 
 
 def alive(pid: int) -> bool:
