@@ -8,7 +8,6 @@ This is the check to run where a GPU is lent; elsewhere every test is skipped wi
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -24,9 +22,8 @@ from mlflow import MlflowClient
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
-from tests.fixtures.model_server import call, start
 from tests.gpu.availability import REASON
-from workloads.dataset import read_split
+from tests.gpu.serving import answers_from_the_gpu
 from workloads.tags import TAG_MODEL_URI
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(REASON), reason=REASON or "GPU present")]
@@ -91,20 +88,7 @@ def test_the_trainer_learns_on_cuda_and_records_the_real_device(trained: Trained
 
 
 def test_the_server_answers_from_the_gpu_like_the_trained_model(trained: Trained) -> None:
-    served = start(trained.tracking_uri, "--model-uri", trained.model_uri, "--device", "cuda")
-    try:
-        status, _, body = call(served, "GET", "/v1/model")
-        assert status == 200, body
-        described = json.loads(body)
-        assert (described["backend"], described["device"]) == ("torch", "cuda:0"), described
-        features, labels = read_split(trained.dataset_uri, "test")
-        rows = json.dumps({"rows": features[:256].tolist()}).encode()
-        status, _, body = call(served, "POST", "/v1/predict", rows, "application/json")
-        assert status == 200, body
-        predicted = np.asarray(json.loads(body)["predictions"])
-        assert (predicted == labels[:256]).mean() > 0.9
-    finally:
-        assert served.stop() == 0, "".join(served.lines)
+    answers_from_the_gpu(trained.tracking_uri, trained.model_uri, trained.dataset_uri, accuracy=0.9)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="torchrun over two GPUs needs two visible GPUs")

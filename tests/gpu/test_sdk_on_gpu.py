@@ -1,5 +1,6 @@
 """On a real NVIDIA GPU, an SDK trainer under the launcher: TorchRun on CUDA with deterministic kernels (cuBLAS's
-fixed workspace), its checkpoints carrying the CUDA generator, and the launcher's telemetry of the real device.
+fixed workspace), its checkpoints carrying the CUDA generator, the launcher's checks and telemetry of the real
+device, and its exported model served from the GPU.
 
 Runs only where torch sees CUDA and NVML a device; elsewhere every test is skipped with a plain reason.
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow.pytorch
 import pytest
 from mlflow import MlflowClient
 
@@ -18,6 +18,7 @@ from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.sdk_launch import Setup, history, rank_lines
 from tests.gpu.availability import REASON
+from tests.gpu.serving import answers_from_the_gpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(REASON), reason=REASON or "GPU present")]
 
@@ -39,8 +40,8 @@ def test_an_sdk_trainer_killed_on_cuda_resumes_to_the_same_figures(setup: Setup)
     assert run.data.metrics["val_accuracy"] > 0.8, run.data.metrics
     assert run.data.metrics["gpu.gpuflow_gpu_count"] >= 1 and run.data.metrics["gpu.gpuflow_gpu_seconds"] > 0
     assert "no GPU" not in result.stdout
-    model = mlflow.pytorch.load_model(run.data.tags["gpuflow.model_uri"], map_location="cuda")
-    assert next(model.parameters()).is_cuda
+    # the SDK logs an exported (pt2) module from the CPU: the server must still answer from the GPU
+    answers_from_the_gpu(straight[0], run.data.tags["gpuflow.model_uri"], setup.dataset_uri, accuracy=0.8)
 
     interrupted = setup.new_run("interrupted")
     killed = setup.launch(interrupted, HPARAMS, training_id="again", crash_at=2)

@@ -57,12 +57,12 @@ class Setup:
         ]  # fmt: skip
 
     def launch(
-        self, command: tuple[str, ...], hparams: dict | None = None, *options: str
+        self, command: tuple[str, ...], hparams: dict | None = None, *options: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.args(command, hparams, *options),
             cwd=ROOT,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=240,
@@ -156,6 +156,20 @@ def test_sdk_entry_point_trains_torch_and_logs_pt2(setup: Setup) -> None:
     assert any(path.endswith("model.pt2") for path in files), files  # exported, not pickled
     x, _ = read_split(setup.dataset_uri, "val")
     assert np.asarray(mlflow.pyfunc.load_model(uri).predict(x[:7])).shape == (7, 10)
+
+
+def test_a_pt2_model_passes_the_checks_on_a_node_where_mlflow_predicts_on_cuda(setup: Setup) -> None:
+    """On a GPU node MLflow's pyfunc loads torch models onto CUDA (MLFLOW_DEFAULT_PREDICTION_DEVICE says so here,
+    as CUDA would) and refuses an exported model whose weights are on the CPU: the launcher's load check must not
+    fail every SDK trainer on a GPU for it (seen on a real H200). The check loads on the CPU; serving picks the
+    device itself."""
+    result = setup.launch(
+        entry_point(f"{SDK}:train_torch"), {"epochs": 1}, env={"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cuda"}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert setup.tags()["gpuflow.model_uri"]
 
 
 def test_sdk_scikit_learn_estimator_answers_probabilities(setup: Setup) -> None:

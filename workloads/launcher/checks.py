@@ -79,7 +79,9 @@ def load(uri: str, flavors: dict[str, Any]) -> tuple[Any, Schema | None]:
         module = mlflow.pytorch.load_model(uri, map_location="cpu")
         signature = get_model_info(uri).signature
         return module, signature.inputs if signature is not None else None
-    model = mlflow.pyfunc.load_model(uri)
+    # On a GPU node MLflow loads torch models onto CUDA, and refuses an exported (pt2) module whose weights were
+    # saved on the CPU: the check asks whether the model loads and answers, on the CPU, where log_model put it.
+    model = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"} if "pytorch" in flavors else None)
     return model, model.metadata.get_input_schema()
 
 
