@@ -15,6 +15,7 @@ def answers_from_the_gpu(tracking_uri: str, model_uri: str, dataset_uri: str, ac
     at least as well as ``accuracy``."""
     served = start(tracking_uri, "--model-uri", model_uri, "--device", "cuda")
     try:
+        served.wait_for(r"ready: ", timeout=120)  # loaded, compiled and warmed up on the device
         status, _, body = call(served, "GET", "/v1/model")
         assert status == 200, body
         described = json.loads(body)
