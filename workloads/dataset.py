@@ -326,12 +326,13 @@ def _entry(uri: str, manifest: DatasetManifest, split: str) -> SplitFile:
     return entry
 
 
-def _verify(path: Path, entry: SplitFile) -> None:
+def _verify(path: Path, entry: SplitFile, source: str = "") -> None:
+    """``source``: what to name in the error when ``path`` is a local copy of it."""
     if entry.sha256:  # manifests written by prepare always carry it
         digest = file_sha256(path)
         if digest != entry.sha256:
             raise DatasetCorrupt(
-                f"{path} does not match the sha256 its manifest records: changed or cut short "
+                f"{source or path} does not match the sha256 its manifest records: changed or cut short "
                 f"(sha256 {digest}, the manifest expects {entry.sha256})"
             )
 
@@ -380,7 +381,7 @@ def download_split(
     except ObjectNotFound as exc:
         raise DatasetCorrupt(f"{file_uri} is listed in the manifest but missing") from exc
     if verify:
-        _verify(path, entry)
+        _verify(path, entry, source=file_uri)
     return path
 
 

@@ -1,19 +1,26 @@
 """The dataset as the trainer sees it: its manifest (checked first) and a local folder with its files.
 
 A local store's dataset folder is handed over as it is (nothing copied); a remote one (s3://) is downloaded into
-the launch's work folder, which is removed when the launcher ends. Split files are checked against the
-manifest's sha256 on the way, so a trainer never reads a file that was changed after publishing.
+the launch's work folder a split at a time, in chunks (a split is never whole in memory), and removed when the
+launcher ends. Split files are checked against the manifest's sha256 on the way, so a trainer never reads a file
+that was changed after publishing.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from workloads.dataset import MANIFEST, DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
+from workloads.dataset import (
+    MANIFEST,
+    DatasetCorrupt,
+    DatasetManifest,
+    DatasetNotFound,
+    download_split,
+    load_manifest,
+)
 from workloads.sdk.contract import TASKS
-from workloads.store import ObjectNotFound, ObjectStore, is_s3, join, local_path
+from workloads.store import ObjectStore, is_s3, join, local_path
 from workloads.trainer.config import DatasetError
 
 
@@ -49,12 +56,9 @@ def open_dataset(uri: str, store: ObjectStore, work: Path) -> LocalDataset:
     folder = work / "dataset"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).write_bytes(store.read_bytes(join(uri, MANIFEST)))
-    for split, entry in manifest.splits.items():
-        try:
-            data = store.read_bytes(join(uri, entry.file))
-        except ObjectNotFound as exc:
-            raise DatasetError(f"{join(uri, entry.file)} is listed in the manifest but missing") from exc
-        if entry.sha256 and hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise DatasetError(f"split {split!r} of {uri} does not match the sha256 its manifest records")
-        (folder / entry.file).write_bytes(data)
+    for split in manifest.splits:
+        try:  # in chunks to a file, checked against the manifest's sha256: never a whole split in memory
+            download_split(uri, split, folder, store, manifest=manifest)
+        except DatasetCorrupt as exc:
+            raise DatasetError(str(exc)) from exc
     return LocalDataset(uri, manifest, folder, downloaded=True)
