@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,32 @@ def on_s3(s3_server: S3Server) -> tuple[ObjectStore, str]:
     return store, write_digits_dataset(f"s3://{bucket}/store", store=store)
 
 
-def launch(s3_server: S3Server, dataset_uri: str, run: tuple[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
-    """The launcher with the pod's S3 settings: boto3's standard variables, nothing else."""
+@dataclass(frozen=True)
+class Launched:
+    """One launch into a fresh MLflow run: what it printed, its run, and the TMPDIR it was given."""
+
+    result: subprocess.CompletedProcess[str]
+    client: MlflowClient
+    run_id: str
+    tmp: Path
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.tags
+
+    def left_behind(self) -> list[Path]:
+        """gpuflow's work folders still in TMPDIR (torch keeps its own compile cache there)."""
+        return list(self.tmp.glob("gpuflow-*"))
+
+
+def launch(s3_server: S3Server, dataset_uri: str, folder: Path, template: Path) -> Launched:
+    """The launcher with the pod's S3 settings (boto3's standard variables, nothing else), into a new run."""
+    tracking_uri, _, run_id = sqlite_run(folder, template, folder.name)
+    tmp = folder / "tmp"
+    tmp.mkdir()
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": run[0],
-        "MLFLOW_RUN_ID": run[1],
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_RUN_ID": run_id,
         "GPUFLOW_STORE_URI": dataset_uri.split("/datasets/")[0],
         "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
         "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
@@ -50,7 +71,8 @@ def launch(s3_server: S3Server, dataset_uri: str, run: tuple[str, str], tmp: Pat
         sys.executable, "-m", "workloads.launcher", "--dataset-uri", dataset_uri, "--training-id", "s3-1",
         "--hparams", json.dumps({"epochs": 2}), "--telemetry-interval", "0.1", "--", *ENTRY,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return Launched(result, MlflowClient(tracking_uri), run_id, tmp)
 
 
 def test_an_sdk_trainer_trains_on_a_dataset_in_s3_and_leaves_no_copy(
@@ -59,17 +81,11 @@ def test_an_sdk_trainer_trains_on_a_dataset_in_s3_and_leaves_no_copy(
     tmp_path: Path,
     mlflow_db_template: Path,  # noqa: F811
 ) -> None:
-    _, dataset_uri = on_s3
-    run = sqlite_run(tmp_path, mlflow_db_template, "s3")
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    result = launch(s3_server, dataset_uri, (run[0], run[2]), tmp)
-    assert result.returncode == 0, result.stderr
-    client = MlflowClient(run[0])
-    assert sorted(m.step for m in client.get_metric_history(run[2], "val_accuracy")) == [1, 2]
-    assert client.get_run(run[2]).data.tags["gpuflow.model_uri"]
-    assert not list(tmp.glob("gpuflow-*"))  # the downloaded splits went with the work folder (torch keeps its
-    # own compile cache there)
+    launched = launch(s3_server, on_s3[1], tmp_path, mlflow_db_template)
+    assert launched.result.returncode == 0, launched.result.stderr
+    assert sorted(m.step for m in launched.client.get_metric_history(launched.run_id, "val_accuracy")) == [1, 2]
+    assert launched.tags()["gpuflow.model_uri"]
+    assert not launched.left_behind()  # the downloaded splits went with the work folder
 
 
 def test_a_split_changed_in_s3_after_publishing_is_a_data_error_naming_the_object(
@@ -83,13 +99,11 @@ def test_a_split_changed_in_s3_after_publishing_is_a_data_error_naming_the_objec
     original = store.read_bytes(train)
     bucket, key = split_s3(train)
     s3_server.client().put_object(Bucket=bucket, Key=key, Body=original[: len(original) // 2])
-    run = sqlite_run(tmp_path, mlflow_db_template, "s3-bad")
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    result = launch(s3_server, dataset_uri, (run[0], run[2]), tmp)
+    launched = launch(s3_server, dataset_uri, tmp_path, mlflow_db_template)
+    result = launched.result
     assert result.returncode == 3, result.stderr  # permanent: a retry reads the same object
     last = result.stderr.strip().splitlines()[-1]
     assert f"{train} does not match the sha256 its manifest records" in last, result.stderr
     assert "Traceback" not in result.stderr
-    assert "gpuflow.model_uri" not in MlflowClient(run[0]).get_run(run[2]).data.tags
-    assert not list(tmp.glob("gpuflow-*"))
+    assert "gpuflow.model_uri" not in launched.tags()
+    assert not launched.left_behind()
