@@ -48,6 +48,49 @@ class Hyperparameters:
     seed: int
 
 
+DEFAULTS = Hyperparameters(epochs=20, batch_size=64, learning_rate=1e-3, hidden_size=128, dropout=0.0, seed=42)
+
+
+def hyperparameters(values: Mapping[str, Any]) -> Hyperparameters:
+    """The built-in MLP's hyperparameters from an SDK trainer's ``ctx.hparams`` (JSON), each missing one at its
+    command-line default; an unknown name, a wrong type or a value out of range is a :class:`ConfigError`."""
+    defaults = asdict(DEFAULTS)
+    unknown = sorted(set(values) - set(defaults))
+    _check(not unknown, f"unknown hyperparameter {', '.join(unknown)}; the built-in MLP takes {', '.join(defaults)}")
+    chosen: dict[str, Any] = {}
+    for name, default in defaults.items():
+        value = values.get(name, default)
+        kind = type(default)
+        # JSON has one number type: an integral float is an int, any int a float; bools are neither.
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        _check(
+            isinstance(value, kind) and not isinstance(value, bool),
+            f"hyperparameter {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+        )
+        chosen[name] = value
+    hyper = Hyperparameters(**chosen)
+    check_hyperparameters(hyper, "hyperparameter {}")
+    return hyper
+
+
+def check_hyperparameters(hyper: Hyperparameters, name: str = "--{}") -> None:
+    """Each value in its range; ``name`` formats a field's name for the error (``--{}``: ``--batch-size``)."""
+
+    def called(field_name: str) -> str:
+        return name.format(field_name.replace("_", "-") if name.startswith("--") else field_name)
+
+    h = hyper
+    _check(h.epochs >= 1, f"{called('epochs')} must be at least 1, got {h.epochs}")
+    _check(h.batch_size >= 1, f"{called('batch_size')} must be at least 1, got {h.batch_size}")
+    _check(h.learning_rate > 0, f"{called('learning_rate')} must be positive, got {h.learning_rate}")
+    _check(h.hidden_size >= 1, f"{called('hidden_size')} must be at least 1, got {h.hidden_size}")
+    _check(0.0 <= h.dropout < 1.0, f"{called('dropout')} must be in [0, 1), got {h.dropout}")
+    _check(h.seed >= 0, f"{called('seed')} must be non-negative, got {h.seed}")
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """Everything one trainer run needs, already validated."""
@@ -90,12 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset-uri", required=True, help="prepared dataset folder (path, file:// or s3://)")
     parser.add_argument("--training-id", required=True, help="names the checkpoint folder; reuse it to resume")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    parser.add_argument("--hidden-size", type=int, default=DEFAULTS.hidden_size)
+    parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--checkpoint-root", default=None, help="default: $GPUFLOW_STORE_URI/checkpoints")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept")
@@ -119,12 +162,15 @@ def _check(condition: bool, message: str) -> None:
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> TrainerConfig:
     """Parse and validate; raises :class:`ConfigError` naming the bad value and what was expected."""
     args = _parser().parse_args(list(argv))
-    _check(args.epochs >= 1, f"--epochs must be at least 1, got {args.epochs}")
-    _check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
-    _check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
-    _check(args.hidden_size >= 1, f"--hidden-size must be at least 1, got {args.hidden_size}")
-    _check(0.0 <= args.dropout < 1.0, f"--dropout must be in [0, 1), got {args.dropout}")
-    _check(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
+    hyper = Hyperparameters(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        hidden_size=args.hidden_size,
+        dropout=args.dropout,
+        seed=args.seed,
+    )
+    check_hyperparameters(hyper)
     _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     _check(args.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
     _check(
@@ -144,14 +190,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
     return TrainerConfig(
         dataset_uri=target.dataset_uri,
         training_id=args.training_id,
-        hyper=Hyperparameters(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            hidden_size=args.hidden_size,
-            dropout=args.dropout,
-            seed=args.seed,
-        ),
+        hyper=hyper,
         device=args.device,
         checkpoint_uri=target.checkpoint_uri,
         tracking_uri=target.tracking_uri,

@@ -15,7 +15,7 @@ the logged model look the same as a single process's).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -85,13 +85,7 @@ class Trainer:
         self.comm = comm or Comm(Ranks(), device)
         torch.manual_seed(hyper.seed)
         self.head: TaskHead = head_for(data.task)
-        model: MLPClassifier
-        if self.head.task == "regression":
-            model = regressor = MLPRegressor(len(data.features), hyper.hidden_size, hyper.dropout)
-            regressor.set_target_scale(data.train.y)
-        else:
-            model = MLPClassifier(len(data.features), len(data.labels), hyper.hidden_size, hyper.dropout)
-        model.set_normalisation(data.train.x)
+        model = build_model(self.head, len(data.labels), hyper, data.train.x, data.train.y)
         self.model = model.to(device)
         self.net: nn.Module = self.model  # what trains: the model, or DDP around it
         if self.comm.distributed:
@@ -105,7 +99,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hyper.learning_rate)
         self.order = EpochOrder(data.train.x.shape[0], hyper.seed)
         # regression losses are in standardised target units: one learning rate fits targets of any scale
-        self.scale = model.target_std.to(device) if isinstance(model, MLPRegressor) else torch.ones((), device=device)
+        self.scale = loss_scale(model, device)
         self.train_x, self.train_y = data.train.x.to(device), data.train.y.to(device)
         self.val_x, self.val_y = data.val.x.to(device), data.val.y.to(device)
         self.epoch = 0
@@ -118,18 +112,11 @@ class Trainer:
         n = self.train_x.shape[0]
         order = self.order.share(self.epoch + 1, self.comm.rank, self.comm.world_size).to(self.device)
         self.shard_size = m = int(order.shape[0])
-        total = torch.zeros((), device=self.device)
-        for start in range(0, m, self.hyper.batch_size):
-            idx = order[start : start + self.hyper.batch_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.head.loss(self.net(self.train_x[idx]), self.train_y[idx], self.scale)
-            loss.backward()
-            self.optimizer.step()
-            if self.on_first_step is not None:
-                self._sync()  # once: the step has really happened, not just been queued
-                self.on_first_step()
-                self.on_first_step = None
-            total += loss.detach() * idx.shape[0]
+        batches = (
+            (self.train_x[idx], self.train_y[idx])
+            for idx in (order[start : start + self.hyper.batch_size] for start in range(0, m, self.hyper.batch_size))
+        )
+        total = train_batches(self.net, self.optimizer, self.head, batches, self.scale, self._first_step)
         if self.comm.distributed:  # the mean over every rank's samples (padding included, as trained)
             loss_sum, count = self.comm.sum([float(total.item()), float(m)])
             train_loss = loss_sum / count
@@ -152,16 +139,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The validation figures of the task (each rank a slice; the sums all-reduced)."""
-        self.model.eval()
-        sums: list[float] | None = None
         n = self.val_x.shape[0]
         first, end = span(n, self.comm.rank, self.comm.world_size)
-        for start in range(first, end, EVAL_BATCH):
-            stop = min(start + EVAL_BATCH, end)
-            batch = self.head.sums(self.model(self.val_x[start:stop]), self.val_y[start:stop], self.scale)
-            sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
-        if sums is None:  # this rank's slice is empty (fewer val rows than ranks)
-            sums = [0.0] * self.head.n_sums
+        batches = (
+            (self.val_x[start : min(start + EVAL_BATCH, end)], self.val_y[start : min(start + EVAL_BATCH, end)])
+            for start in range(first, end, EVAL_BATCH)
+        )
+        sums = validation_sums(self.model, self.head, batches, self.scale)
         if self.comm.distributed:
             sums = self.comm.sum(sums)  # the slices cover the split once
         return self.head.figures(sums, n)
@@ -222,6 +206,72 @@ class Trainer:
         else:  # made by a single process or another world size: the shards differ anyway
             torch.manual_seed(self.hyper.seed + self.comm.rank + 1000 * checkpoint.epoch)
 
+    def _first_step(self) -> None:
+        """After the first optimizer step: tell ``on_first_step`` once, when the step has really happened."""
+        if self.on_first_step is not None:
+            self._sync()
+            self.on_first_step()
+            self.on_first_step = None
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def build_model(
+    head: TaskHead, n_classes: int, hyper: Hyperparameters, train_x: torch.Tensor, train_y: torch.Tensor
+) -> MLPClassifier:
+    """The task's MLP with its normalisation (and a regressor's target scale) taken from the train split.
+
+    Draws its start weights from torch's global generator: seed it first for the same model every time.
+    """
+    n_features = int(train_x.shape[1])
+    model: MLPClassifier
+    if head.task == "regression":
+        model = regressor = MLPRegressor(n_features, hyper.hidden_size, hyper.dropout)
+        regressor.set_target_scale(train_y)
+    else:
+        model = MLPClassifier(n_features, n_classes, hyper.hidden_size, hyper.dropout)
+    model.set_normalisation(train_x)
+    return model
+
+
+def loss_scale(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """What losses are divided by: a regressor's target spread (losses in standardised units, so one learning
+    rate fits targets of any scale), else 1."""
+    return model.target_std.to(device) if isinstance(model, MLPRegressor) else torch.ones((), device=device)
+
+
+def train_batches(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    head: TaskHead,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    scale: torch.Tensor,
+    after_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """One pass of optimizer steps over ``batches``; returns the sum of the batches' losses times their sizes
+    (a tensor on the device: read it once, after the pass). ``after_step`` is called after each step."""
+    total = torch.zeros((), device=scale.device)
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = head.loss(net(x), y, scale)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        total += loss.detach() * x.shape[0]
+    return total
+
+
+@torch.no_grad()
+def validation_sums(
+    model: nn.Module, head: TaskHead, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], scale: torch.Tensor
+) -> list[float]:
+    """The task's validation sums over ``batches`` (zeros when there are none: a rank with an empty slice)."""
+    model.eval()
+    sums: list[float] | None = None
+    for x, y in batches:
+        batch = head.sums(model(x), y, scale)
+        sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
+    return sums if sums is not None else [0.0] * head.n_sums
