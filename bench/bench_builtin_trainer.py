@@ -8,7 +8,11 @@ environment, same torch). Reported: each side's median seconds for the epochs (d
 the same reader on both sides), the ratio new/peer, and whether the figures (every epoch's losses and metrics)
 are bit-identical, which they must be for the same seed.
 
-    python -m bench.bench_builtin_trainer [--ref main] [--rows 60000] [--epochs 3] [--repeats 5] [--threads 1]
+    python -m bench.bench_builtin_trainer [--ref main] [--rows 60000] [--epochs 3] [--repeats 5] [--threads 1] [--sdk]
+
+With ``--sdk`` the new side is the built-in MLP written on the SDK (``workloads.trainer.entry:train`` on
+``TorchRun``, its batches from ``SplitLoader(order="global")``) against the peer's built-in loop: the issue's
+"within 5 % of today's trainer time", figures bit-identical.
 
 The dataset is digits tiled to ``--rows`` rows with a little seeded noise (70/15/15 split), written as prepare
 writes a dataset. On a shared machine single runs vary by several percent: compare medians.
@@ -53,6 +57,40 @@ for _ in range(epochs):
     result = trainer.run_epoch()
     figures.append([result.train_loss, result.validation])
 seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "figures": figures, "code": __import__("workloads").__file__}))
+"""
+
+# ``--sdk``: the new side is the built-in MLP as an SDK trainer (workloads.trainer.entry:train on TorchRun), run in
+# this process with a TrainerContext on temporary files (no launcher; the model is not logged). Its seconds are the
+# sum of the epochs' epoch_seconds (training and validation, as the peer's loop); checkpoints and metrics lines
+# between epochs are outside them, as the built-in trainer's own checkpoints are outside the peer's loop.
+SDK_DRIVER = """
+import json, os, sys, tempfile
+from pathlib import Path
+import torch
+from workloads.sdk.context import TrainerContext
+from workloads.trainer.entry import train
+
+uri, epochs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+os.environ["GPUFLOW_TORCH_THREADS"] = str(threads)
+
+class BenchContext(TrainerContext):
+    def log_model(self, model, **kwargs):
+        return ""
+
+with tempfile.TemporaryDirectory() as tmp:
+    work = Path(tmp)
+    ctx = BenchContext(
+        dataset_dir=Path(uri), metrics_file=work / "metrics.jsonl", failure_file=work / "failure",
+        stop_file=work / "stop", checkpoint_dir=work / "checkpoints", tracking_uri="", run_id="", device="cpu",
+        hparams={"epochs": epochs, "batch_size": 64, "learning_rate": 1e-3, "hidden_size": 128, "dropout": 0.1,
+                 "seed": 42},
+    )
+    train(ctx)
+    lines = [json.loads(line)["metrics"] for line in ctx.metrics_file.read_text().splitlines()]
+seconds = sum(m["epoch_seconds"] for m in lines)
+figures = [[m["train_loss"], {k: m[k] for k in ("val_loss", "val_accuracy")}] for m in lines]
 print(json.dumps({"seconds": seconds, "figures": figures, "code": __import__("workloads").__file__}))
 """
 
@@ -113,11 +151,11 @@ def export(ref: str, folder: Path) -> Path:
     return folder
 
 
-def measure(code: Path, uri: str, epochs: int, threads: int) -> dict[str, Any]:
+def measure(code: Path, uri: str, epochs: int, threads: int, driver: str = DRIVER) -> dict[str, Any]:
     """One fresh process training with the code in ``code``."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, uri, str(epochs), str(threads)],
+        [sys.executable, "-c", driver, uri, str(epochs), str(threads)],
         cwd=code,
         env=env,
         check=True,
@@ -137,6 +175,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--sdk", action="store_true", help="new side: the built-in MLP as an SDK trainer (workloads.trainer.entry)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         folder = Path(tmp)
@@ -147,13 +188,14 @@ def main() -> None:
         for repeat in range(args.repeats):
             sides = [("peer", peer), ("new", ROOT)]
             for side, code in sides if repeat % 2 == 0 else sides[::-1]:
-                result = measure(code, uri, args.epochs, args.threads)
+                driver = SDK_DRIVER if args.sdk and side == "new" else DRIVER
+                result = measure(code, uri, args.epochs, args.threads, driver)
                 times[side].append(result["seconds"])
                 figures[side] = result["figures"]
                 print(f"repeat {repeat + 1} {side:4s} {result['seconds']:.3f}s", flush=True)
     peer_s, new_s = statistics.median(times["peer"]), statistics.median(times["new"])
     print(
-        f"built-in trainer, {args.rows} rows x {args.epochs} epochs, {args.repeats} repeats each: "
+        f"built-in trainer{' (new: on the SDK)' if args.sdk else ''}, {args.rows} rows x {args.epochs} epochs, {args.repeats} repeats each: "
         f"peer ({args.ref}) median {peer_s:.3f}s, new median {new_s:.3f}s, ratio new/peer {new_s / peer_s:.3f}; "
         f"figures {'bit-identical' if figures['peer'] == figures['new'] else 'DIFFER'}"
     )

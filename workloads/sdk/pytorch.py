@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -51,17 +49,12 @@ from workloads.sdk.distributed import Comm, exit_code_of, is_group_failure, pick
 from workloads.sdk.errors import ConfigError, GroupError, TrainerError
 from workloads.sdk.loaders import SplitLoader
 from workloads.sdk.ranks import parse_ranks
+from workloads.sdk.rng import group_rng, restore_rng
+from workloads.sdk.rng import seed_everything as seed_everything
 from workloads.store import ObjectStore
 
 # Hyperparameters that may differ between a checkpoint and the run resuming it (more epochs, same training).
 MAY_CHANGE_ON_RESUME = ("epochs",)
-
-
-def seed_everything(seed: int) -> None:
-    """Python's, numpy's and torch's generators (every CUDA device's too) from one seed."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def make_deterministic() -> None:
@@ -290,24 +283,14 @@ class TorchRun:
             optimizer.load_state_dict(found.optimizer_state)
         if scheduler is not None and found.extra.get("scheduler") is not None:
             scheduler.load_state_dict(found.extra["scheduler"])
-        ranks = found.rng.get("ranks")
-        if isinstance(ranks, list) and len(ranks) == self.world_size:
-            _set_rng(ranks[self.rank], self.device)
-        elif not self.group.distributed:
-            _set_rng(found.rng, self.device)
-        elif self.seed is not None:  # made by another world size: the shards differ anyway
-            seed_everything(self.seed + self.rank + 1000 * found.epoch)
+        restore_rng(found, self.group, self.device, self.seed)
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> Checkpoint:
         """The state after ``step`` (a collective under torchrun: every rank's RNG goes in)."""
         if self._tracked is None:
             raise RuntimeError("call run.resume(model, optimizer, scheduler) before reporting with checkpoint=True")
         model, optimizer, scheduler = self._tracked
-        own = _get_rng(self.device)
-        rng: dict[str, Any] = dict(own)
-        if self.group.distributed:
-            everyone = self.group.gather(own)
-            rng = {**everyone[0], "ranks": everyone}
+        rng = group_rng(self.group, self.device)
         extra: dict[str, Any] = {"history": list(self._history), "world_size": self.world_size}
         if scheduler is not None:
             extra["scheduler"] = scheduler.state_dict()
@@ -386,29 +369,3 @@ def _why(exc: BaseException) -> str:
 
 def _warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _get_rng(device: torch.device) -> dict[str, Any]:
-    """This process's random streams, in types a ``weights_only`` checkpoint loads."""
-    version, key, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    rng: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": [version, list(key), gauss],
-        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), cached],
-    }
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def _set_rng(rng: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"])
-    if "python" in rng:
-        version, key, gauss = rng["python"]
-        random.setstate((int(version), tuple(int(k) for k in key), gauss))
-    if "numpy" in rng:
-        name, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)

@@ -26,6 +26,7 @@ from workloads.sdk.checkpoint import Checkpoint
 from workloads.sdk.distributed import Comm, span
 from workloads.sdk.loaders import EpochOrder
 from workloads.sdk.ranks import Ranks
+from workloads.sdk.rng import group_rng, restore_rng
 from workloads.trainer.config import Hyperparameters
 from workloads.trainer.data import TrainingData
 from workloads.trainer.model import MLPClassifier, MLPRegressor
@@ -151,23 +152,18 @@ class Trainer:
         return self.head.figures(sums, n)
 
     def checkpoint(self, metrics: dict[str, float], dataset_uri: str) -> Checkpoint:
-        """The state after the current epoch, ready to be saved (by rank 0).
+        """The state after the current epoch, ready to be saved (by rank 0), in the SDK's format.
 
-        Distributed, this is a collective: each rank's dropout RNG goes into ``rng["ranks"]`` (the top-level
-        entries are rank 0's, as a single process writes them) and the world size into ``extra``.
+        Distributed, this is a collective: every rank's random streams go into ``rng["ranks"]`` (the top-level
+        entries are rank 0's, as a single process writes them; :func:`~workloads.sdk.rng.group_rng`) and the
+        world size into ``extra``. The batch order needs no state: it replays from the seed.
         """
-        rng: dict[str, object] = {"torch": torch.get_rng_state()}  # the batch order replays from the seed
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        extra: dict[str, object] = {}
-        if self.comm.distributed:
-            rng["ranks"] = self.comm.gather(self._own_rng())
-            extra["world_size"] = self.comm.world_size
+        extra: dict[str, object] = {"world_size": self.comm.world_size} if self.comm.distributed else {}
         return Checkpoint(
             epoch=self.epoch,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict(),
-            rng=rng,
+            rng=group_rng(self.comm, self.device),
             metrics=metrics,
             hyper=asdict(self.hyper),
             dataset_uri=dataset_uri,
@@ -176,35 +172,15 @@ class Trainer:
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        """Continue from a checkpoint: weights, optimizer moments, RNG streams and epoch counter (a ``shuffle``
-        entry, written by earlier trainers, is not needed: the batch order replays from the seed)."""
+        """Continue from a checkpoint (this trainer's, or an SDK trainer's on ``TorchRun``): weights, optimizer
+        moments, epoch counter and this rank's random streams (:func:`~workloads.sdk.rng.restore_rng`; another
+        world size's checkpoint gives each rank fresh ones). A ``shuffle`` entry, written by earlier trainers, is
+        not needed: the batch order replays from the seed."""
         self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         self.epoch = checkpoint.epoch
         self.training_seconds = checkpoint.training_seconds
-        if self.comm.distributed:
-            self._restore_own_rng(checkpoint)
-            return
-        torch.set_rng_state(checkpoint.rng["torch"])
-        if self.device.type == "cuda" and "cuda" in checkpoint.rng:
-            torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
-
-    def _own_rng(self) -> dict[str, torch.Tensor]:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
-
-    def _restore_own_rng(self, checkpoint: Checkpoint) -> None:
-        """This rank's dropout stream from a checkpoint of the same world size; else a fresh one per rank."""
-        ranks = checkpoint.rng.get("ranks")
-        if isinstance(ranks, list) and len(ranks) == self.comm.world_size:
-            own = ranks[self.comm.rank]
-            torch.set_rng_state(own["torch"])
-            if self.device.type == "cuda" and "cuda" in own:
-                torch.cuda.set_rng_state(own["cuda"], self.device)
-        else:  # made by a single process or another world size: the shards differ anyway
-            torch.manual_seed(self.hyper.seed + self.comm.rank + 1000 * checkpoint.epoch)
+        restore_rng(checkpoint, self.comm, self.device, self.hyper.seed)
 
     def _first_step(self) -> None:
         """After the first optimizer step: tell ``on_first_step`` once, when the step has really happened."""
