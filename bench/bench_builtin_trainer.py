@@ -194,8 +194,9 @@ def main() -> None:
                 figures[side] = result["figures"]
                 print(f"repeat {repeat + 1} {side:4s} {result['seconds']:.3f}s", flush=True)
     peer_s, new_s = statistics.median(times["peer"]), statistics.median(times["new"])
+    side_note = " (new: on the SDK)" if args.sdk else ""
     print(
-        f"built-in trainer{' (new: on the SDK)' if args.sdk else ''}, {args.rows} rows x {args.epochs} epochs, {args.repeats} repeats each: "
+        f"built-in trainer{side_note}, {args.rows} rows x {args.epochs} epochs, {args.repeats} repeats each: "
         f"peer ({args.ref}) median {peer_s:.3f}s, new median {new_s:.3f}s, ratio new/peer {new_s / peer_s:.3f}; "
         f"figures {'bit-identical' if figures['peer'] == figures['new'] else 'DIFFER'}"
     )

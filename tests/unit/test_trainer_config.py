@@ -99,3 +99,33 @@ def test_early_stopping_is_off_unless_asked_and_is_logged_with_the_params() -> N
     config = parse_config([*BASE, "--early-stop", "both", "--patience", "3"], ENV)
     assert (config.early_stop, config.patience) == ("both", 3)
     assert config.params()["early_stop"] == "both" and config.params()["patience"] == 3
+
+
+def test_the_sdk_entry_takes_the_command_lines_hyperparameters_with_its_defaults() -> None:
+    from workloads.trainer.config import DEFAULTS, hyperparameters
+
+    assert hyperparameters({}) == DEFAULTS == parse_config([*BASE], ENV).hyper
+    # JSON has one number type: 1 is a float where a float is wanted, 64.0 an int where an int is
+    chosen = hyperparameters({"learning_rate": 1, "batch_size": 64.0, "hidden_size": 16})
+    assert (chosen.learning_rate, chosen.batch_size, chosen.hidden_size) == (1.0, 64, 16)
+    assert isinstance(chosen.learning_rate, float) and isinstance(chosen.batch_size, int)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"hiden_size": 8}, "unknown hyperparameter hiden_size; the built-in MLP takes epochs, batch_size"),
+        ({"epochs": "3"}, "hyperparameter epochs must be an integer, got '3'"),
+        ({"batch_size": 2.5}, "hyperparameter batch_size must be an integer, got 2.5"),
+        ({"dropout": True}, "hyperparameter dropout must be a number, got True"),
+        ({"epochs": 0}, "hyperparameter epochs must be at least 1, got 0"),
+        ({"dropout": 1.0}, "hyperparameter dropout must be in [0, 1), got 1.0"),
+    ],
+)
+def test_a_bad_sdk_hyperparameter_is_a_configuration_error_naming_it(values: dict, message: str) -> None:
+    from workloads.trainer.config import hyperparameters
+
+    with pytest.raises(ConfigError) as caught:
+        hyperparameters(values)
+    assert message in str(caught.value)
+    assert caught.value.exit_code == EXIT_CONFIG

@@ -4,6 +4,11 @@ The dataset's task decides the head: a classifier (logits in label order, cross-
 regressor (one value in the target's units, squared error on the standardised target, ``val_rmse``/``val_mae``);
 see ``task.py``. Tensor columns arrive flattened, as the manifest lists them.
 
+The same MLP is also an SDK trainer, ``workloads.trainer.entry:train`` on ``TorchRun`` (run under the launcher;
+see ``entry.py`` and docs/trainers.md): it shares the model, steps, validation sums, batch order and checkpoint
+format with this command (``loop.py``, ``workloads/sdk``), so it reports the same figures for the same seed and
+either resumes the other's checkpoints. This command keeps its own top-level loop (``run.py``) for now.
+
 It knows nothing of Prefect, so the same image and command line run as a local process or a Kubernetes
 Job (see ``blocks/compute.py``)::
 

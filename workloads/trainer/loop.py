@@ -1,5 +1,9 @@
 """The training loop proper: epochs over in-memory tensors, deterministic for a given seed.
 
+The model (:func:`build_model`), the optimizer steps (:func:`train_batches`) and the validation sums
+(:func:`validation_sums`) are functions over any batches, so the built-in MLP on the SDK (``entry.py``, batches
+from ``SplitLoader(order="global")``) computes exactly what :class:`Trainer` computes.
+
 Batches come in the SDK's :class:`~workloads.sdk.loaders.EpochOrder` (``SplitLoader``'s ``order="global"``):
 epoch e's permutation is the e-th ``torch.randperm`` of one generator seeded with ``--seed``, replayed from the
 seed on resume, so a resumed run sees exactly the batches an uninterrupted run would have seen.
