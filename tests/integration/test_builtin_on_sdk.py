@@ -17,8 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
+from tests.fixtures import sdk_launch
 from tests.fixtures.datasets import write_digits_dataset
-from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
+from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 
 ENTRY = ("-m", "workloads.launcher.entrypoint", "workloads.trainer.entry:train")
 HYPER = {"epochs": 3, "hidden_size": 32, "dropout": 0.1, "seed": 3, "batch_size": 32}
@@ -26,17 +27,8 @@ FIGURES = ("train_loss", "val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
-class Setup:
-    folder: Path
-    dataset_uri: str
-    store: Path
-    template: Path
-
-    def new_run(self, name: str) -> tuple[str, str]:
-        folder = self.folder / name
-        folder.mkdir()
-        tracking_uri, _, run_id = sqlite_run(folder, self.template, name)
-        return tracking_uri, run_id
+class Setup(sdk_launch.Setup):
+    """The SDK tests' set-up (a dataset, a store, fresh MLflow runs) with both trainers' command lines."""
 
     def env(self, run: tuple[str, str]) -> dict[str, str]:
         return {
