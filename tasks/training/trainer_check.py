@@ -333,6 +333,9 @@ def check_trainer(
             "MLFLOW_RUN_ID": run_id,
             "GPUFLOW_STORE_URI": str(folder / "store"),
         }
+        # torch.export (a torch model's pt2 log) opens torch's compile cache, by default in TMPDIR: a throwaway
+        # run keeps it in its own folder, so the check leaves nothing behind
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "torch-cache"))
         code, stdout, stderr = run_launcher(args, env, cwd, folder, timeout)
     launch = Launch(code, stdout.splitlines(), stderr.splitlines(), stall)
     points = verdicts(launch, manifest.task, len(spec.declared_types()))

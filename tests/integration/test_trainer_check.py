@@ -96,6 +96,16 @@ def test_an_sdk_entry_point_passes_and_json_says_so(tmp_path: Path, dataset: str
     assert payload["summary"].startswith("8 passed, 0 failed, 0 not checked")
 
 
+def test_the_builtin_mlp_on_the_sdk_keeps_the_contract(tmp_path: Path, dataset: str) -> None:
+    spec = {"entry_point": "workloads.trainer.entry:train", "hyperparameters": {"epochs": 1, "hidden_size": 16}}
+    result = check(tmp_path, spec, dataset, "--rows", "150")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    verdicts = points(result)
+    assert all(v.startswith("pass") for v in verdicts.values()), verdicts
+    assert summary(result).startswith("8 passed, 0 failed, 0 not checked: the trainer keeps contract gpuflow-trainer/1")
+
+
 def test_command_not_found(tmp_path: Path, dataset: str) -> None:
     result = check(tmp_path, {"command": ["gpuflow-no-such-trainer", "--epochs", "3"]}, dataset)
 
