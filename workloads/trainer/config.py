@@ -162,14 +162,7 @@ def _check(condition: bool, message: str) -> None:
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> TrainerConfig:
     """Parse and validate; raises :class:`ConfigError` naming the bad value and what was expected."""
     args = _parser().parse_args(list(argv))
-    hyper = Hyperparameters(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        hidden_size=args.hidden_size,
-        dropout=args.dropout,
-        seed=args.seed,
-    )
+    hyper = Hyperparameters(**{name: getattr(args, name) for name in asdict(DEFAULTS)})  # --batch-size: batch_size
     check_hyperparameters(hyper)
     _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     _check(args.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
