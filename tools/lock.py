@@ -33,6 +33,7 @@ UNLOCKED = ("torch",)
 # What the editable install builds with; locked too, so `pip install -e .` needs no index.
 BUILD_REQUIREMENTS = ("setuptools>=77",)
 PYTHON_VERSION = "3.11"
+NEEDS_GB = 2.5  # the installed environment (about 1.7 GB, torch's CPU build included) plus pip's unpacking room
 
 
 def dependency_digest(pyproject: Path = PYPROJECT) -> str:
@@ -165,28 +166,46 @@ def check_lock() -> None:
         )
 
 
-def _phase(label: str, command: list[str]) -> None:
+def _phase(label: str, command: list[str], venv: Path | None = None) -> None:
     started = time.monotonic()
     print(f"install: {label} ...", flush=True)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        sys.exit(f"install: {label} failed (exit {result.returncode}); the command was: {' '.join(command)}")
+        # pip repeats one warning per package for an index folder the machine lacks: keep the lines that explain.
+        output = [line for line in (result.stdout + result.stderr).splitlines() if "' is ignored: " not in line]
+        sys.stderr.write("\n".join(output)[-4000:] + "\n")
+        why = f"exit {result.returncode}"
+        if "No space left on device" in result.stdout + result.stderr:
+            why += f"; the disk is full: {_free(venv or ROOT)[1]} now, the environment needs about {NEEDS_GB} GB"
+        sys.exit(f"install: {label} failed ({why}); the command was: {' '.join(command)}")
     print(f"install: {label} done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _free(path: Path) -> tuple[int, str]:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent), and that in words."""
+    while not path.exists():
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    return free, f"{free / 2**30:.1f} GB free on {path}"
 
 
 def install(venv: Path) -> None:
     check_lock()
     started = time.monotonic()
+    venv = venv.absolute()
+    free, where = _free(venv)
+    if free < NEEDS_GB * 2**30:
+        print(f"install: warning: only {where}; the environment needs about {NEEDS_GB} GB", flush=True)
     python = venv / "bin" / "python"
     if not python.exists():
-        _phase(f"create the virtualenv {venv}", [sys.executable, "-m", "venv", str(venv)])
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    _phase(f"locked dependencies from {LOCK.name}", [*pip, "--no-deps", "--require-hashes", "-r", str(LOCK)])
-    _phase(" ".join(pinned_requirements()), [*pip, *pinned_requirements()])
-    _phase("gpuflow itself (editable)", [*pip, "--no-deps", "--no-build-isolation", "-e", str(ROOT)])
-    _phase("pip check (the installed set is consistent)", [str(python), "-m", "pip", "check"])
+        _phase(f"create the virtualenv {venv}", [sys.executable, "-m", "venv", str(venv)], venv)
+    # No pip cache: on a fresh machine it would only hold a second copy of every wheel on the same disk.
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-cache-dir"]
+    _phase(f"locked dependencies from {LOCK.name}", [*pip, "--no-deps", "--require-hashes", "-r", str(LOCK)], venv)
+    _phase(" ".join(pinned_requirements()), [*pip, *pinned_requirements()], venv)
+    _phase("gpuflow itself (editable)", [*pip, "--no-deps", "--no-build-isolation", "-e", str(ROOT)], venv)
+    _phase("pip check (the installed set is consistent)", [str(python), "-m", "pip", "check"], venv)
     print(f"install: ready in {time.monotonic() - started:.0f} s", flush=True)
 
 

@@ -7,6 +7,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -81,3 +83,24 @@ def test_platform_builds_of_torch_are_dropped_and_shared_dependencies_kept() -> 
 
 def test_torch_is_installed_by_the_pin_pyproject_declares() -> None:
     assert lock.pinned_requirements() == ["torch==2.13.0"]
+
+
+def test_an_install_that_fills_the_disk_says_so_without_pips_warning_flood(capsys: pytest.CaptureFixture[str]) -> None:
+    # What pip printed on a CI machine whose disk was full: one ignored-index warning per package, then the cause.
+    script = (
+        "import sys\n"
+        "for name in ('idna', 'six'):\n"
+        "    print(f\"WARNING: Location 'file:///opt/pypi/simple/{name}/' is ignored: it is neither a file nor a "
+        'directory.", file=sys.stderr)\n'
+        "print('ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device', "
+        "file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    with pytest.raises(SystemExit) as ended:
+        lock._phase("locked dependencies", [sys.executable, "-c", script], ROOT / ".venv")
+    message = str(ended.value)
+    assert message.startswith("install: locked dependencies failed (exit 1; the disk is full: ")
+    assert "GB free on " in message and "now, the environment needs about 2.5 GB" in message
+    shown = capsys.readouterr().err
+    assert "No space left on device" in shown
+    assert "is ignored" not in shown
