@@ -202,7 +202,7 @@ def model_lineage(tracking: MLflowTracking, spec: str, pricing: GpuPricing | Non
             "started_at": _iso(train.info.start_time),
             "training_id": train_tags.get(TAG_TRAINING_ID),
             "stop_reason": train_tags.get(TAG_STOP_REASON),
-            "epochs_run": params.get("epochs_run"),
+            "epochs_run": params.get("epochs_run") or params.get("steps_run"),
         },
         pipeline_run_id=train_tags.get(TAG_PARENT),
         evaluate_run_id=str(evaluate.info.run_id) if evaluate is not None else None,

@@ -65,7 +65,10 @@ class TrainedModel(BaseModel):
     dataset_uri: str
     dataset_version: str
     epochs: int = Field(description="Epochs asked for.")
-    epochs_run: int = Field(default=0, description="Epochs trained (fewer than epochs after an early stop).")
+    epochs_run: int = Field(
+        default=0,
+        description="Epochs trained (fewer than epochs after an early stop); a custom trainer's last reported step.",
+    )
     device: str = Field(description="Where the trainer ran: cpu or cuda:N.")
     metrics: dict[str, float] = Field(
         description="Final-epoch validation figures: val_accuracy (or val_rmse and val_mae), val_loss, train_loss."
@@ -316,7 +319,7 @@ def read_trained_model(
         dataset_uri=dataset_uri,
         dataset_version=dataset_version,
         epochs=epochs,
-        epochs_run=int(params.get("epochs_run", epochs)),
+        epochs_run=int(params.get("epochs_run") or params.get("steps_run") or epochs),
         device=params.get("device", ""),
         metrics={k: float(metrics[k]) for k in FINAL_METRICS[task] if k in metrics},
         seconds=float(metrics.get("workload_seconds", result.seconds)),

@@ -74,6 +74,7 @@ def test_the_breast_cancer_example_trains_its_own_code_and_earns_traffic_through
     run = MlflowClient(settings.tracking_uri()).get_run(first.train_run_id)
     assert run.data.tags["gpuflow.trainer"] == "command python train.py"
     assert run.data.tags["gpuflow.labels"] == '["malignant", "benign"]'
+    assert run.data.params["device"] == "cpu" and int(run.data.params["steps_run"]) >= 1  # as the built-in's
 
     # another seed: without subsampling HistGradientBoosting grows the same trees, so the canary must agree
     second = ml_pipeline(**common, hyperparameters={"seed": 1})

@@ -126,6 +126,9 @@ def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup) -> None:
     assert tags["gpuflow.task"] == "classification"
     assert json.loads(tags["gpuflow.labels"]) == list(range(10))
     assert tags["gpuflow.stop_reason"] == "completed: the trainer exited 0 after step 4"
+    params = setup.client().get_run(setup.run_id).data.params
+    assert (params["device"], params["steps_run"]) == ("cpu", "4")  # where it ran and how far, as the built-in says
+    assert params["stop_reason"] == tags["gpuflow.stop_reason"]
     # the model it names answers class probabilities for the dataset's rows
     model = mlflow.pyfunc.load_model(tags["gpuflow.model_uri"])
     x, y = read_split(setup.dataset_uri, "val")
@@ -287,6 +290,7 @@ def test_early_stop_is_honoured_through_the_stop_file(setup: Setup) -> None:
     assert "stopping: plateau: val_accuracy has not improved" in result.stdout  # the trainer read the stop file
     assert setup.steps("val_accuracy")[-1] < 6
     assert setup.tags()["gpuflow.stop_reason"].startswith("plateau: ")
+    assert setup.client().get_run(setup.run_id).data.params["steps_run"] == str(setup.steps("val_accuracy")[-1])
 
 
 def test_trainer_that_ignores_the_stop_file_is_terminated_after_the_grace(setup: Setup) -> None:

@@ -171,7 +171,7 @@ class Launch:
                 ) from exc
             raise
 
-    def record_params(self, dataset: LocalDataset) -> None:
+    def record_params(self, dataset: LocalDataset, device: str) -> None:
         """The hyperparameters and what this training is, as params the run lacks; the training id tag."""
         from mlflow.entities import Param, RunTag
 
@@ -182,6 +182,7 @@ class Launch:
             "task": dataset.manifest.task,
             "trainer_command": shlex.join(self.config.command)[:500],
             "early_stop": self.config.early_stop,
+            "device": device,
         }
         existing = self.client.get_run(self.config.run_id).data.params
         text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
@@ -226,7 +227,7 @@ class Launch:
         self.telemetry.data_loaded(time.perf_counter() - loading)
         task = dataset.manifest.task
         device = pick_device(config.device, self.telemetry)
-        self.record_params(dataset)
+        self.record_params(dataset, device)
         history = run_history(self.client, config.run_id)
         before = history.get(CUMULATIVE_GPU_SECONDS, {})
         if before:
@@ -413,9 +414,17 @@ class Launch:
         tags = {TAG_MODEL_URI: model.uri, TAG_TASK: manifest.task, TAG_STOP_REASON: stop_reason}
         if manifest.task == "classification":
             tags[TAG_LABELS] = json.dumps(manifest.class_names)
-        from mlflow.entities import RunTag
+        # As the built-in trainer's stop_reason and epochs_run: what ended the training and how far it got (a
+        # relaunch of a finished run keeps the first launch's values, as MLflow keeps params).
+        outcome = {"stop_reason": stop_reason[:6000], "steps_run": str(self.last_step or 0)}
+        existing = self.client.get_run(run_id).data.params
+        from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in outcome.items() if k not in existing],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         self.log_telemetry(relay)
         say(f"model {model.uri} ({', '.join(model.flavors)}) keeps contract {c.CONTRACT}")
         return EXIT_OK
