@@ -9,12 +9,16 @@ back what a user sees: exit codes, each rank's last line, the MLflow run's metri
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import ROOT, free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
 from tests.fixtures.sdk_launch import Setup, history, rank_lines
@@ -138,3 +142,55 @@ def test_one_rank_failing_ends_the_group_with_its_exit_code(setup: Setup) -> Non
     assert "Traceback" not in result.stderr
     assert len(rank_pids(pids)) == 2 and not [pid for pid in rank_pids(pids) if alive(pid)]
     assert [step for step, _ in history(run, "train_loss")] == [1]
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[subprocess.Popen[str]]]:
+    """The node processes a test starts, killed (with what they started) if the test fails before they end."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                child.kill()
+            proc.communicate(timeout=30)
+
+
+def test_a_lost_node_ends_the_other_in_seconds_not_after_the_rank_timeout(
+    setup: Setup, nodes: list[subprocess.Popen[str]]
+) -> None:
+    run = setup.new_run("lost-node")
+    pids = setup.folder / "pids-lost"
+    pids.mkdir()
+    # Rank 1 stops after its batches of step 2, so rank 0 waits for it at the sync point where the sums are taken;
+    # then node 1's pod is lost (torchrun, its launcher and its trainer killed): no rank says goodbye.
+    env = setup.env(run, {"GPUFLOW_TEST_HANG_AT": "2:report", "GPUFLOW_TEST_PID_DIR": str(pids)})
+    hparams = {**HPARAMS, "epochs": 4, "rank_timeout_seconds": 600}
+    port = free_port()
+    for rank in (0, 1):
+        command = setup.node(rank, port, hparams, training_id="lost-node")
+        nodes.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    survivor, lost = nodes
+    deadline = time.monotonic() + 120
+    while not history(run, "train_loss") and time.monotonic() < deadline:  # step 1 relayed: step 2 under way
+        time.sleep(0.5)
+    time.sleep(3)  # rank 0 is at the sync point, rank 1 asleep before it
+    for process in [*psutil.Process(lost.pid).children(recursive=True), psutil.Process(lost.pid)]:
+        process.kill()
+    lost.communicate(timeout=30)
+    killed = time.monotonic()
+    _, err = survivor.communicate(timeout=120)
+
+    assert survivor.returncode == 1, err  # retryable: the Job replaces the pod and resumes
+    assert time.monotonic() - killed < 60  # ten missed heartbeats, not the 600 s rank timeout
+    assert err.splitlines()[-1] == "error: training group failed (rank 0 exited 1); exit 1"  # the pod's last line
+    said = next(line for line in err.splitlines() if line.startswith("error: trainer exited 1: "))  # the launcher's
+    assert said.startswith("error: trainer exited 1: [rank 0] lost contact with rank 1: no heartbeat for 10 s"), err
+    assert "(rank 1 last seen at batch 3 of 'val' after step 1)" in said
+    assert said.endswith("rank 0 stopped waiting at 'summing after step 1'")
+    assert "Traceback" not in err
+    assert not [pid for pid in rank_pids(pids) if alive(pid)]
+    assert [step for step, _ in history(run, "train_loss")] == [1]
+    assert "gpuflow.model_uri" not in MlflowClient(run[0]).get_run(run[1]).data.tags

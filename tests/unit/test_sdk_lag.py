@@ -100,3 +100,33 @@ def test_a_rank_that_leaves_with_an_error_ends_the_wait_with_its_code(store: dis
     )
     waiting.close()
     failing.close()
+
+
+def test_a_rank_whose_heartbeat_stops_is_lost_long_before_the_timeout(store: dist.TCPStore) -> None:
+    waiting = LagWatch(store, 0, 2, timeout_s=60, silent_after_s=2).start()
+    dying = LagWatch(client(store), 1, 2, timeout_s=60, silent_after_s=2).start()
+    dying.batch("at batch 5 of 'train' (epoch 2) after step 1")
+    dying._push()
+    time.sleep(1.5)  # a beat or two heard, then its process is gone (killed: no leave(), its thread stops)
+    dying.close()
+    started = time.monotonic()
+    with pytest.raises(GroupError) as failed:
+        waiting.meet("reporting step 2")
+    assert 1.5 <= time.monotonic() - started < 20  # the 2 s of silence, not the 60 s timeout
+    assert failed.value.exit_code == 1  # retryable: a replaced pod resumes
+    assert str(failed.value) == (
+        "lost contact with rank 1: no heartbeat for 2 s, its process or node is gone (rank 1 last seen at batch 5 "
+        "of 'train' (epoch 2) after step 1); rank 0 stopped waiting at 'reporting step 2'"
+    )
+    waiting.close()
+
+
+def test_a_rank_that_is_slow_but_alive_is_behind_not_lost(store: dist.TCPStore) -> None:
+    waiting = LagWatch(store, 0, 2, timeout_s=4, silent_after_s=1.5).start()
+    slow = LagWatch(client(store), 1, 2, timeout_s=4, silent_after_s=1.5).start()  # its thread beats on
+    with pytest.raises(GroupError) as failed:
+        waiting.meet("reporting step 1")
+    assert str(failed.value).startswith("rank 1 is behind: last seen joining the group, ")
+    assert str(failed.value).endswith("rank 0 waited 4 s at 'reporting step 1' (rank_timeout_seconds)")
+    slow.close()
+    waiting.close()

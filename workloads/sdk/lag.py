@@ -10,6 +10,12 @@ and names the ranks behind: ``rank 1 is behind: last seen reading batch 3 of 'tr
 ``monitored_barrier`` names the missing ranks on rank 0 only, without where they are, and NCCL has none).
 A wait inside a collective the SDK does not see (DDP's gradient all-reduce) ends with the group's timeout; then
 :meth:`LagWatch.behind` gives the same account from the marks.
+
+A rank behind is not a rank gone: the same thread adds to the rank's *heartbeat* counter every second, whatever
+the rank's main thread is doing (a long step, a slow read, a sleep). A rank that waits at a sync point and sees a
+peer's heartbeat stand still for :data:`SILENT_AFTER_S` knows the peer's process (or its node) is gone, and ends at
+once with ``lost contact with rank N`` (exit 1) instead of waiting out ``timeout_s``: a pod lost mid-training ends
+the others in seconds, as a dead peer does inside a gloo collective.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from workloads.sdk.errors import GroupError
 
 PUSH_EVERY_S = 1.0  # how stale a published mark may be; the timeouts that read it are many times longer
+SILENT_AFTER_S = 10.0  # a heartbeat that stood still this long (ten beats missed): that rank is gone
 PREFIX = "gpuflow/lag/"
 GONE = f"{PREFIX}gone"
 
@@ -77,9 +84,13 @@ def describe(marks: dict[int, Mark], me: int, world_size: int, now: float) -> st
 class LagWatch:
     """This rank's mark, published to ``store``; the bounded meeting of all ranks at the SDK's sync points."""
 
-    def __init__(self, store: Any, rank: int, world_size: int, timeout_s: float) -> None:
+    def __init__(
+        self, store: Any, rank: int, world_size: int, timeout_s: float, silent_after_s: float = SILENT_AFTER_S
+    ) -> None:
         self.store = store
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
+        self.silent_after_s = silent_after_s
+        self._beats: dict[int, tuple[int, float]] = {}  # peer -> (last heartbeat seen, monotonic time it changed)
         self._lock = threading.Lock()
         self._mark = Mark(0, 0, "joining the group", time.time())
         self._pushed: Mark | None = None
@@ -88,6 +99,7 @@ class LagWatch:
 
     def start(self) -> LagWatch:
         self._push()
+        self._beat()
         self._thread.start()
         return self
 
@@ -110,12 +122,33 @@ class LagWatch:
                 self.store.set(f"{PREFIX}mark/{self.rank}", mark.to_json())
                 self._pushed = mark
 
+    def _beat(self) -> None:
+        self.store.add(f"{PREFIX}beat/{self.rank}", 1)
+
     def _pusher(self) -> None:
         while not self._done.wait(PUSH_EVERY_S):
             try:
                 self._push()
+                self._beat()
             except Exception:  # the store went away with the group: nothing left to tell
                 return
+
+    def silent(self, now: float) -> list[int]:
+        """The peers whose heartbeat has stood still for ``silent_after_s`` (``now``: ``time.monotonic()``). A peer
+        never heard from is not among them: it may still be starting (the rank timeout covers it)."""
+        found = []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            beat = int(self.store.add(f"{PREFIX}beat/{r}", 0))  # reads the counter (0 when it has none yet)
+            if not beat:
+                continue
+            seen = self._beats.get(r)
+            if seen is None or seen[0] != beat:
+                self._beats[r] = (beat, now)
+            elif now - seen[1] >= self.silent_after_s:
+                found.append(r)
+        return found
 
     def marks(self) -> dict[int, Mark]:
         """Every rank's last published mark (this rank's own, current one included)."""
@@ -188,17 +221,36 @@ class LagWatch:
                     break
 
     def _wait(self, done: str, phase: str) -> None:
-        """Poll (2 ms, doubling to 250 ms: no timed-out waits, which torch would log) for ``done``."""
+        """Poll (2 ms, doubling to 250 ms: no timed-out waits, which torch would log) for ``done``; the peers'
+        heartbeats once a second."""
         deadline = time.monotonic() + self.timeout_s
         pause = 0.002
+        listened = 0.0
         while not self.store.check([done]):
             gone = self.gone(f"stopped waiting at {phase!r}")
             if gone is not None:
                 raise gone
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now - listened >= PUSH_EVERY_S:
+                listened = now
+                silent = self.silent(now)
+                if silent:
+                    raise GroupError(self._lost(silent, phase))
+            if now >= deadline:
                 raise GroupError(
                     f"{self.behind()}; {_ranks([self.rank])} waited {self.timeout_s:g} s at {phase!r} "
                     "(rank_timeout_seconds)"
                 )
             time.sleep(pause)
             pause = min(2 * pause, 0.25)
+
+    def _lost(self, silent: list[int], phase: str) -> str:
+        marks = self.marks()
+        seen = "; ".join(
+            f"{_ranks([r])} last seen {marks[r].where}" if r in marks else f"{_ranks([r])} never seen"
+            for r in silent[:4]
+        )
+        return (
+            f"lost contact with {_ranks(silent)}: no heartbeat for {self.silent_after_s:g} s, its process or node is "
+            f"gone ({seen}); {_ranks([self.rank])} stopped waiting at {phase!r}"
+        )
