@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.fixtures.net import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_NVML = ROOT / "tests" / "fixtures" / "no_nvml"
@@ -90,12 +91,6 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ["GPUFLOW_HOME"] = tempfile.mkdtemp(prefix="gpuflow-test-home-")
 for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
