@@ -45,7 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-pytest_plugins = ("tests.fixtures.kube.plugin",)  # the kube_cluster fixture (emulated Kubernetes)
+# the kube_cluster fixture (emulated Kubernetes); nodes_left (torchrun nodes a test starts, killed if left)
+pytest_plugins = ("tests.fixtures.kube.plugin", "tests.fixtures.nodes")
 
 # The modules that keep a worker busiest (wall seconds measured on 2 shared cores), longest first. `make test`
 # hands whole modules to its workers in collection order (--dist loadscope --no-loadscope-reorder), so these go

@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.fixtures.nodes import kill_node
 from tests.fixtures.sdk_launch import Setup, history, rank_lines
 
 HPARAMS = {"epochs": 3, "seed": 42, "learning_rate": 0.01, "batch_size": 32}
@@ -144,20 +143,8 @@ def test_one_rank_failing_ends_the_group_with_its_exit_code(setup: Setup) -> Non
     assert [step for step, _ in history(run, "train_loss")] == [1]
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[subprocess.Popen[str]]]:
-    """The node processes a test starts, killed (with what they started) if the test fails before they end."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-                child.kill()
-            proc.communicate(timeout=30)
-
-
 def test_a_lost_node_ends_the_other_in_seconds_not_after_the_rank_timeout(
-    setup: Setup, nodes: list[subprocess.Popen[str]]
+    setup: Setup, nodes_left: list[subprocess.Popen[str]]
 ) -> None:
     run = setup.new_run("lost-node")
     pids = setup.folder / "pids-lost"
@@ -169,17 +156,15 @@ def test_a_lost_node_ends_the_other_in_seconds_not_after_the_rank_timeout(
     port = free_port()
     for rank in (0, 1):
         command = setup.node(rank, port, hparams, training_id="lost-node")
-        nodes.append(
+        nodes_left.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
-    survivor, lost = nodes
+    survivor, lost = nodes_left
     deadline = time.monotonic() + 120
     while not history(run, "train_loss") and time.monotonic() < deadline:  # step 1 relayed: step 2 under way
         time.sleep(0.5)
     time.sleep(3)  # rank 0 is at the sync point, rank 1 asleep before it
-    for process in [*psutil.Process(lost.pid).children(recursive=True), psutil.Process(lost.pid)]:
-        process.kill()
-    lost.communicate(timeout=30)
+    kill_node(lost)
     killed = time.monotonic()
     _, err = survivor.communicate(timeout=120)
 

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.pytorch
-import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -28,6 +27,7 @@ from tests.conftest import ROOT, free_port
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.fake_nvml.script import Device, Script, Step
 from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
+from tests.fixtures.nodes import kill_node
 from workloads.dataset import read_split
 
 pytest_plugins = ("tests.fixtures.fake_nvml.plugin",)
@@ -94,16 +94,6 @@ def run(setup: Setup, command: list[str], timeout: float = 90) -> subprocess.Com
     return subprocess.run(command, cwd=ROOT, env=setup.env(), capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def nodes_left() -> Iterator[list[subprocess.Popen[str]]]:
-    """Nodes a test started: any still running when it ends (a failed assertion, a timeout) are killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            kill_node(proc)
-
-
 def start_two_nodes(
     setup: Setup, port: int, *trainer_args: str, cleanup: list[subprocess.Popen[str]]
 ) -> list[subprocess.Popen[str]]:
@@ -122,14 +112,6 @@ def start_two_nodes(
     ]
     cleanup.extend(procs)
     return procs
-
-
-def kill_node(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL torchrun and its workers, as a node lost with its pod (each worker runs in a session of its own)."""
-    tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-    for process in tree:
-        process.kill()
-    proc.wait(timeout=30)
 
 
 def errors(stderr: str) -> list[str]:
