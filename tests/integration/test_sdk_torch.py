@@ -66,6 +66,17 @@ def test_a_killed_training_resumes_to_the_same_figures_as_an_uninterrupted_one(s
     for key in ("train_loss", "val_accuracy"):  # model, optimizer, scheduler, RNG and step all came back
         assert history(interrupted, key) == history(straight, key), key
 
+    # relaunched after it finished (a pod restarted, a flow retried): nothing to train, the checked model is kept
+    client = MlflowClient(interrupted[0])
+    model_uri = client.get_run(interrupted[1]).data.tags["gpuflow.model_uri"]
+    again = setup.launch(interrupted, HPARAMS, training_id="again")
+    assert again.returncode == 0, again.stderr
+    assert f"training was already complete after step 3; model {model_uri}" in again.stdout
+    assert client.get_run(interrupted[1]).data.tags["gpuflow.model_uri"] == model_uri
+    experiment = client.get_run(interrupted[1]).info.experiment_id
+    logged = client.search_logged_models([experiment], filter_string=f"source_run_id = '{interrupted[1]}'")
+    assert [m.model_uri for m in logged] == [model_uri]  # one model, not one per launch
+
     changed = setup.launch(interrupted, {**HPARAMS, "learning_rate": 0.1}, training_id="again")
     assert changed.returncode == 2
     assert "was made with learning_rate=0.01 (now 0.1)" in changed.stderr.splitlines()[-1]

@@ -52,6 +52,7 @@ from workloads.sdk.ranks import parse_ranks
 from workloads.sdk.rng import group_rng, restore_rng
 from workloads.sdk.rng import seed_everything as seed_everything
 from workloads.store import ObjectStore
+from workloads.tags import TAG_MODEL_URI
 
 # Hyperparameters that may differ between a checkpoint and the run resuming it (more epochs, same training).
 MAY_CHANGE_ON_RESUME = ("epochs",)
@@ -348,13 +349,33 @@ class TorchRun:
 
     def log_model(self, model: nn.Module, **kwargs: Any) -> str:
         """Rank 0 logs the module (see :meth:`TrainerContext.log_model`) while the others wait, so they end with
-        its outcome; returns the model URI on rank 0, "" elsewhere."""
+        its outcome; returns the model URI on rank 0, "" elsewhere.
+
+        A training relaunched after it had finished (resumed from its last step, nothing trained since) whose run
+        already holds the model the launcher checked keeps that model instead of logging a second one, as the
+        built-in trainer does ("already complete")."""
         uri = ""
         self.group.meet("logging the model")
         with self.group.together("logging the model"):
             if self.is_main:
-                uri = self.ctx.log_model(plain(model), **kwargs)
+                uri = self._model_already_logged()
+                if uri:
+                    self.say(f"training was already complete after step {self.last_step}; model {uri}")
+                else:
+                    uri = self.ctx.log_model(plain(model), **kwargs)
         return uri
+
+    def _model_already_logged(self) -> str:
+        """The run's checked model (its ``gpuflow.model_uri`` tag) when nothing was trained since the resume."""
+        if not self.resumed_from or self.last_step != self.resumed_from:
+            return ""
+        from workloads.quiet import quiet_mlflow
+
+        quiet_mlflow()  # before MLflow's first import in this process, as log_model does
+        from mlflow import MlflowClient
+
+        run = MlflowClient(tracking_uri=self.ctx.tracking_uri).get_run(self.ctx.run_id)
+        return str(run.data.tags.get(TAG_MODEL_URI, ""))
 
     def _fail(self, exc: TrainerError) -> None:
         prefix = f"[rank {self.comm.rank}] " if self.comm is not None and self.comm.distributed else ""
