@@ -7,11 +7,9 @@ structure is checked with explicit assertions against the Gateway API v1 rules i
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +19,15 @@ import yaml
 
 from blocks.kubernetes import KubernetesGPUJob
 from deployments import PROJECT_ROOT
-from deployments.kubernetes_template import TEMPLATE_PATH, gpu_base_job_template, render
+from deployments.kubernetes_template import TEMPLATE_PATH, render
 from tasks.core.errors import ConfigurationError
 from tasks.core.workload import WorkloadSpec
 from tasks.kube import manifests as m
-from tests.fixtures.kube import pod_security
+from tests.fixtures.manifest_schema import validate
 from workloads.trainer.config import EXIT_CONFIG, EXIT_DATA
 
-K8S_VERSION = "1.37.0"
 TRAINING_ID = "train-5f2c1d7e-1111-2222-3333-1234567890ab"
 SECRET_VALUE = "s3cr3t-value-never-shown"
-
-
-def validate(manifest: dict[str, Any]) -> None:
-    """Strict schema validation; raises with the validator's message on any problem."""
-    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
 
 def spec(**overrides: Any) -> WorkloadSpec:
@@ -500,53 +492,6 @@ def test_committed_base_job_template_is_what_the_code_generates() -> None:
     assert {"gpu_count", "node_selector", "tolerations"} <= set(template["variables"]["properties"])
 
 
-def _rendered_job_manifest(values: dict[str, Any]) -> dict[str, Any]:
-    """The Job a Prefect Kubernetes worker would create from the template: prefect-kubernetes' own code path."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
-
-    async def build() -> dict[str, Any]:
-        config = await KubernetesWorkerJobConfiguration.from_template_and_values(gpu_base_job_template(), values)
-        config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="brave-fox", flow_id=uuid.uuid4()))
-        return config.job_manifest
-
-    return asyncio.run(build())
-
-
-@pytest.mark.usefixtures("prefect_api")
-def test_base_job_template_renders_gpu_values_into_a_valid_job() -> None:
-    manifest = _rendered_job_manifest(
-        {
-            "image": "registry.example.com/gpuflow:0.1.0",
-            "namespace": "gpuflow",
-            "gpu_count": 2,
-            "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-        }
-    )
-    pod = manifest["spec"]["template"]["spec"]
-    (box,) = pod["containers"]
-    assert box["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pod["serviceAccountName"] == "gpuflow-flows"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert box["securityContext"]["readOnlyRootFilesystem"] is True
-    env = {e["name"]: e.get("value") for e in box["env"]}
-    assert env["HOME"] == "/scratch" and env["PREFECT_HOME"] == "/scratch/.prefect"
-    # prefect-kubernetes insists on these two inside the pod spec (its own template puts them there); the API
-    # server drops them as unknown fields with a warning. Everything else must pass the strict schema.
-    assert pod.pop("parallelism") == 1 and pod.pop("completions") == 1
-    validate(manifest)
-    assert pod_security.violations(pod, "restricted") == [], "admitted where Pod Security enforces restricted"
-
-    cpu = _rendered_job_manifest({"image": "img:1", "tolerations": []})
-    cpu_pod = cpu["spec"]["template"]["spec"]
-    assert cpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 0
-    assert cpu_pod["tolerations"] == [] and cpu_pod["nodeSelector"] == {}
-    cpu_pod.pop("parallelism"), cpu_pod.pop("completions")
-    validate(cpu)
-
-
 # --- the image ---------------------------------------------------------------------------------------------------
 
 
@@ -578,21 +523,3 @@ def test_dockerfile_is_multi_stage_non_root_with_the_torch_pin_and_no_secrets() 
             assert not re.search(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", args, re.IGNORECASE), args
     ignore = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore and "!workloads/" in ignore  # only what the image needs enters the build context
-
-
-@pytest.mark.usefixtures("prefect_api")
-def test_bootstrap_creates_the_kubernetes_pool_with_the_gpu_template_once() -> None:
-    from prefect.client.orchestration import get_client
-
-    from deployments.bootstrap import KUBERNETES_POOL, BootstrapReport, ensure_kubernetes_pool
-
-    first, second = BootstrapReport(), BootstrapReport()
-    ensure_kubernetes_pool(first)
-    ensure_kubernetes_pool(second)
-    assert first.created["work_pools"] == [KUBERNETES_POOL] and second.existing["work_pools"] == [KUBERNETES_POOL]
-    for slug in ("gpuflow-kubernetes-gpu-job", "gpuflow-kubernetes-serving"):
-        assert slug in first.created["block_types"] + first.existing["block_types"]
-    with get_client(sync_client=True) as client:
-        pool = client.read_work_pool(KUBERNETES_POOL)
-    assert pool.type == "kubernetes"
-    assert pool.base_job_template == json.loads(Path(TEMPLATE_PATH).read_text())
