@@ -122,11 +122,12 @@ def test_a_rank_whose_heartbeat_stops_is_lost_long_before_the_timeout(store: dis
 
 
 def test_a_rank_that_is_slow_but_alive_is_behind_not_lost(store: dist.TCPStore) -> None:
-    waiting = LagWatch(store, 0, 2, timeout_s=4, silent_after_s=1.5).start()
-    slow = LagWatch(client(store), 1, 2, timeout_s=4, silent_after_s=1.5).start()  # its thread beats on
+    # silent_after_s three beats long (a beat a second), so a beat late on a busy machine is not a death
+    waiting = LagWatch(store, 0, 2, timeout_s=6, silent_after_s=3).start()
+    slow = LagWatch(client(store), 1, 2, timeout_s=6, silent_after_s=3).start()  # its thread beats on
     with pytest.raises(GroupError) as failed:
         waiting.meet("reporting step 1")
     assert str(failed.value).startswith("rank 1 is behind: last seen joining the group, ")
-    assert str(failed.value).endswith("rank 0 waited 4 s at 'reporting step 1' (rank_timeout_seconds)")
+    assert str(failed.value).endswith("rank 0 waited 6 s at 'reporting step 1' (rank_timeout_seconds)")
     slow.close()
     waiting.close()
