@@ -255,3 +255,20 @@ def test_small_integer_csv_is_held_in_the_narrowest_type_that_reads_it(
         table = read_table(raw, schema)
     assert {table.schema.field(name).type for name in FEATURES} == {held_as}
     assert table.column("pixel_9")[2].as_py() == int(value)
+
+
+def test_bad_features_are_reported_before_bad_labels_or_duplicates(tmp_path: Path) -> None:
+    """Labels are checked early (the splits are written while the features are checked), yet the order of the
+    messages stays: features first, then labels, then duplicates."""
+    rows = digits_rows(300)
+    rows = set_field(rows, 40, "pixel_3", "99")
+    path = tmp_path / "both.csv"
+    path.write_bytes(csv_bytes([*set_field(rows, 7, "label", "12"), rows[5]]))
+    with pytest.raises(DataValidationError, match="pixel_3") as raised:
+        run_prepare(path, tmp_path / "store")
+    assert "label" not in str(raised.value) and "duplicate" not in str(raised.value)
+    path.write_bytes(csv_bytes([*rows, rows[5]]))
+    with pytest.raises(DataValidationError, match="pixel_3") as raised:
+        run_prepare(path, tmp_path / "store")
+    assert "duplicate" not in str(raised.value)
+    assert not (tmp_path / "store" / "datasets").exists()
