@@ -2,8 +2,10 @@
 
 The version is a hash of the raw bytes and of everything that shapes the output (schema, fractions,
 seed, duplicate policy), so the same input always maps to the same folder and a second run finds the
-manifest and writes nothing. Publishing is all-or-nothing (:mod:`tasks.data.publishing`). An input in parts (a
-glob, an S3 prefix) is read batch by batch by the spec this schema amounts to (:mod:`tasks.data.streaming`).
+manifest and writes nothing. Publishing is all-or-nothing (:mod:`tasks.data.publishing`). When the labels pass
+by themselves, the splits are written while the feature values and duplicates are checked (a failed check
+deletes them, and its message is the one a check before writing would give). An input in parts (a glob, an S3
+prefix) is read batch by batch by the spec this schema amounts to (:mod:`tasks.data.streaming`).
 """
 
 from __future__ import annotations
