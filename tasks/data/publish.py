@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,16 +93,10 @@ def prepare_dataset(
         check_later = ahead is not None
         del ahead  # held the table too
         source = {"uri": raw.uri, "sha256": raw.sha256, "bytes": raw.size, "format": raw.format}
-    splits = stratified_split(
-        labels,
-        val_fraction=params.val_fraction,
-        test_fraction=params.test_fraction,
-        seed=params.seed,
-        row_ids=keep,
-    )
-    clock.lap("split")
-    rows = Rows(table, splits, schema.features, feature_type(schema))
     if not check_later:
+        splits = _split(labels, keep, params)
+        clock.lap("split")
+        rows = Rows(table, splits, schema.features, feature_type(schema))
         if checked.dropped:
             log.info("dropped %d duplicate row(s), e.g. data rows %s", checked.dropped, checked.duplicates.examples())
         del table  # ``rows`` holds the data now, and the writer frees it batch by batch
@@ -112,25 +107,37 @@ def prepare_dataset(
         return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
 
     unchecked = [table]  # the check takes it, so that the writer frees each batch behind it once the check is done
-    del table
     found: list[Checked] = []
 
     def check() -> Checked:
         began = time.perf_counter()
         checked = check_values(unchecked.pop(), schema, labels, str(source["uri"]))
-        clock.timings["validate"] = round(time.perf_counter() - began, 4)  # overlapping "write"
+        clock.timings["validate"] = round(time.perf_counter() - began, 4)  # overlapping "split" and "write"
         return checked
 
-    def write_and_check(folder: str) -> dict[str, SplitFile]:
-        files, checked = write_while_checking(rows, folder, store, check)
-        found.append(checked)
-        return files
+    with ThreadPoolExecutor(1, thread_name_prefix="gpuflow-check") as pool:
+        checking = pool.submit(check)  # alongside the split and the writing, on a core that would otherwise wait
+        splits = _split(labels, None, params)
+        clock.lap("split")
+        rows = Rows(table, splits, schema.features, feature_type(schema))
+        del table
 
-    def checked_manifest(files: dict[str, SplitFile]) -> DatasetManifest:
-        return _manifest(name, version, source, schema, params, found[0], splits, files, created_by)
+        def write_and_check(folder: str) -> dict[str, SplitFile]:
+            files, checked = write_while_checking(rows, folder, store, checking)
+            found.append(checked)
+            return files
 
-    return publish_result(
-        write_and_check, uri, store, checked_manifest, name, version, str(source["uri"]), clock, started, log
+        def checked_manifest(files: dict[str, SplitFile]) -> DatasetManifest:
+            return _manifest(name, version, source, schema, params, found[0], splits, files, created_by)
+
+        return publish_result(
+            write_and_check, uri, store, checked_manifest, name, version, str(source["uri"]), clock, started, log
+        )
+
+
+def _split(labels: np.ndarray, keep: np.ndarray | None, params: PrepareParams) -> dict[str, np.ndarray]:
+    return stratified_split(
+        labels, val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed, row_ids=keep
     )
 
 

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -179,22 +179,21 @@ def publish(
 
 
 def write_while_checking(
-    rows: Rows, folder: str, store: ObjectStore, check: Callable[[], _T]
+    rows: Rows, folder: str, store: ObjectStore, checking: Future[_T]
 ) -> tuple[dict[str, SplitFile], _T]:
-    """:func:`write_splits` with ``check`` running alongside on a thread of its own; its result with the files.
+    """:func:`write_splits` while ``checking`` (a check running on a thread of its own) goes on; its result with
+    the files.
 
-    Writing is bound by one writer thread (the largest split), so the check fills a core that would otherwise
-    wait. A failed check ends the writing at the next batch and is the error raised (:func:`publish` then deletes
-    the folder), even when the writing failed too.
+    Writing is bound by one writer thread (the largest split), so a check alongside fills a core that would
+    otherwise wait. A failed check ends the writing at the next batch and is the error raised (:func:`publish` then
+    deletes the folder), even when the writing failed too.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="gpuflow-check") as pool:
-        checking = pool.submit(check)
-        try:
-            files = write_splits(rows, folder, store, stop=checking)
-        except BaseException:
-            checking.result()  # waits for the check: its failure is the one to report
-            raise
-        return files, checking.result()
+    try:
+        files = write_splits(rows, folder, store, stop=checking)
+    except BaseException:
+        checking.result()  # waits for the check: its failure is the one to report
+        raise
+    return files, checking.result()
 
 
 def write_splits(rows: Rows, folder: str, store: ObjectStore, stop: Future[Any] | None = None) -> dict[str, SplitFile]:

@@ -75,7 +75,7 @@ def _parse_csv(raw: RawFile, schema: DatasetSchema, kind: pa.DataType) -> pa.Tab
     try:
         table = pcsv.read_csv(raw.path, read_options=options, convert_options=convert, memory_pool=arrays.pool())
     finally:
-        arrays.pool().release_unused()  # hand the parse buffers back before the next phase
+        arrays.release_memory()  # hand the parse buffers back before the next phase
     if table.num_rows == 0:
         raise DataValidationError(f"{raw.uri} has a header but no data rows")
     return table
