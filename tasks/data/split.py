@@ -105,6 +105,11 @@ def _group_by_class(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def class_counts(labels: np.ndarray, classes: Sequence[int]) -> dict[int, int]:
     """Rows per class, zero for a class that does not occur."""
-    values, counts = np.unique(np.asarray(labels), return_counts=True)
-    found = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+    labels = np.asarray(labels)
+    if labels.size and np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0 and labels.max() < 2**16:
+        counts = np.bincount(labels)  # small non-negative labels (the usual case): O(n), no sort
+        found = {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    else:
+        values, counts = np.unique(labels, return_counts=True)
+        found = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
     return {int(c): found.get(int(c), 0) for c in classes}

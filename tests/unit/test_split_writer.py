@@ -1,9 +1,13 @@
-"""Split files written on writer threads: the same bytes as on one thread, and a failure reaches the caller."""
+"""Split files written on writer threads: the same bytes as on one thread, and a failure reaches the caller; a check
+running alongside the writing hands back its result, or its failure is the error raised."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.core.errors import DataValidationError
 from tasks.data import arrays
+from tasks.data.publishing import Rows, write_splits, write_while_checking
 from tasks.data.split_writer import ROW_GROUP, SplitWriter, SplitWriters
 from workloads.store import ObjectStore
 
@@ -88,3 +94,55 @@ def test_a_failure_on_a_writer_thread_is_raised_to_the_caller_and_stops_the_thre
         finally:
             writers.abandon()
     assert not [t for t in threading.enumerate() if t.name.startswith("gpuflow-write-")]
+
+
+def _rows(table: pa.Table, code: np.ndarray) -> Rows:
+    splits = {name: np.flatnonzero(code == k) for k, name in enumerate(NAMES)}
+    return Rows(table, splits, ("a", "b", "c", "d"), pa.float32())
+
+
+def test_a_check_alongside_the_writing_returns_its_result_and_changes_no_byte(tmp_path: Path) -> None:
+    table = _table(2 * ROW_GROUP + 99, chunk=4_000)
+    code = np.random.default_rng(2).choice(3, size=table.num_rows, p=[0.7, 0.15, 0.15]).astype(np.int8)
+    store = ObjectStore()
+    expected = write_splits(_rows(table, code), str(tmp_path / "alone"), store)
+
+    with ThreadPoolExecutor(1) as pool:
+        files, result = write_while_checking(
+            _rows(table, code), str(tmp_path / "checked"), store, pool.submit(lambda: "clean")
+        )
+
+    assert result == "clean"
+    assert files == expected
+    for name in NAMES:
+        assert (tmp_path / "checked" / f"{name}.parquet").read_bytes() == (
+            tmp_path / "alone" / f"{name}.parquet"
+        ).read_bytes()
+
+
+def test_a_failed_check_is_the_error_raised_and_no_thread_is_left(tmp_path: Path) -> None:
+    table = _table(3 * ROW_GROUP, chunk=1_000)
+    rows = _rows(table, np.zeros(table.num_rows, dtype=np.int8))
+
+    def check() -> None:
+        raise DataValidationError("bad values")
+
+    with ThreadPoolExecutor(1) as pool, pytest.raises(DataValidationError, match="bad values"):
+        write_while_checking(rows, str(tmp_path), ObjectStore(), pool.submit(check))
+    assert not [t for t in threading.enumerate() if t.name.startswith("gpuflow-write-")]
+
+
+def test_release_memory_hands_freed_heap_back_on_linux() -> None:
+    """pyarrow's system pool does not trim glibc's heaps, so prepare asks glibc itself (after the parse)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    blocks = [bytearray(64 * 1024) for _ in range(2_000)]  # ~128 MB in heap-sized blocks, below mmap's threshold
+    before = _rss()
+    del blocks[::2]  # every other block: freed, but not at the top of the heap, so free() keeps it
+    arrays.release_memory()
+    assert before - _rss() > 32 << 20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -11,9 +11,11 @@ import pytest
 
 from tasks.core.errors import ConfigurationError, DataValidationError
 from tasks.data.demo import digits_schema
+from tasks.data.ingest import open_raw
 from tasks.data.publish import prepare_dataset
 from tasks.data.raw_file import check_columns, first_unconvertible
 from tasks.data.schema import DatasetSchema, PrepareParams
+from tasks.data.schema_reader import read_table
 from tasks.data.validation import find_duplicates, row_hashes
 from tests.fixtures.raw_files import (
     BAD_INPUTS,
@@ -231,3 +233,42 @@ def test_non_integer_or_wide_values_fall_back_to_floats(
         for v in read_split(result.dataset_uri, split)[0][:, FEATURES.index("pixel_9")]
     ]
     assert float(value) in stored
+
+
+@pytest.mark.parametrize(
+    ("value_range", "value", "held_as"),
+    [
+        ((0.0, 16.0), "7", pa.uint8()),  # no negatives allowed: the faster unsigned parse
+        ((0.0, 16.0), "-0", pa.int8()),  # a sign: the signed parse, as before
+        ((0.0, 200.0), "-0", pa.int16()),
+        ((0.0, 1000.0), "999", pa.uint16()),
+        ((-5.0, 5.0), "-3", pa.int8()),
+    ],
+)
+def test_small_integer_csv_is_held_in_the_narrowest_type_that_reads_it(
+    value_range: tuple[float, float], value: str, held_as: pa.DataType, tmp_path: Path
+) -> None:
+    path = tmp_path / "ints.csv"
+    path.write_bytes(csv_bytes(set_field(digits_rows(50), 3, "pixel_9", value)))
+    schema = digits_schema().model_copy(update={"value_range": value_range})
+    with open_raw(str(path), ObjectStore()) as raw:
+        table = read_table(raw, schema)
+    assert {table.schema.field(name).type for name in FEATURES} == {held_as}
+    assert table.column("pixel_9")[2].as_py() == int(value)
+
+
+def test_bad_features_are_reported_before_bad_labels_or_duplicates(tmp_path: Path) -> None:
+    """Labels are checked early (the splits are written while the features are checked), yet the order of the
+    messages stays: features first, then labels, then duplicates."""
+    rows = digits_rows(300)
+    rows = set_field(rows, 40, "pixel_3", "99")
+    path = tmp_path / "both.csv"
+    path.write_bytes(csv_bytes([*set_field(rows, 7, "label", "12"), rows[5]]))
+    with pytest.raises(DataValidationError, match="pixel_3") as raised:
+        run_prepare(path, tmp_path / "store")
+    assert "label" not in str(raised.value) and "duplicate" not in str(raised.value)
+    path.write_bytes(csv_bytes([*rows, rows[5]]))
+    with pytest.raises(DataValidationError, match="pixel_3") as raised:
+        run_prepare(path, tmp_path / "store")
+    assert "duplicate" not in str(raised.value)
+    assert not (tmp_path / "store" / "datasets").exists()
