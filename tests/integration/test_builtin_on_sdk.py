@@ -7,7 +7,6 @@ Both run as a user runs them, as real processes into real MLflow runs (SQLite st
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,11 +29,8 @@ FIGURES = ("train_loss", "val_loss", "val_accuracy")
 class Setup(sdk_launch.Setup):
     """The SDK tests' set-up (a dataset, a store, fresh MLflow runs) with both trainers' command lines."""
 
-    def env(self, run: tuple[str, str]) -> dict[str, str]:
-        return {
-            **os.environ, "MLFLOW_TRACKING_URI": run[0], "MLFLOW_RUN_ID": run[1], "GPUFLOW_STORE_URI": str(self.store),
-            "GPUFLOW_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "GPUFLOW_DIST_TIMEOUT_SECONDS": "60",
-        }  # fmt: skip
+    def env(self, run: tuple[str, str], extra_env: dict[str, str] | None = None) -> dict[str, str]:
+        return super().env(run, {"GPUFLOW_TORCH_THREADS": "1", **(extra_env or {})})  # both trainers cap torch alike
 
     def builtin(
         self, run: tuple[str, str], hyper: dict, training_id: str, ranks: int = 1
@@ -52,8 +48,8 @@ class Setup(sdk_launch.Setup):
     ) -> subprocess.CompletedProcess[str]:
         torchrun = ("-m", "workloads.trainer.launch", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}")
         command = [
-            sys.executable, "-m", "workloads.launcher", "--dataset-uri", self.dataset_uri, "--training-id", training_id,
-            "--device", "cpu", "--hparams", json.dumps(hyper), "--", "python", *(torchrun if ranks > 1 else ()), *ENTRY,
+            sys.executable, "-m", "workloads.launcher", *self.launcher_args(hyper, training_id),
+            "python", *(torchrun if ranks > 1 else ()), *ENTRY,
         ]  # fmt: skip
         return subprocess.run(command, cwd=ROOT, env=self.env(run), capture_output=True, text=True, timeout=300)
 
