@@ -102,6 +102,13 @@ def _note_interrupts() -> threading.Event:
     return interrupted
 
 
+def _exit_on_another_interrupt() -> None:
+    """The interrupt is handled and everything stopped: another Ctrl-C while the interpreter exits ends it at once,
+    still with 130, instead of a KeyboardInterrupt in the middle of ``sys.exit`` (Python then ends by SIGINT)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_environment()
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         # building a schema during an import raised SchemaError): an interrupt is an interrupt whatever it became.
         if not (isinstance(exc, KeyboardInterrupt) or interrupted.is_set()):
             raise
+        _exit_on_another_interrupt()
         print("gpuflow: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
     return EXIT_USAGE
