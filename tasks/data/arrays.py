@@ -31,8 +31,8 @@ def release_memory() -> None:
     1M x 64 CSV: RSS 218 MB before and after it, 176 MB after glibc's ``malloc_trim(0)``), so glibc is asked
     directly; elsewhere the pool's own call.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
     else:
         pool().release_unused()
 
@@ -46,7 +46,7 @@ def _malloc_trim() -> ctypes._NamedFuncPointer | None:
         return None
 
 
-_MALLOC_TRIM = _malloc_trim()
+MALLOC_TRIM = _malloc_trim()
 
 
 _DTYPES: dict[pa.DataType, np.dtype] = {

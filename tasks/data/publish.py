@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,55 +84,47 @@ def prepare_dataset(
         table = read_table(raw, schema)
         clock.lap("read")
         ahead = labels_ahead(table, schema, params, raw.uri)
-        if ahead is None:  # everything checked first, in order
+        if ahead is None:  # everything checked first, in order: the split may depend on it (dropped duplicates)
             table, checked = validate(table, schema, params, raw.uri)
             clock.lap("validate")
-            labels, keep = checked.labels, checked.keep
-        else:  # the split needs only the labels: the rest is checked while the splits are written
-            (table, labels), keep = ahead, None
-        check_later = ahead is not None
+            if checked.dropped:
+                log.info(
+                    "dropped %d duplicate row(s), e.g. data rows %s", checked.dropped, checked.duplicates.examples()
+                )
+            labels, keep, done = checked.labels, checked.keep, checked
+        else:  # the split needs only the labels: the rest is checked on a thread while the splits are written
+            (table, labels), keep, done = ahead, None, None
         del ahead  # held the table too
         source = {"uri": raw.uri, "sha256": raw.sha256, "bytes": raw.size, "format": raw.format}
-    if not check_later:
-        splits = _split(labels, keep, params)
-        clock.lap("split")
-        rows = Rows(table, splits, schema.features, feature_type(schema))
-        if checked.dropped:
-            log.info("dropped %d duplicate row(s), e.g. data rows %s", checked.dropped, checked.duplicates.examples())
-        del table  # ``rows`` holds the data now, and the writer frees it batch by batch
-
-        def manifest_for(files: dict[str, SplitFile]) -> DatasetManifest:
-            return _manifest(name, version, source, schema, params, checked, splits, files, created_by)
-
-        return publish_result(rows, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
-
-    unchecked = [table]  # the check takes it, so that the writer frees each batch behind it once the check is done
-    found: list[Checked] = []
+    unchecked = [table] if done is None else []  # the check takes it, so the writer frees each batch behind it
 
     def check() -> Checked:
         began = time.perf_counter()
-        checked = check_values(unchecked.pop(), schema, labels, str(source["uri"]))
+        found = check_values(unchecked.pop(), schema, labels, str(source["uri"]))
         clock.timings["validate"] = round(time.perf_counter() - began, 4)  # overlapping "split" and "write"
-        return checked
+        return found
 
     with ThreadPoolExecutor(1, thread_name_prefix="gpuflow-check") as pool:
-        checking = pool.submit(check)  # alongside the split and the writing, on a core that would otherwise wait
-        splits = _split(labels, None, params)
+        if done is None:
+            checking: Future[Checked] = pool.submit(check)  # on the core the writer thread leaves idle
+        else:
+            checking = Future()
+            checking.set_result(done)
+        splits = _split(labels, keep, params)
         clock.lap("split")
         rows = Rows(table, splits, schema.features, feature_type(schema))
-        del table
+        del table  # ``rows`` holds the data now, and the writer frees it batch by batch
+        results: list[Checked] = []
 
-        def write_and_check(folder: str) -> dict[str, SplitFile]:
-            files, checked = write_while_checking(rows, folder, store, checking)
-            found.append(checked)
+        def write(folder: str) -> dict[str, SplitFile]:
+            files, result = write_while_checking(rows, folder, store, checking)
+            results.append(result)
             return files
 
-        def checked_manifest(files: dict[str, SplitFile]) -> DatasetManifest:
-            return _manifest(name, version, source, schema, params, found[0], splits, files, created_by)
+        def manifest_for(files: dict[str, SplitFile]) -> DatasetManifest:
+            return _manifest(name, version, source, schema, params, results[0], splits, files, created_by)
 
-        return publish_result(
-            write_and_check, uri, store, checked_manifest, name, version, str(source["uri"]), clock, started, log
-        )
+        return publish_result(write, uri, store, manifest_for, name, version, str(source["uri"]), clock, started, log)
 
 
 def _split(labels: np.ndarray, keep: np.ndarray | None, params: PrepareParams) -> dict[str, np.ndarray]:
