@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,7 +91,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.
+# Each pytest process (the main one and every xdist worker) makes its own and removes it when it exits.
 os.environ["GPUFLOW_HOME"] = tempfile.mkdtemp(prefix="gpuflow-test-home-")
+atexit.register(shutil.rmtree, os.environ["GPUFLOW_HOME"], ignore_errors=True)
 for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
 
