@@ -96,7 +96,7 @@ class TrainerSpec(BaseModel):
     def describe(self) -> str:
         """One line for logs, lineage and the ``gpuflow.trainer`` tag: what code trained the model."""
         what = {
-            "builtin": "built-in MLP (workloads.trainer)",
+            "builtin": "built-in MLP (workloads.trainer.entry:train)",
             "entrypoint": f"entry point {self.entry_point}",
             "command": f"command {shlex.join(self.command or [])}",
         }[self.kind]

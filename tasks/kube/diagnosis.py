@@ -53,8 +53,9 @@ TRAINER_EXIT_MEANINGS: dict[int, str] = {
 
 
 def exit_meanings(module: str) -> dict[int, str]:
-    """What exit codes mean for this workload module: the trainer's own codes, else only the shell's."""
-    return TRAINER_EXIT_MEANINGS if module == "workloads.trainer" else GENERIC_EXIT_MEANINGS
+    """What exit codes mean for this workload module: the trainer contract's codes (the launcher and the built-in
+    trainer keep them), else only the shell's."""
+    return TRAINER_EXIT_MEANINGS if module in ("workloads.launcher", "workloads.trainer") else GENERIC_EXIT_MEANINGS
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.spec_files import looks_like_file, read_spec_file
-from tasks.core.trainer_spec import TrainerSpec, TrainerSpecError, parse_trainer_text, trainer_spec_from_data
+from tasks.core.trainer_spec import (
+    BUILTIN_HYPERPARAMETERS,
+    TrainerSpec,
+    TrainerSpecError,
+    parse_trainer_text,
+    trainer_spec_from_data,
+)
 from workloads.tags import TAG_TRAINER
 
 TrainerRef = str | TrainerSpec | dict[str, Any] | None
 LAUNCHER_MODULE = "workloads.launcher"
 ENTRYPOINT_MODULE = "workloads.launcher.entrypoint"
+BUILTIN_ENTRY_POINT = "workloads.trainer.entry:train"  # the built-in MLP, written on the SDK
 
 
 def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
@@ -41,13 +48,21 @@ def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
     return load_trainer_block(text)
 
 
+def builtin_trainer(hyperparameters: dict[str, Any]) -> TrainerSpec:
+    """The built-in MLP as the launcher runs it: the SDK entry point with its declared hyperparameters."""
+    return TrainerSpec(
+        entry_point=BUILTIN_ENTRY_POINT,
+        hyperparameters=hyperparameters,
+        hyperparameter_types=BUILTIN_HYPERPARAMETERS,
+    )
+
+
 def trainer_command(spec: TrainerSpec) -> list[str]:
-    """What the launcher starts: the spec's command, or the entry-point runner for an SDK function."""
-    if spec.entry_point is not None:
-        return ["python", "-m", ENTRYPOINT_MODULE, spec.entry_point]
-    if spec.command is None:
-        raise TrainerSpecError("the built-in trainer runs without the launcher; it has no command")
-    return list(spec.command)
+    """What the launcher starts: the spec's command, or the entry-point runner for an SDK function (the built-in
+    MLP's too)."""
+    if spec.command is not None:
+        return list(spec.command)
+    return ["python", "-m", ENTRYPOINT_MODULE, spec.entry_point or BUILTIN_ENTRY_POINT]
 
 
 def launcher_args(

@@ -26,7 +26,7 @@ from tasks.core.errors import ConfigurationError, DataNotFoundError, DataValidat
 from tasks.core.trainer_spec import TrainerSpec
 from tasks.core.workload import LABEL_TRAINING_ID, WorkloadResult, WorkloadSpec
 from tasks.tracking.runs import client_for, current_flow_run_id, experiment_id, stage_run
-from tasks.training.trainer_choice import LAUNCHER_MODULE, launcher_args
+from tasks.training.trainer_choice import LAUNCHER_MODULE, builtin_trainer, launcher_args
 from workloads.dataset import DatasetCorrupt, DatasetManifest, DatasetNotFound, load_manifest
 from workloads.sdk.contract import PRIMARY_METRIC
 from workloads.tags import (
@@ -41,7 +41,6 @@ from workloads.tags import (
     TAG_TRAINING_ID,
 )
 
-TRAINER_MODULE = "workloads.trainer"
 # The final-epoch figures a finished training must have logged, per task (the trainer's validation figures).
 FINAL_METRICS = {
     "classification": ("val_accuracy", "val_loss", "train_loss"),
@@ -138,35 +137,29 @@ def trainer_workload(
     """
     plain = {"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_RUN_ID": run_id, **store.workload_env()}
     secret = store.workload_secrets()
-    options = {
-        "--dataset-uri": dataset_uri,
-        "--training-id": training_id,
-        "--epochs": str(epochs),
-        "--batch-size": str(batch_size),
-        "--learning-rate": repr(float(learning_rate)),
-        "--hidden-size": str(hidden_size),
-        "--seed": str(seed),
-        "--device": device,
-        "--early-stop": early_stop,
-        "--patience": str(patience),
-    }
-    if telemetry_interval is not None:
-        options["--telemetry-interval"] = repr(float(telemetry_interval))
-    module, args = TRAINER_MODULE, [part for option in options.items() for part in option]
-    if trainer is not None and trainer.kind != "builtin":
-        module = LAUNCHER_MODULE
-        args = launcher_args(
-            trainer,
-            dataset_uri=dataset_uri,
-            training_id=training_id,
-            device=device,
-            early_stop=early_stop,
-            patience=patience,
-            telemetry_interval=telemetry_interval,
-        )
+    if trainer is None or trainer.kind == "builtin":
+        hyperparameters = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": float(learning_rate),
+            "hidden_size": hidden_size,
+            "seed": seed,
+        }
+        run = builtin_trainer((trainer or TrainerSpec()).hyperparameters | hyperparameters)
+    else:
+        run = trainer
+    args = launcher_args(
+        run,
+        dataset_uri=dataset_uri,
+        training_id=training_id,
+        device=device,
+        early_stop=early_stop,
+        patience=patience,
+        telemetry_interval=telemetry_interval,
+    )
     return WorkloadSpec(
         name="trainer",
-        module=module,
+        module=LAUNCHER_MODULE,
         args=args,
         env=plain,
         working_dir=trainer.working_dir if trainer is not None else None,

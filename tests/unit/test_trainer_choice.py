@@ -15,7 +15,7 @@ from tasks.training.trainer_job import trainer_workload
 def test_no_reference_is_the_built_in_mlp() -> None:
     for ref in (None, "", "  "):
         spec = resolve_trainer(ref)
-        assert spec.kind == "builtin" and spec.describe() == "built-in MLP (workloads.trainer)"
+        assert spec.kind == "builtin" and spec.describe() == "built-in MLP (workloads.trainer.entry:train)"
 
 
 def test_a_yaml_file_declares_an_entry_point_with_typed_hyperparameters(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from blocks.data_store import DataStore
 from blocks.mlflow_tracking import MLflowTracking
 from tasks.core.workload import WorkloadSpec
 from tasks.training.trainer_job import trainer_workload
-from workloads.trainer.config import parse_config
+from workloads.launcher.config import parse_config as launcher_config
+from workloads.trainer.config import hyperparameters
 
 
 def make_spec(**extra: Any) -> WorkloadSpec:
@@ -49,12 +50,13 @@ def test_credentials_travel_only_as_secret_env_and_the_endpoint_as_plain_config(
     assert "very-secret" not in repr(spec) and "very-secret" not in " ".join(spec.args)
 
 
-def test_the_trainer_accepts_the_command_line_the_flow_builds() -> None:
+def test_the_launcher_accepts_the_command_line_the_flow_builds_for_the_built_in_mlp_on_the_sdk() -> None:
     spec = make_spec()
-    assert spec.module == "workloads.trainer"
-    config = parse_config(spec.args, {**spec.env, **spec.secret_env})
-    assert (config.hyper.epochs, config.hyper.batch_size, config.hyper.hidden_size, config.hyper.seed) == (7, 32, 96, 5)
-    assert config.hyper.learning_rate == 0.003
+    assert spec.module == "workloads.launcher"
+    config = launcher_config(spec.args, {**spec.env, **spec.secret_env})
+    assert config.command == ("python", "-m", "workloads.launcher.entrypoint", "workloads.trainer.entry:train")
+    assert config.hparams == {"epochs": 7, "batch_size": 32, "learning_rate": 0.003, "hidden_size": 96, "seed": 5}
+    assert hyperparameters(config.hparams).epochs == 7  # what the built-in SDK trainer reads from them
     assert config.checkpoint_uri == "s3://bucket/gpuflow/checkpoints/train-1"
     assert config.run_id == "run-123"
 

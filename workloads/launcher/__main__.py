@@ -1,8 +1,7 @@
 """``python -m workloads.launcher``: see the package docstring for options, environment and exit codes."""
 
-import sys
-
+from workloads.exiting import exit_quickly
 from workloads.launcher.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

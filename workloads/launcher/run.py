@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workloads.convergence import EarlyStopper, StopDecision
+from workloads.imports import import_in_background
 from workloads.launcher.checkpoints import CheckpointSync
 from workloads.launcher.checks import (
     ContractBreach,
@@ -251,6 +252,7 @@ class Launch:
         trainer = TrainerProcess(config.command, env)
         self.telemetry.trainer_started()
         trainer.start()
+        import_in_background("mlflow.pyfunc", "mlflow.pytorch")  # for the model check after the trainer
         try:
             code = self.watch(trainer, files, relay, stopper, sync, task)
         finally:

@@ -6,7 +6,8 @@ model that does not fit the dataset fails here, in the trainer, naming both shap
 
 - torch: exported with ``torch.export`` (``pt2``: loads without pickle or the trainer's code) when it exports;
   else the pickled module, with the folder of the package that defines its class as ``code_paths`` so it
-  loads where that package is not installed. The module is moved to the CPU and put in eval mode.
+  loads where that package is not installed. The module is moved to the CPU and put in eval mode. A trainer whose
+  module is known to export passes ``serialization_format="pt2"`` and skips the trial export (a second or more).
 - scikit-learn: ``mlflow.sklearn`` with ``pyfunc_predict_fn="predict_proba"`` for classifiers, whose
   ``classes_`` must be the dataset's classes in output order (as class indices, stored values or names).
 """
@@ -97,7 +98,9 @@ def _log_torch(ctx: TrainerContext, model: Any, x: np.ndarray, kwargs: dict[str,
     check_answer(ctx, output, f"the module {type(model).__name__}")
     kwargs.setdefault("signature", infer_signature(x, output))
     kwargs.setdefault("pip_requirements", [f"torch=={torch.__version__.split('+')[0]}"])
-    if _exports(torch, model, example):
+    # A trainer that knows its module exports says serialization_format="pt2" and saves the trial export.
+    chosen = kwargs.pop("serialization_format", None) or ("pt2" if _exports(torch, model, example) else "pickle")
+    if chosen == "pt2":
         return mlflow.pytorch.log_model(model, input_example=x, serialization_format="pt2", **kwargs)
     code = _package_folder(type(model))
     if code:

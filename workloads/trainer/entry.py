@@ -81,4 +81,4 @@ def train(ctx: TrainerContext) -> None:
             run.say(result.progress_line(hyper.epochs))
             if run.report(epoch, result.metrics(), checkpoint=True):
                 break
-        run.log_model(model)
+        run.log_model(model, serialization_format="pt2")  # the MLP always exports, as the built-in logs it
