@@ -24,7 +24,7 @@ from typing import Literal
 from tasks.core.errors import GpuflowError, PermanentError
 from tasks.core.trainer_spec import CONTRACT, TrainerSpec
 from tasks.training.check_sample import sample_dataset, scratch_run
-from tasks.training.trainer_choice import LAUNCHER_MODULE, launcher_args
+from tasks.training.trainer_choice import LAUNCHER_MODULE, builtin_trainer, launcher_args
 from workloads.store import ObjectStore
 
 DEFAULT_STALL_SECONDS = 120.0
@@ -305,10 +305,8 @@ def check_trainer(
     spec: TrainerSpec, dataset: str, store: ObjectStore, *, rows: int, device: str, timeout: float
 ) -> CheckReport:
     """Train ``spec`` once on ``rows`` rows of each split of ``dataset`` in a temporary folder removed after."""
-    if spec.kind == "builtin":
-        raise PermanentError(
-            "SPEC names the built-in trainer; `trainer check` checks your own (entry_point or command)"
-        )
+    if spec.kind == "builtin":  # the built-in MLP is an SDK entry point like any other: checked the same way
+        spec = builtin_trainer(spec.hyperparameters)
     cwd = spec.working_dir or os.getcwd()
     if not Path(cwd).is_dir():
         raise PermanentError(f"the spec's working_dir {cwd} is not a folder")

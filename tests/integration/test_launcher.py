@@ -23,7 +23,8 @@ from mlflow import MlflowClient
 from tests.conftest import ROOT
 from tests.fixtures.datasets import write_digits_dataset
 from tests.fixtures.flow_env import mlflow_db_template, sqlite_run  # noqa: F401
-from workloads.dataset import read_split
+from workloads.dataset import load_manifest, read_split
+from workloads.store import ObjectStore
 
 TRAINERS = ROOT / "tests" / "fixtures" / "trainers"
 COMMAND_TRAINER = (sys.executable, str(TRAINERS / "command_trainer.py"))
@@ -128,6 +129,18 @@ def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup) -> None:
     assert tags["gpuflow.stop_reason"] == "completed: the trainer exited 0 after step 4"
     params = setup.client().get_run(setup.run_id).data.params
     assert (params["device"], params["steps_run"]) == ("cpu", "4")  # where it ran and how far, as the built-in says
+    manifest = load_manifest(setup.dataset_uri, ObjectStore())
+    described = {
+        key: params[key] for key in ("dataset_name", "dataset_version", "n_features", "train_rows", "val_rows")
+    }
+    assert described == {
+        "dataset_name": "digits",
+        "dataset_version": manifest.version,
+        "n_features": "64",
+        "train_rows": str(manifest.rows["train"]),
+        "val_rows": str(manifest.rows["val"]),
+    }
+    assert "world_size" not in params  # one process
     assert params["stop_reason"] == tags["gpuflow.stop_reason"]
     # the model it names answers class probabilities for the dataset's rows
     model = mlflow.pyfunc.load_model(tags["gpuflow.model_uri"])

@@ -96,8 +96,14 @@ def test_an_sdk_entry_point_passes_and_json_says_so(tmp_path: Path, dataset: str
     assert payload["summary"].startswith("8 passed, 0 failed, 0 not checked")
 
 
-def test_the_builtin_mlp_on_the_sdk_keeps_the_contract(tmp_path: Path, dataset: str) -> None:
-    spec = {"entry_point": "workloads.trainer.entry:train", "hyperparameters": {"epochs": 1, "hidden_size": 16}}
+@pytest.mark.parametrize(
+    "entry_point", [{"entry_point": "workloads.trainer.entry:train"}, {}], ids=["named", "default"]
+)
+def test_the_builtin_mlp_on_the_sdk_keeps_the_contract(
+    tmp_path: Path, dataset: str, entry_point: dict[str, str]
+) -> None:
+    """Named by its entry point or as the default trainer (a spec with hyperparameters only): the same check."""
+    spec = {**entry_point, "hyperparameters": {"epochs": 1, "hidden_size": 16}}
     result = check(tmp_path, spec, dataset, "--rows", "150")
 
     assert result.returncode == 0, result.stdout + result.stderr

@@ -18,6 +18,7 @@ from workloads.launcher.checks import check_output, check_schema
 from workloads.launcher.config import parse_config
 from workloads.launcher.entrypoint import EntryPointError, resolve
 from workloads.launcher.relay import MetricsTail
+from workloads.launcher.run import completed_reason
 from workloads.launcher.telemetry import LaunchTelemetry
 from workloads.sdk.contract import MetricsLineError, parse_metrics_line, tensor_shape
 from workloads.store import ObjectStore
@@ -101,7 +102,20 @@ def test_options_and_command_are_split_at_the_double_dash() -> None:
 def test_under_torchrun_the_launcher_knows_its_rank() -> None:
     torchrun = {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
     config = parse_config(["--dataset-uri", "/d", "--training-id", "t", "--", "x"], {**ENV, **torchrun})
-    assert config.rank == 1
+    assert (config.rank, config.world_size) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("last_step", "hparams", "reason"),
+    [
+        (20, {"epochs": 20}, "completed: ran all 20 epochs"),  # one step per epoch: the built-in MLP's wording
+        (300, {"epochs": 3}, "completed: the trainer exited 0 after step 300"),  # steps are batches
+        (4, {"steps": 4}, "completed: the trainer exited 0 after step 4"),
+        (1, {"epochs": True}, "completed: the trainer exited 0 after step 1"),  # a bool is not a count
+    ],
+)
+def test_a_completed_training_says_how_far_it_got(last_step: int, hparams: dict[str, object], reason: str) -> None:
+    assert completed_reason(last_step, hparams) == reason
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ class LauncherConfig:
     telemetry_interval: float = 1.0
     batch_seconds: float = 0.5  # a relayed point waits at most this long for its batch
     rank: int = 0  # torchrun's RANK when torchrun started this launcher (one per rank); 0 owns the outputs
+    world_size: int = 1  # torchrun's WORLD_SIZE: how many ranks train together
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +110,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
     """Parse and validate; raises :class:`ConfigError` naming the bad value and what was expected."""
     options, command = split_command(argv)
     args = _parser().parse_args(options)
+    ranks = parse_ranks(environ)
     target = run_target(args, environ, "the launcher relays to MLflow")
     _check(args.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     _check(
@@ -129,5 +131,6 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         stall_timeout=_seconds("--stall-timeout", args.stall_timeout, allow_zero=True),
         stop_grace=_seconds("--stop-grace", args.stop_grace, allow_zero=True),
         telemetry_interval=_telemetry_interval(args.telemetry_interval, environ),
-        rank=parse_ranks(environ).rank,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
     )

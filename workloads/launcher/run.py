@@ -43,6 +43,7 @@ from workloads.launcher.process import TrainerProcess, exit_code
 from workloads.launcher.relay import LineReader, MetricRelay, MetricsTail, run_history
 from workloads.launcher.telemetry import LaunchTelemetry
 from workloads.mlflow_errors import is_not_found
+from workloads.mlflow_params import log_new_params
 from workloads.sdk import contract as c
 from workloads.store import store_from_env
 from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_STOP_REASON, TAG_TASK, TAG_TRAINING_ID
@@ -79,6 +80,15 @@ def early_stopper(config: LauncherConfig, task: str) -> EarlyStopper | None:
         rising_epochs=RISING_STEPS if divergence else None,
         stop_on_nonfinite=divergence,
     )
+
+
+def completed_reason(last_step: int | None, hparams: dict[str, Any]) -> str:
+    """Why a training that exited 0 without an early stop ended: all its epochs when it reported one step per
+    epoch (the built-in MLP and most SDK trainers), else the last step it reported."""
+    epochs = hparams.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and last_step == epochs:
+        return f"completed: ran all {epochs} epochs"
+    return f"completed: the trainer exited 0 after step {last_step}"
 
 
 @dataclass
@@ -173,34 +183,37 @@ class Launch:
             raise
 
     def record_params(self, dataset: LocalDataset, device: str) -> None:
-        """The hyperparameters and what this training is, as params the run lacks; the training id tag."""
-        from mlflow.entities import Param, RunTag
+        """The hyperparameters and what this training is (its dataset, where it runs), as params the run lacks;
+        the training id tag."""
+        from mlflow.exceptions import MlflowException
 
+        manifest = dataset.manifest
         params: dict[str, Any] = {
             **self.config.hparams,
             "dataset_uri": self.config.dataset_uri,
+            "dataset_name": manifest.name,
+            "dataset_version": manifest.version,
             "training_id": self.config.training_id,
-            "task": dataset.manifest.task,
+            "task": manifest.task,
+            "n_features": len(manifest.features),
+            "train_rows": manifest.rows.get("train", 0),
+            "val_rows": manifest.rows.get("val", 0),
             "trainer_command": shlex.join(self.config.command)[:500],
             "early_stop": self.config.early_stop,
             "device": device,
         }
-        existing = self.client.get_run(self.config.run_id).data.params
-        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
-        new = [Param(k, v[:6000]) for k, v in text.items() if k not in existing]
-        differing = [k for k, v in text.items() if k in existing and existing[k] != v[:6000]]
-        if differing:
-            warn(f"note: run already has params {', '.join(differing)} with other values; they were left as logged")
-        from mlflow.exceptions import MlflowException
-
+        if self.config.world_size > 1:
+            params["world_size"] = self.config.world_size
         try:
-            self.client.log_batch(
-                self.config.run_id, params=new, tags=[RunTag(TAG_TRAINING_ID, self.config.training_id)]
+            differing = log_new_params(
+                self.client, self.config.run_id, params, {TAG_TRAINING_ID: self.config.training_id}
             )
         except MlflowException as exc:
             if getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
                 raise
             raise ConfigError(f"MLflow refused the hyperparameters as params: {exc.message}") from None
+        if differing:
+            warn(f"note: run already has params {', '.join(differing)} with other values; they were left as logged")
 
     def replay(self, stopper: EarlyStopper, history: dict[str, dict[int, float]], task: str) -> None:
         """Feed the steps logged before a restart to the stopper, as the built-in trainer does."""
@@ -411,7 +424,7 @@ class Launch:
         stop_reason = (
             f"{self.decision.kind}: {self.decision.reason}"
             if self.decision is not None and self.decision.stop
-            else f"completed: the trainer exited 0 after step {self.last_step}"
+            else completed_reason(self.last_step, self.config.hparams)
         )
         tags = {TAG_MODEL_URI: model.uri, TAG_TASK: manifest.task, TAG_STOP_REASON: stop_reason}
         if manifest.task == "classification":

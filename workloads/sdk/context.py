@@ -187,6 +187,18 @@ class TrainerContext:
         print(f"error: {line}", file=sys.stderr, flush=True)
         raise TrainerFailed(line, exit_code)
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log what describes this training beyond its hyperparameters (the launcher logs those) as MLflow params
+        on the run: values that are not strings as JSON; a param the run already has keeps its first value."""
+        from workloads.quiet import quiet_mlflow
+
+        quiet_mlflow()  # before MLflow's first import in this process
+        from mlflow import MlflowClient
+
+        from workloads.mlflow_params import log_new_params
+
+        log_new_params(MlflowClient(tracking_uri=self.tracking_uri), self.run_id, params)
+
     def log_model(self, model: Any, **kwargs: Any) -> str:
         """Log a torch module or a scikit-learn estimator to the run as ``model``, its signature from the
         dataset; returns the model URI. See :func:`workloads.sdk.models.log_model`."""

@@ -130,7 +130,7 @@ class TorchRun:
             self.comm = Comm(ranks, device, wait_s=ranks.timeout_s if wait is None else float(wait)).__enter__()
         except TrainerError as exc:
             self._fail(exc)
-        if self.comm.is_main:  # rank 0 logs the model at the end: MLflow loads meanwhile
+        if ranks.is_main:  # rank 0 logs the model at the end: MLflow loads meanwhile
             quiet_mlflow()
             import_in_background("mlflow.pytorch", "mlflow.models")
         if self.seed is not None:
@@ -351,6 +351,11 @@ class TorchRun:
     def should_stop(self) -> bool:
         """What the last :meth:`report` returned."""
         return bool(self.stop_reason)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Rank 0 logs ``params`` on the run (see :meth:`TrainerContext.log_params`); the other ranks do nothing."""
+        if self.is_main:
+            self.ctx.log_params(params)
 
     def log_model(self, model: nn.Module, **kwargs: Any) -> str:
         """Rank 0 logs the module (see :meth:`TrainerContext.log_model`) while the others wait, so they end with

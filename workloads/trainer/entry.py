@@ -58,6 +58,10 @@ def train(ctx: TrainerContext) -> None:
         net = run.wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=hyper.learning_rate)
         scale = loss_scale(model, run.device)
+        described = {"optimizer": "adam", "dropout": hyper.dropout}
+        if run.world_size > 1:  # batch_size is per rank
+            described.update(global_batch_size=hyper.batch_size * run.world_size, backend=run.group.backend)
+        run.log_params(described)
         start = run.resume(model, optimizer)
         n, n_val = train_split.rows, val_split.rows
         for epoch in range(start + 1, hyper.epochs + 1):
