@@ -306,7 +306,7 @@ def check_trainer(
 ) -> CheckReport:
     """Train ``spec`` once on ``rows`` rows of each split of ``dataset`` in a temporary folder removed after."""
     if spec.kind == "builtin":  # the built-in MLP is an SDK entry point like any other: checked the same way
-        spec = builtin_trainer(spec.hyperparameters)
+        spec = builtin_trainer(spec.hyperparameters, spec)
     cwd = spec.working_dir or os.getcwd()
     if not Path(cwd).is_dir():
         raise PermanentError(f"the spec's working_dir {cwd} is not a folder")

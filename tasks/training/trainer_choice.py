@@ -48,12 +48,15 @@ def resolve_trainer(ref: TrainerRef) -> TrainerSpec:
     return load_trainer_block(text)
 
 
-def builtin_trainer(hyperparameters: dict[str, Any]) -> TrainerSpec:
-    """The built-in MLP as the launcher runs it: the SDK entry point with its declared hyperparameters."""
-    return TrainerSpec(
-        entry_point=BUILTIN_ENTRY_POINT,
-        hyperparameters=hyperparameters,
-        hyperparameter_types=BUILTIN_HYPERPARAMETERS,
+def builtin_trainer(hyperparameters: dict[str, Any], spec: TrainerSpec | None = None) -> TrainerSpec:
+    """The built-in MLP as the launcher runs it: the SDK entry point with these hyperparameters (declared types),
+    keeping the stall timeout and stop grace of ``spec`` (a built-in spec: hyperparameters only) when given."""
+    return (spec or TrainerSpec()).model_copy(
+        update={
+            "entry_point": BUILTIN_ENTRY_POINT,
+            "hyperparameters": dict(hyperparameters),
+            "hyperparameter_types": BUILTIN_HYPERPARAMETERS,
+        }
     )
 
 

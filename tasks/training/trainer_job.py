@@ -145,7 +145,7 @@ def trainer_workload(
             "hidden_size": hidden_size,
             "seed": seed,
         }
-        run = builtin_trainer((trainer or TrainerSpec()).hyperparameters | hyperparameters)
+        run = builtin_trainer(hyperparameters, trainer)  # the flow's knobs (it read any --hp into them)
     else:
         run = trainer
     args = launcher_args(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.mlflow_errors import is_not_found
+from workloads.mlflow_params import param_text
 from workloads.tags import TAG_LABELS, TAG_MODEL_URI, TAG_TASK
 
 
@@ -44,10 +45,10 @@ class RunReporter:
         """Log the params the run lacks; returns the names whose logged value differs (left as they were)."""
         from mlflow.entities import Param
 
-        new = [Param(k, _text(v)) for k, v in params.items() if k not in existing]
+        new = [Param(k, param_text(v)) for k, v in params.items() if k not in existing]
         if new:
             self.client.log_batch(self.run_id, params=new)
-        return [k for k, v in params.items() if k in existing and existing[k] != _text(v)]
+        return [k for k, v in params.items() if k in existing and existing[k] != param_text(v)]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -132,7 +133,3 @@ class RunReporter:
             tags[TAG_LABELS] = json.dumps(labels)
         self.set_tags(tags)
         return str(info.model_uri)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, list | dict) else str(value)
