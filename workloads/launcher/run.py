@@ -136,6 +136,7 @@ def trainer_env(
         c.ENV_FAILURE_FILE: str(files.failure),
         c.ENV_STOP_FILE: str(files.stop),
         c.ENV_DEVICE: device,
+        c.ENV_DEVICE_REQUEST: config.device,
         c.ENV_TRAINING_ID: config.training_id,
         c.ENV_TRACKING_URI: config.tracking_uri,
         c.ENV_RUN_ID: config.run_id,

@@ -61,6 +61,7 @@ class TrainerContext:
     run_id: str
     hparams: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    device_request: str = ""  # --device as the launcher was given it (auto, cpu, cuda); "" = as ``device``
     dataset_uri: str = ""
     training_id: str = ""
 
@@ -94,6 +95,7 @@ class TrainerContext:
             run_id=env[c.ENV_RUN_ID],
             hparams=hparams,
             device=env.get(c.ENV_DEVICE, "cpu") or "cpu",
+            device_request=env.get(c.ENV_DEVICE_REQUEST, ""),
             dataset_uri=env.get(c.ENV_DATASET_URI, ""),
             training_id=env.get(c.ENV_TRAINING_ID, ""),
         )

@@ -123,6 +123,11 @@ class TorchRun:
             ):
                 raise ConfigError(f"rank_timeout_seconds must be a positive number of seconds, got {wait!r}")
             requested = self.ctx.device if self.ctx.device in ("cpu", "cuda") else "auto"
+            if requested == "cuda" and self.ctx.device_request == "auto" and not torch.cuda.is_available():
+                # The launcher saw a GPU through NVML, but this torch cannot use it (a CPU build, or no driver):
+                # --device auto trains on the CPU, as the built-in trainer always did; an explicit cuda fails.
+                _warn("warning: NVML sees a GPU but this torch has no CUDA device; --device auto trains on cpu")
+                requested = "cpu"
             try:
                 device = pick_device(requested, ranks.local_rank if ranks.distributed else None)
             except ValueError as exc:
