@@ -61,13 +61,19 @@ class ConvergenceReport(BaseModel):
 
 
 def _per_epoch(epochs: Sequence[Mapping[str, Any]], given: Sequence[float] | None, key: str) -> list[float] | None:
-    """Per-epoch figures passed explicitly, else read from each epoch's ``key``; None when not known for all."""
+    """Per-epoch figures passed explicitly, else read from each epoch's ``key``; None when no epoch has one.
+
+    The launcher gives GPU figures only to steps at least a sampling interval apart: a step without them had its
+    time carried by the next step that has them (the last one always does), so it counts 0 here and every sum up
+    to an epoch that has them is whole."""
     if given is not None:
         if len(given) != len(epochs):
             raise ConfigurationError(f"{len(given)} {key} values for {len(epochs)} epochs; expected one per epoch")
         return [float(v) for v in given]
     values = [e.get(key) for e in epochs]
-    return [float(v) for v in values if v is not None] if all(v is not None for v in values) else None
+    if all(v is None for v in values):
+        return None
+    return [float(v) if v is not None else 0.0 for v in values]
 
 
 def _cumulative(values: list[float] | None, upto: int) -> float | None:

@@ -65,6 +65,19 @@ def test_per_epoch_gpu_seconds_and_cost_may_come_with_the_epochs() -> None:
     assert report.gpu_seconds_to_target == pytest.approx(20.0) and report.cost_to_target == pytest.approx(0.08)
 
 
+def test_epochs_without_gpu_figures_had_their_time_carried_by_the_next_that_has_them() -> None:
+    """The launcher attributes GPU time to steps a sampling interval apart; the sums stay whole."""
+    rows = epochs()
+    for row, seconds in zip(rows, [6.0, None, 10.0, None, 5.0, 5.0, 5.0, 5.0, 5.0], strict=True):
+        if seconds is not None:
+            row["gpu_seconds"] = seconds
+    report = analyse_convergence(rows)
+
+    assert report.target_epoch == 4  # 0.86 >= 95 % of 0.90; epoch 4's time went into epoch 5's figures
+    assert report.gpu_seconds_to_target == pytest.approx(16.0)
+    assert report.total_gpu_seconds == pytest.approx(41.0)
+
+
 def test_figures_that_need_gpu_time_are_none_without_it() -> None:
     report = analyse_convergence(epochs())
 

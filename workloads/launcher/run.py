@@ -167,6 +167,7 @@ class Launch:
         self.last_step: int | None = None
         self.decision: StopDecision | None = None
         self.stop_requested_at: float | None = None
+        self.device = config.device  # what --device resolves to, once the GPUs are known
 
     # ------------------------------------------------------------------ before the trainer
 
@@ -183,7 +184,7 @@ class Launch:
                 ) from exc
             raise
 
-    def record_params(self, dataset: LocalDataset, device: str) -> None:
+    def record_params(self, dataset: LocalDataset) -> None:
         """The hyperparameters and what this training is (its dataset, where it runs), as params the run lacks;
         the training id tag."""
         from mlflow.exceptions import MlflowException
@@ -201,7 +202,7 @@ class Launch:
             "val_rows": manifest.rows.get("val", 0),
             "trainer_command": shlex.join(self.config.command)[:500],
             "early_stop": self.config.early_stop,
-            "device": device,
+            "patience": self.config.patience,
         }
         if self.config.world_size > 1:
             params["world_size"] = self.config.world_size
@@ -241,8 +242,8 @@ class Launch:
         dataset = open_dataset(config.dataset_uri, self.store, files.root)
         self.telemetry.data_loaded(time.perf_counter() - loading)
         task = dataset.manifest.task
-        device = pick_device(config.device, self.telemetry)
-        self.record_params(dataset, device)
+        device = self.device = pick_device(config.device, self.telemetry)
+        self.record_params(dataset)
         history = run_history(self.client, config.run_id)
         before = history.get(CUMULATIVE_GPU_SECONDS, {})
         if before:
@@ -432,7 +433,9 @@ class Launch:
             tags[TAG_LABELS] = json.dumps(manifest.class_names)
         # As the built-in trainer's stop_reason and epochs_run: what ended the training and how far it got (a
         # relaunch of a finished run keeps the first launch's values, as MLflow keeps params).
-        outcome = {"stop_reason": stop_reason[:6000], "steps_run": str(self.last_step or 0)}
+        # The device it gave the trainer, unless the trainer logged where it really ran (an SDK trainer with
+        # --device auto falls back to the CPU when its torch has no CUDA).
+        outcome = {"stop_reason": stop_reason[:6000], "steps_run": str(self.last_step or 0), "device": self.device}
         existing = self.client.get_run(run_id).data.params
         from mlflow.entities import Param, RunTag
 

@@ -58,10 +58,6 @@ def train(ctx: TrainerContext) -> None:
         net = run.wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=hyper.learning_rate)
         scale = loss_scale(model, run.device)
-        described = {"optimizer": "adam", "dropout": hyper.dropout}
-        if run.world_size > 1:  # batch_size is per rank
-            described.update(global_batch_size=hyper.batch_size * run.world_size, backend=run.group.backend)
-        run.log_params(described)
         start = run.resume(model, optimizer)
         n, n_val = train_split.rows, val_split.rows
         for epoch in range(start + 1, hyper.epochs + 1):
@@ -85,4 +81,11 @@ def train(ctx: TrainerContext) -> None:
             run.say(result.progress_line(hyper.epochs))
             if run.report(epoch, result.metrics(), checkpoint=True):
                 break
+        # Logged with the model, not at the start: MLflow loads while the model trains (see TorchRun).
+        described: dict[str, object] = {"optimizer": "adam", "dropout": hyper.dropout, "device": str(run.device)}
+        if run.device.type == "cuda":
+            described["device_name"] = torch.cuda.get_device_name(run.device)
+        if run.world_size > 1:  # batch_size is per rank
+            described.update(global_batch_size=hyper.batch_size * run.world_size, backend=run.group.backend)
+        run.log_params(described)
         run.log_model(model, serialization_format="pt2")  # the MLP always exports, as the built-in logs it
