@@ -178,15 +178,22 @@ def _stage_data(client: MlflowClient, stage: str, run: Run) -> StageData:
 
 
 def epoch_gpu_seconds(epochs: Sequence[dict[str, float]], train: StageData | None) -> list[float] | None:
-    """GPU-seconds paid per epoch: differences of the cumulative figure (start-up lands in the first epoch)."""
+    """GPU-seconds paid per epoch: differences of the cumulative figure (start-up lands in the first epoch).
+
+    An epoch the launcher gave no figures (it ended less than a sampling interval after the last that got some)
+    pays 0 here: the next epoch that has them carries its time, so the running sum stays whole."""
     if train is None or not train.summary.has_gpu or not epochs:
         return None
-    if all(CUMULATIVE_GPU_SECONDS in e for e in epochs):
-        cumulative = [e[CUMULATIVE_GPU_SECONDS] for e in epochs]
-        return [b - a for a, b in zip([0.0, *cumulative[:-1]], cumulative, strict=True)]
-    if all(GPU_SECONDS in e for e in epochs):
-        return [e[GPU_SECONDS] for e in epochs]
+    if any(CUMULATIVE_GPU_SECONDS in e for e in epochs):
+        cumulative = list(itertools.accumulate((e.get(CUMULATIVE_GPU_SECONDS) for e in epochs), _carry, initial=0.0))
+        return [b - a for a, b in itertools.pairwise(cumulative)]
+    if any(GPU_SECONDS in e for e in epochs):
+        return [e.get(GPU_SECONDS, 0.0) for e in epochs]
     return None
+
+
+def _carry(last: float, value: float | None) -> float:
+    return last if value is None else value
 
 
 def epoch_costs(

@@ -99,6 +99,7 @@ class Files:
     metrics: Path = field(init=False)
     failure: Path = field(init=False)
     stop: Path = field(init=False)
+    stored: Path = field(init=False)
     hparams: Path = field(init=False)
     checkpoint: Path = field(init=False)
 
@@ -106,8 +107,16 @@ class Files:
         self.metrics = self.root / "metrics.jsonl"
         self.failure = self.root / "failure.txt"
         self.stop = self.root / "stop"
+        self.stored = self.root / "stored"
         self.hparams = self.root / "hparams.json"
         self.checkpoint = self.root / "checkpoint"
+
+    def mark_stored(self, step: int) -> None:
+        """Tell the trainer that ``step`` 's metrics and checkpoint are in MLflow and the store (written whole:
+        a reader never sees half a number)."""
+        partial = self.root / ".stored"
+        partial.write_text(str(step))
+        partial.replace(self.stored)
 
     def failure_line(self) -> str:
         try:
@@ -135,6 +144,7 @@ def trainer_env(
         c.ENV_METRICS_FILE: str(files.metrics),
         c.ENV_FAILURE_FILE: str(files.failure),
         c.ENV_STOP_FILE: str(files.stop),
+        c.ENV_STORED_FILE: str(files.stored),
         c.ENV_DEVICE: device,
         c.ENV_DEVICE_REQUEST: config.device,
         c.ENV_TRAINING_ID: config.training_id,
@@ -379,6 +389,7 @@ class Launch:
             if line.checkpoint:
                 relay.flush()
                 sync.sync()
+                files.mark_stored(line.step)
 
     def request_stop(self, files: Files) -> None:
         assert self.decision is not None

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from workloads.dataset import DatasetManifest
+
+STORED_TIMEOUT_SECONDS = 300.0  # a checkpoint upload slower than this is left to finish in the background
+STORED_POLL_SECONDS = 0.005
 
 REQUIRED = (
     c.ENV_DATASET_DIR,
@@ -64,6 +68,7 @@ class TrainerContext:
     device_request: str = ""  # --device as the launcher was given it (auto, cpu, cuda); "" = as ``device``
     dataset_uri: str = ""
     training_id: str = ""
+    stored_file: Path | None = None  # where the launcher says which step's checkpoint is in the store
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerContext:
@@ -98,6 +103,7 @@ class TrainerContext:
             device_request=env.get(c.ENV_DEVICE_REQUEST, ""),
             dataset_uri=env.get(c.ENV_DATASET_URI, ""),
             training_id=env.get(c.ENV_TRAINING_ID, ""),
+            stored_file=Path(env[c.ENV_STORED_FILE]) if env.get(c.ENV_STORED_FILE, "").strip() else None,
         )
 
     # ------------------------------------------------------------------ the dataset
@@ -168,6 +174,22 @@ class TrainerContext:
             os.write(fd, line.encode())  # one write of one line: the launcher never sees half of it
         finally:
             os.close(fd)
+
+    def wait_until_stored(self, step: int, timeout: float = STORED_TIMEOUT_SECONDS) -> bool:
+        """Wait until the launcher says ``step`` 's checkpoint is in the store (after a report with
+        ``checkpoint=True``), so a pod killed from now on resumes after ``step``. False when it did not say so
+        within ``timeout`` seconds, or runs without saying it (an older launcher)."""
+        if self.stored_file is None:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if int(self.stored_file.read_text() or 0) >= step:
+                    return True
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(STORED_POLL_SECONDS)
+        return False
 
     def should_stop(self) -> bool:
         """True once the launcher asked for an early stop: finish the step, log the model, return."""

@@ -321,7 +321,8 @@ class TorchRun:
 
     def report(self, step: int, metrics: Mapping[str, Any], checkpoint: bool = False) -> bool:
         """Report one step (every rank calls it with the same figures; rank 0 writes the line, after saving the
-        checkpoint when ``checkpoint``). Returns True when training should stop, on every rank alike: the
+        checkpoint when ``checkpoint``, and waiting until the launcher has put it in the store, so a kill after
+        this returns resumes after ``step``). Returns True when training should stop, on every rank alike: the
         launcher asked for it, or ``patience`` reports passed without the primary metric improving."""
         line = c.metrics_line(step, dict(metrics), checkpoint)
         if line.step <= self.last_step:
@@ -342,6 +343,9 @@ class TorchRun:
                 if state is not None:
                     self.checkpoints.save(state)
                 self.ctx.report(line.step, line.metrics, checkpoint)
+                stored = self.ctx.stored_file
+                if state is not None and stored is not None and not self.ctx.wait_until_stored(line.step):
+                    _warn(f"warning: the launcher has not stored the checkpoint of step {line.step} yet; going on")
                 if self.ctx.should_stop():
                     reason = self.ctx.stop_reason or "the launcher asked to stop"
                 elif self.stopper is not None:

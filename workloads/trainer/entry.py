@@ -78,8 +78,9 @@ def train(ctx: TrainerContext) -> None:
                 epoch_seconds=seconds,
                 samples_per_second=n / max(train_seconds, 1e-9),
             )
-            run.say(result.progress_line(hyper.epochs))
-            if run.report(epoch, result.metrics(), checkpoint=True):
+            stop = run.report(epoch, result.metrics(), checkpoint=True)
+            run.say(result.progress_line(hyper.epochs))  # once the epoch is in the store, as the built-in says it
+            if stop:
                 break
         # Logged with the model, not at the start: MLflow loads while the model trains (see TorchRun).
         described: dict[str, object] = {"optimizer": "adam", "dropout": hyper.dropout, "device": str(run.device)}
