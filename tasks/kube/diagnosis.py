@@ -195,9 +195,17 @@ def job_failure(job: Obj, pods: Iterable[Obj], meanings: Mapping[int, str], perm
             return Failure(f"{stuck[-1][0]}; {deadline}", None, True)
         return Failure(deadline, code, True)
     if reason == "PodFailurePolicy":
-        text = last.reason if last else message
-        pod = last.pod if last else None
-        return Failure(f"{text}; the Job's podFailurePolicy failed it without retrying", code, True, pod)
+        # The pod whose permanent exit matched the policy, not a peer the Job then stopped (SIGTERM, 143).
+        found = (pod_failure(p, meanings, permanent_codes) for p in failed)
+        cause = next((f for f in found if f is not None and f.permanent), last)
+        text = cause.reason if cause else message
+        pod = cause.pod if cause else None
+        return Failure(
+            f"{text}; the Job's podFailurePolicy failed it without retrying",
+            cause.exit_code if cause else None,
+            True,
+            pod,
+        )
     if reason == "BackoffLimitExceeded":
         tries = (
             f"{status_of(job).get('failed', len(failed))} pod(s) failed, backoffLimit {spec.get('backoffLimit', '?')}"

@@ -236,6 +236,21 @@ def test_pod_failure_policy_reports_the_trainers_exit_code_and_meaning() -> None
     assert failure.exit_code == 2 and failure.permanent and failure.pod == "gpuflow-train-abc-x7k2p"
 
 
+def test_pod_failure_policy_names_the_pod_that_matched_it_not_the_peer_the_job_then_stopped() -> None:
+    bad = pod("train-0", phase="Failed", conditions=[scheduled()], node="gpu-1", state=terminated(2))
+    bad["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2024-05-01T10:00:30Z"
+    stopped = pod("train-1", phase="Failed", conditions=[scheduled()], node="gpu-2", state=terminated(143))
+    stopped["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2024-05-01T10:00:31Z"
+    failure = job_failure(
+        job("PodFailurePolicy", "Container trainer for pod ml/train-0 failed with exit code 2", failed=2),
+        [bad, stopped],
+        TRAINER_EXIT_MEANINGS,
+        PERMANENT,
+    )
+    assert failure.exit_code == 2 and failure.pod == "train-0" and failure.permanent
+    assert "exit code 2 (trainer: configuration error" in failure.reason
+
+
 def test_backoff_limit_after_crashes_reports_the_last_pods_exit_code_and_is_retryable() -> None:
     first = pod("p-1", phase="Failed", state=terminated(1))
     first["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2024-05-01T10:00:30Z"
