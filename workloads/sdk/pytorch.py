@@ -42,8 +42,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads.convergence import EarlyStopper
-from workloads.imports import import_in_background
-from workloads.quiet import quiet_mlflow
 from workloads.sdk import contract as c
 from workloads.sdk.checkpoint import Checkpoint, CheckpointStore
 from workloads.sdk.context import TrainerContext, TrainerFailed
@@ -135,9 +133,6 @@ class TorchRun:
             self.comm = Comm(ranks, device, wait_s=ranks.timeout_s if wait is None else float(wait)).__enter__()
         except TrainerError as exc:
             self._fail(exc)
-        if ranks.is_main:  # rank 0 logs the model at the end: MLflow loads meanwhile
-            quiet_mlflow()
-            import_in_background("mlflow.pytorch", "mlflow.models")
         if self.seed is not None:
             seed_everything(self.seed)
         if self.deterministic:

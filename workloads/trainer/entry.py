@@ -24,6 +24,8 @@ from dataclasses import asdict
 
 import torch
 
+from workloads.imports import import_in_background
+from workloads.quiet import quiet_mlflow
 from workloads.sdk.context import TrainerContext
 from workloads.sdk.errors import ConfigError
 from workloads.sdk.pytorch import TorchRun
@@ -46,6 +48,11 @@ def train(ctx: TrainerContext) -> None:
         torch.set_num_threads(int(threads))
     head = head_for(ctx.task)
     with TorchRun(ctx, seed=hyper.seed, deterministic=True) as run:
+        # Rank 0 logs the model at the end: MLflow loads while it trains. Only gpuflow's own loop runs beside the
+        # import thread here (the SDK does not do this for user code, whose imports could race it).
+        if run.is_main:
+            quiet_mlflow()
+            import_in_background("mlflow.pytorch", "mlflow.models")
         if ctx.tensor_shape is not None:
             raise ConfigError(
                 f"the built-in MLP takes flat features; this dataset declares the tensor shape {list(ctx.tensor_shape)}"
