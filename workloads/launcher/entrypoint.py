@@ -129,4 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_quickly(main())
+    code = main()
+    # Under torchrun the process group's C++ threads must be torn down by the final collections (a rank once
+    # aborted at exit with "terminate called without an active exception" when they were frozen out of them).
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stdout.flush()
+        sys.exit(code)
+    exit_quickly(code)
