@@ -88,6 +88,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep every test run off the network and off the developer's own Prefect profile.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow takes DO_NOT_TRACK only as "true"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.

@@ -15,6 +15,9 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    # No usage telemetry from pods and trainers: it tries the network from a thread and, when that fails, deletes
+    # an environment variable under any thread reading os.environ (seen as a KeyError in a test's MLflow call).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     for name in ("mlflow", "alembic", "urllib3", "botocore"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")

@@ -37,6 +37,9 @@ def _quiet_environment() -> None:
     """Defaults that keep a successful run's output free of noise that is not ours to show."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # MLflow reads DO_NOT_TRACK only as "true"; its usage telemetry otherwise tries the network from a thread and,
+    # when that fails, deletes an environment variable under any thread reading os.environ (a KeyError there).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
