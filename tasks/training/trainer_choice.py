@@ -19,6 +19,7 @@ from tasks.core.trainer_spec import (
     parse_trainer_text,
     trainer_spec_from_data,
 )
+from workloads.mlflow_params import log_new_params
 from workloads.tags import TAG_TRAINER
 
 TrainerRef = str | TrainerSpec | dict[str, Any] | None
@@ -98,17 +99,9 @@ def launcher_args(
 def record_trainer(tracking: Any, run_id: str, spec: TrainerSpec) -> None:
     """Name the trainer on the train run (the ``gpuflow.trainer`` tag, ``trainer`` and ``hyperparameters`` params),
     so lineage answers "what code trained this model". Params already logged (a retried run) are left."""
-    from mlflow.entities import Param, RunTag
-
     from tasks.tracking.runs import client_for
 
-    client = client_for(tracking)
-    existing = client.get_run(run_id).data.params
-    params = {"trainer": spec.describe()[:6000]}
+    params = {"trainer": spec.describe()}
     if spec.kind != "builtin":
-        params["hyperparameters"] = json.dumps(spec.hyperparameters, sort_keys=True)[:6000]
-    client.log_batch(
-        run_id,
-        params=[Param(k, v) for k, v in params.items() if k not in existing],
-        tags=[RunTag(TAG_TRAINER, spec.describe()[:5000])],
-    )
+        params["hyperparameters"] = json.dumps(spec.hyperparameters, sort_keys=True)
+    log_new_params(client_for(tracking), run_id, params, {TAG_TRAINER: spec.describe()[:5000]})
