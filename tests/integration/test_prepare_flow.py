@@ -12,9 +12,11 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+from blocks.mlflow_tracking import MLflowTracking
 from flows.prepare import prepare
 from tasks.core import settings
 from tasks.tracking.events import DATASET_PREPARED
+from tasks.tracking.runs import experiment_id
 from tests.fixtures.flow_env import migrated_home, mlflow_db_template, no_heartbeat_wait  # noqa: F401 (fixtures used by name)
 from tests.fixtures.prefect_events import wait_for_event
 from tests.fixtures.raw_files import csv_bytes, digits_rows
@@ -71,11 +73,8 @@ def test_demo_prepares_digits_once_then_hits_the_cache(gpuflow_home: Path) -> No
 
 def test_stage_run_records_params_metrics_and_split_datasets(gpuflow_home: Path) -> None:
     client = MlflowClient(settings.tracking_uri())
-    experiment = client.get_experiment_by_name(settings.DEFAULT_EXPERIMENT) or client.create_experiment(
-        settings.DEFAULT_EXPERIMENT
-    )
-    experiment_id = experiment if isinstance(experiment, str) else experiment.experiment_id
-    parent = client.create_run(experiment_id, run_name="pipeline").info.run_id
+    # created as the pipeline creates it: artifacts under the home, not in the working directory's ./mlruns
+    parent = client.create_run(experiment_id(MLflowTracking.embedded()), run_name="pipeline").info.run_id
 
     result = prepare("demo", seed=7, parent_run_id=parent)
 
