@@ -70,6 +70,7 @@ def start_mlflow(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         ],
         stdout=open(root / "server.log", "wb"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle huey consumers beside the relay
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
