@@ -29,8 +29,15 @@ FIGURES = ("train_loss", "val_loss", "val_accuracy")
 class Setup(sdk_launch.Setup):
     """The SDK tests' set-up (a dataset, a store, fresh MLflow runs) with both trainers' command lines."""
 
+    @property
+    def temp(self) -> Path:
+        """The trainers' TMPDIR: what they leave in it is what they would leave in a user's /tmp."""
+        return self.folder / "tmp"
+
     def env(self, run: tuple[str, str], extra_env: dict[str, str] | None = None) -> dict[str, str]:
-        return super().env(run, {"GPUFLOW_TORCH_THREADS": "1", **(extra_env or {})})  # both trainers cap torch alike
+        self.temp.mkdir(exist_ok=True)
+        extra = {"GPUFLOW_TORCH_THREADS": "1", "TMPDIR": str(self.temp), **(extra_env or {})}
+        return super().env(run, extra)  # both trainers cap torch alike
 
     def builtin(
         self, run: tuple[str, str], hyper: dict, training_id: str, ranks: int = 1
@@ -133,3 +140,5 @@ def test_two_ranks_on_the_sdk_report_the_builtin_two_rank_figures(setup: Setup) 
     assert old.returncode == 0, old.stderr
     assert new.returncode == 0, new.stderr
     assert figures(sdk) == figures(builtin)
+    # torchrun's log folders (torchelastic_*) went with it; only torch's compile cache stays, as it is meant to
+    assert [p.name for p in setup.temp.iterdir() if not p.name.startswith("torchinductor_")] == []

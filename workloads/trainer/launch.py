@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from workloads.trainer.config import EXIT_FAILED, EXIT_OK
@@ -42,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(argv) if argv is not None else None)
     if "LOGLEVEL" not in os.environ:
         _quiet_torchrun()
+    # Without --log-dir, torchrun makes /tmp/torchelastic_* for its workers' error files and never removes it:
+    # one folder per training left on the machine. An own temporary one goes once the agent has read them.
+    own_log_dir = None if args.log_dir else tempfile.TemporaryDirectory(prefix="gpuflow-torchrun-")
+    if own_log_dir is not None:
+        args.log_dir = own_log_dir.name
     try:
         run(args)
     except ChildFailedError as exc:
@@ -53,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SignalException as exc:  # the agent itself was told to stop (pod deleted): the workers were stopped
         print(f"error: launcher stopped by {signal.Signals(exc.sigval).name}", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
+    finally:
+        if own_log_dir is not None:
+            own_log_dir.cleanup()
     return EXIT_OK
 
 
