@@ -3,7 +3,8 @@
 torchrun (``python -m torch.distributed.run``) exits 1 whatever its workers exited with, which hides the
 trainer's permanent codes (2 configuration, 3 dataset) from a Kubernetes podFailurePolicy: a Job would retry a
 training that can never pass. This runs torchrun unchanged (same arguments, same agent, same rendezvous) and
-only changes how it ends: with the workers' own code (see :func:`group_exit_code`), and one line on stderr.
+only changes how it ends: with the workers' own code (see :func:`group_exit_code`), one line on stderr, and no
+log folder left behind (torchrun's default, ``/tmp/torchelastic_*``, is never removed).
 torchrun's own warning and error lines (which worker got SIGTERM, which exit code) are silenced unless ``LOGLEVEL``
 is set (torchrun's own switch): that last line says the same, once.
 """
