@@ -38,16 +38,22 @@ def program_of(cmdline: list[str]) -> str:
     """A name for the program a command line runs: ``-m module``, the script's name, or the executable's."""
     if not cmdline:
         return "?"
-    if "-m" in cmdline[:-1]:
-        module = cmdline[cmdline.index("-m") + 1]
-        if module == "uvicorn" and any("prefect" in part for part in cmdline):
-            return "-m uvicorn (Prefect API)"
-        return f"-m {module}"
     executable = Path(cmdline[0]).name
-    if re.fullmatch(r"python[\d.]*", executable) and len(cmdline) > 1:
-        if cmdline[1] == "-c":  # pytest-xdist's workers are started by execnet this way
-            return "pytest-xdist worker" if "sys.stdin" in cmdline[2:3][0] else "python -c ..."
-        return Path(cmdline[1]).name
+    if not re.fullmatch(r"python[\d.]*", executable):
+        return executable
+    args = iter(cmdline[1:])
+    for arg in args:
+        if arg == "-m":
+            module = next(args, "?")
+            if module == "uvicorn" and any("prefect" in part for part in cmdline):
+                return "-m uvicorn (Prefect API)"
+            return f"-m {module}"
+        if arg == "-c":  # pytest-xdist's workers are started by execnet this way
+            return "pytest-xdist worker" if "sys.stdin" in next(args, "") else "python -c ..."
+        if arg in ("-X", "-W"):  # interpreter options with a value
+            next(args, None)
+        elif not arg.startswith("-"):
+            return Path(arg).name
     return executable
 
 
