@@ -101,7 +101,8 @@ def record_trainer(tracking: Any, run_id: str, spec: TrainerSpec) -> None:
     so lineage answers "what code trained this model". Params already logged (a retried run) are left."""
     from tasks.tracking.runs import client_for
 
-    params = {"trainer": spec.describe()}
+    described = spec.describe()
+    params = {"trainer": described}
     if spec.kind != "builtin":
         params["hyperparameters"] = json.dumps(spec.hyperparameters, sort_keys=True)
-    log_new_params(client_for(tracking), run_id, params, {TAG_TRAINER: spec.describe()[:5000]})
+    log_new_params(client_for(tracking), run_id, params, {TAG_TRAINER: described[:5000]})

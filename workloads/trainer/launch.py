@@ -11,12 +11,14 @@ is set (torchrun's own switch): that last line says the same, once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from workloads.trainer.config import EXIT_FAILED, EXIT_OK
 
@@ -37,18 +39,25 @@ def group_exit_code(codes: Sequence[int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import parse_args
 
     args = parse_args(list(argv) if argv is not None else None)
     if "LOGLEVEL" not in os.environ:
         _quiet_torchrun()
-    # Without --log-dir, torchrun makes /tmp/torchelastic_* for its workers' error files and never removes it:
-    # one folder per training left on the machine. An own temporary one goes once the agent has read them.
-    own_log_dir = None if args.log_dir else tempfile.TemporaryDirectory(prefix="gpuflow-torchrun-")
-    if own_log_dir is not None:
-        args.log_dir = own_log_dir.name
+    with contextlib.ExitStack() as cleanup:
+        # Without --log-dir, torchrun makes /tmp/torchelastic_* for its workers' error files and never removes
+        # it: one folder per training left on the machine. An own temporary one goes once the agent read them.
+        if not args.log_dir:
+            args.log_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gpuflow-torchrun-"))
+        return _run(args)
+
+
+def _run(args: Any) -> int:
+    """torchrun with ``args``; its workers' own exit code, or the signal that stopped its agent."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import run
+
     try:
         run(args)
     except ChildFailedError as exc:
@@ -60,9 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SignalException as exc:  # the agent itself was told to stop (pod deleted): the workers were stopped
         print(f"error: launcher stopped by {signal.Signals(exc.sigval).name}", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
-    finally:
-        if own_log_dir is not None:
-            own_log_dir.cleanup()
     return EXIT_OK
 
 
