@@ -3,5 +3,8 @@
 import sys
 
 from flows.cli import main
+from workloads.exiting import forget_handled_interrupt
 
-sys.exit(main())
+code = main()
+forget_handled_interrupt()  # an interrupt main handled ends with 130, never by SIGINT
+sys.exit(code)

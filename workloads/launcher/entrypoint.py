@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from workloads.exiting import exit_quickly
+from workloads.exiting import exit_quickly, forget_handled_interrupt
 from workloads.sdk.contract import ENV_FAILURE_FILE, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 ENTRY = re.compile(r"^(?P<module>[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*):(?P<function>[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)$")
@@ -134,5 +134,6 @@ if __name__ == "__main__":
     # aborted at exit with "terminate called without an active exception" when they were frozen out of them).
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         sys.stdout.flush()
+        forget_handled_interrupt()
         sys.exit(code)
     exit_quickly(code)
