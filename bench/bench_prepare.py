@@ -173,11 +173,11 @@ def child_flow(csv: Path, home: Path) -> dict[str, object]:
     os.environ["PREFECT_HOME"] = str(home / "prefect")  # an ephemeral API of its own, not the user's profile
     for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI"):
         os.environ.pop(var, None)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # fresh database: migrations
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(ROOT))
+    from workloads.quiet import quiet_environment
+
+    quiet_environment()
     from flows.prepare import prepare
 
     prepare("demo")  # warm-up: starts the ephemeral Prefect API and creates the MLflow store

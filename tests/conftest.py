@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from tests.fixtures.net import free_port as free_port
+from workloads.quiet import quiet_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_NVML = ROOT / "tests" / "fixtures" / "no_nvml"
@@ -86,11 +87,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # loads anywhere; an explicit value (or GPUFLOW_TORCH_THREADS, set by some tests) still wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep every test run off the network and off the developer's own Prefect profile.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow takes DO_NOT_TRACK only as "true"
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+quiet_environment()
 # No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.
 # Each pytest process (the main one and every xdist worker) makes its own and removes it when it exits.
 os.environ["GPUFLOW_HOME"] = tempfile.mkdtemp(prefix="gpuflow-test-home-")

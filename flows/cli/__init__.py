@@ -31,17 +31,7 @@ from flows.cli.run_command import add_run_parser
 from flows.cli.serve_command import add_serve_parser
 from flows.cli.spec_command import add_spec_parser
 from flows.cli.trainer_command import add_trainer_parser
-
-
-def _quiet_environment() -> None:
-    """Defaults that keep a successful run's output free of noise that is not ours to show."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # MLflow reads DO_NOT_TRACK only as "true"; its usage telemetry otherwise tries the network from a thread and,
-    # when that fails, deletes an environment variable under any thread reading os.environ (a KeyError there).
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from workloads.quiet import quiet_environment
 
 
 class _NoTracebackForGpuflowErrors(logging.Filter):
@@ -114,7 +104,7 @@ def _exit_on_another_interrupt() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_environment()
+    quiet_environment()  # a successful run's output free of noise that is not ours to show
     if args.command == "serve":
         from flows.cli.serve_command import serve_command
 
