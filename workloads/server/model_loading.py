@@ -13,11 +13,15 @@ its module; any other loads through ``mlflow.pyfunc``.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -184,14 +188,26 @@ def _example(meta: Any, path: str, spec: InputSpec | None) -> np.ndarray | None:
     return example_rows(example, spec)
 
 
+def _download(location: str, tracking_uri: str | None) -> str:
+    """The model's local folder: a local store's own folder as it is, else a copy in a folder the server removes
+    when it exits (MLflow's default for a remote store, a new /tmp folder per download, is never removed: each
+    server start against a tracking server left a copy of its model behind)."""
+    import mlflow.artifacts
+
+    if urlparse(location).scheme in ("", "file"):
+        return str(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri))
+    folder = tempfile.mkdtemp(prefix="gpuflow-model-")
+    atexit.register(shutil.rmtree, folder, True)
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=folder, tracking_uri=tracking_uri))
+
+
 def load(source: ModelSource, tracking_uri: str | None) -> LoadedModel:
     """Download the model's files and load it on CPU: its PyTorch module, or its pyfunc model."""
     started = time.perf_counter()
-    import mlflow.artifacts
     from mlflow.models import Model
 
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=source.location, tracking_uri=tracking_uri)
+        path = _download(source.location, tracking_uri)
     except Exception as exc:
         raise ModelLoadError(f"cannot download {source.uri} from {source.location}: {exc}", EXIT_UNAVAILABLE) from exc
     try:
