@@ -31,6 +31,11 @@ NO_NVML = ROOT / "tests" / "fixtures" / "no_nvml"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _hide_nvml(config)
+    _own_gpuflow_home()
+
+
+def _hide_nvml(config: pytest.Config) -> None:
     """Make a machine with a GPU look like one without, for every test but the GPU check.
 
     The tests expect no NVML unless they bring the fake one; the loader reads LD_LIBRARY_PATH only at process start,
@@ -46,6 +51,18 @@ def pytest_configure(config: pytest.Config) -> None:
         capture.stop_global_capturing()  # give the restarted process the real stdout and stderr
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def _own_gpuflow_home() -> None:
+    """No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.
+
+    Each pytest process (the main one and every xdist worker) makes its own and removes it when it exits. Made
+    here, after any restart above, and not when this module is imported: an exec skips atexit (the folder made
+    before it was left in /tmp), and a helper process importing from this module needs none.
+    """
+    home = tempfile.mkdtemp(prefix="gpuflow-test-home-")
+    os.environ["GPUFLOW_HOME"] = home
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
 
 
 # the kube_cluster fixture (emulated Kubernetes); nodes_left (torchrun nodes a test starts, killed if left)
@@ -88,10 +105,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep every test run off the network and off the developer's own Prefect profile.
 quiet_environment()
-# No test writes into the checkout or the developer's own gpuflow home, even one that forgets `gpuflow_home`.
-# Each pytest process (the main one and every xdist worker) makes its own and removes it when it exits.
-os.environ["GPUFLOW_HOME"] = tempfile.mkdtemp(prefix="gpuflow-test-home-")
-atexit.register(shutil.rmtree, os.environ["GPUFLOW_HOME"], ignore_errors=True)
 for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "GPUFLOW_STORE_URI", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
 

@@ -45,10 +45,12 @@ class Setup:
     tracking_uri: str
     experiment_id: str
     run_id: str
+    scratch: Path  # the nodes' TMPDIR, as a pod has a /tmp of its own: torchrun's torchelastic_* logs go there
 
     def env(self, run_id: str | None = None) -> dict[str, str]:
         return {
             **os.environ,
+            "TMPDIR": str(self.scratch),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_RUN_ID": run_id or self.run_id,
             "GPUFLOW_STORE_URI": str(self.store),
@@ -87,7 +89,16 @@ def setup(tmp_path: Path, mlflow_db_template: Path) -> Setup:  # noqa: F811
     store = tmp_path / "store"
     uri = write_digits_dataset(store)
     tracking_uri, experiment, run_id = sqlite_run(tmp_path, mlflow_db_template, "distributed")
-    return Setup(dataset_uri=uri, store=store, tracking_uri=tracking_uri, experiment_id=experiment, run_id=run_id)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return Setup(
+        dataset_uri=uri,
+        store=store,
+        tracking_uri=tracking_uri,
+        experiment_id=experiment,
+        run_id=run_id,
+        scratch=scratch,
+    )
 
 
 def run(setup: Setup, command: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -30,10 +30,12 @@ class Setup:
     store: Path
     tracking_uri: str
     run_id: str
+    scratch: Path  # the trainer's TMPDIR: what the killed one leaves stays in the test's folder
 
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
+            "TMPDIR": str(self.scratch),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_RUN_ID": self.run_id,
             "GPUFLOW_STORE_URI": str(self.store),
@@ -55,7 +57,9 @@ def setup(tmp_path: Path, mlflow_db_template: Path) -> Setup:  # noqa: F811
     store = tmp_path / "store"
     uri = write_digits_dataset(store)
     tracking_uri, _, run_id = sqlite_run(tmp_path, mlflow_db_template, "resume")
-    return Setup(dataset_uri=uri, store=store, tracking_uri=tracking_uri, run_id=run_id)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return Setup(dataset_uri=uri, store=store, tracking_uri=tracking_uri, run_id=run_id, scratch=scratch)
 
 
 def history_steps(setup: Setup, key: str) -> list[int]:
