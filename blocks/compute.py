@@ -12,6 +12,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -95,14 +96,20 @@ class LocalProcess(ComputeTarget):
         """Start ``python -m module args``, relay each output line to ``log``, wait for it to exit.
 
         Any exception in the waiting thread (KeyboardInterrupt, Prefect's cancellation) stops the
-        process group and is re-raised.
+        process group and is re-raised. The workload's TMPDIR is a folder of its own, as a pod's /tmp is, removed
+        once its process group has ended however it ended: what it, torchrun or MLflow's downloads leave there
+        does not pile up in the machine's /tmp. A TMPDIR in the block's or the spec's env wins.
         """
+        with tempfile.TemporaryDirectory(prefix=f"gpuflow-{spec.name}-", ignore_cleanup_errors=True) as scratch:
+            return self._run(spec, log, scratch)
+
+    def _run(self, spec: WorkloadSpec, log: LogFn, scratch: str) -> WorkloadResult:
         python = self.python_executable or sys.executable
         tail: deque[str] = deque(maxlen=self.tail_lines)
         started = time.monotonic()
         try:
             cwd = spec.working_dir or self.working_dir or None
-            proc = spawn_group(spec.command(python), self._environment(spec), cwd=cwd)
+            proc = spawn_group(spec.command(python), self._environment(spec, scratch), cwd=cwd)
         except OSError as exc:
             raise PermanentWorkloadFailure(spec.name, None, [], reason=f"could not start {python}: {exc}") from exc
         assert proc.stdout is not None
@@ -151,8 +158,8 @@ class LocalProcess(ComputeTarget):
             tail.append(line)
             log(line)
 
-    def _environment(self, spec: WorkloadSpec) -> dict[str, str]:
-        env = {**os.environ, **self.env, **spec.env, **spec.secret_env, "PYTHONUNBUFFERED": "1"}
+    def _environment(self, spec: WorkloadSpec, scratch: str) -> dict[str, str]:
+        env = {**os.environ, "TMPDIR": scratch, **self.env, **spec.env, **spec.secret_env, "PYTHONUNBUFFERED": "1"}
         if self.python_executable is None:
             with_import_root(env, spec.module)
         return env

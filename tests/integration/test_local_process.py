@@ -131,6 +131,43 @@ def test_interrupt_while_waiting_kills_the_workload_and_propagates(tmp_path: Pat
     assert wait_gone(pids_from(lines)) == []
 
 
+# Leaves a folder in its temporary directory, as torchrun's logs or MLflow's downloads do, then runs for argv[1] s.
+LEAVES_A_FOLDER = """
+import sys, tempfile, time
+print(f"tmp {tempfile.gettempdir()} {tempfile.mkdtemp(prefix='left-')}", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def temporary_folders(lines: list[str]) -> tuple[Path, Path]:
+    line = next(line for line in lines if line.startswith("tmp "))
+    tmpdir, left = line.split()[1:]
+    return Path(tmpdir), Path(left)
+
+
+@pytest.mark.parametrize("seconds", [0, 30], ids=["exits", "killed at its timeout"])
+def test_what_a_workload_leaves_in_its_temporary_directory_goes_with_it(tmp_path: Path, seconds: int) -> None:
+    spec = workload(tmp_path, "litter", LEAVES_A_FOLDER, args=[str(seconds)])
+    lines: list[str] = []
+    try:
+        LocalProcess(timeout_seconds=3, termination_grace_seconds=0.5).run_workload(spec, lines.append)
+    except WorkloadFailed as failed:
+        assert seconds and failed.reason == "timed out after 3s"
+    tmpdir, left = temporary_folders(lines)
+    assert tmpdir.name.startswith("gpuflow-litter-") and left.parent == tmpdir  # a folder of its own, as in a pod
+    assert not tmpdir.exists()
+
+
+def test_a_tmpdir_set_in_the_block_is_kept(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    spec = workload(tmp_path, "litter", LEAVES_A_FOLDER, args=["0"])
+    lines: list[str] = []
+    LocalProcess(env={"TMPDIR": str(mine)}).run_workload(spec, lines.append)
+    tmpdir, left = temporary_folders(lines)
+    assert tmpdir == mine and left.is_dir()  # the user's own folder: theirs to clean
+
+
 def test_children_left_behind_by_a_finished_workload_are_ended(tmp_path: Path) -> None:
     # The leftover child inherits the output pipe; without cleanup the run would wait for it forever.
     spec = workload(tmp_path, "leaves_child", STUBBORN_CHILD.rsplit("time.sleep(120)", 1)[0])
