@@ -27,7 +27,9 @@ from workloads.store import ObjectStore
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def test_register_gate_and_aliases_through_a_tracking_server(mlflow_server: MlflowServer, gpuflow_home: Path) -> None:
+def test_register_gate_and_aliases_through_a_tracking_server(
+    mlflow_server: MlflowServer, gpuflow_home: Path, tmp_path: Path
+) -> None:
     suffix = uuid.uuid4().hex[:8]
     model_name, experiment, block = f"digits-{suffix}", f"gpuflow-{suffix}", f"team-mlflow-{suffix}"
     MLflowTracking(tracking_uri=mlflow_server.url, experiment_name=experiment).save(block)
@@ -48,7 +50,7 @@ def test_register_gate_and_aliases_through_a_tracking_server(mlflow_server: Mlfl
     assert champion.run_id == good_run
     assert str(champion.source).startswith("mlflow-artifacts:")  # stored behind the server's artifact proxy
     assert client.get_experiment(client.get_run(first.evaluate_run_id).info.experiment_id).name == experiment
-    png = Path(client.download_artifacts(second.evaluate_run_id, "evaluation/confusion_matrix.png"))
+    png = Path(client.download_artifacts(second.evaluate_run_id, "evaluation/confusion_matrix.png", str(tmp_path)))
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     # What serving will do: load models:/<name>@champion from the server and predict the test split.
