@@ -15,10 +15,10 @@ from typing import NoReturn
 def forget_handled_interrupt() -> None:
     """Make a Ctrl-C the program already handled stay handled, so ``python -m`` ends with the program's own code.
 
-    CPython 3.11 and 3.12 remember a KeyboardInterrupt that ended any code they ran from a string (a dataclass or
-    namedtuple being built inside an import when Ctrl-C lands) as unhandled, even after a caller caught it; under
-    ``python -m`` the interpreter then ends itself by SIGINT (-2 to the parent) instead of with the code given to
-    ``sys.exit``. Running a string that finishes clears that memory.
+    CPython 3.11 (tests/unit/test_exiting.py shows it) remembers a KeyboardInterrupt that ended any code it ran
+    from a string (a dataclass or namedtuple being built inside an import when Ctrl-C lands) as unhandled, even
+    after a caller caught it; under ``python -m`` the interpreter then ends itself by SIGINT (-2 to the parent)
+    instead of with the code given to ``sys.exit``. Running a string that finishes clears that memory.
     """
     exec("")
 
