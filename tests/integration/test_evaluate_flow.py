@@ -58,7 +58,9 @@ def _prefect_artifacts(flow_run_id: UUID) -> dict[str, Any]:
     return {artifact.key: artifact for artifact in found if artifact.key}
 
 
-def test_good_model_becomes_champion_and_a_worse_one_is_held_back(dataset_uri: str, model_name: str) -> None:
+def test_good_model_becomes_champion_and_a_worse_one_is_held_back(
+    dataset_uri: str, model_name: str, tmp_path: Path
+) -> None:
     good_run = _train_run(dataset_uri)
     since = datetime.now(UTC)
 
@@ -83,7 +85,7 @@ def test_good_model_becomes_champion_and_a_worse_one_is_held_back(dataset_uri: s
     )
     assert run.data.tags["gpuflow.gate.passed"] == "true"
     assert run.data.tags["gpuflow.dataset_version"] == first.dataset_version
-    png = Path(client.download_artifacts(first.evaluate_run_id, "evaluation/confusion_matrix.png"))
+    png = Path(client.download_artifacts(first.evaluate_run_id, "evaluation/confusion_matrix.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     version = client.get_model_version(model_name, "1")
     assert version.run_id == good_run

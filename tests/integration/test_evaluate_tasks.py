@@ -114,15 +114,18 @@ def save_gate(**fields: Any) -> str:
     return name
 
 
-def predict(model_uri: str, features: np.ndarray) -> np.ndarray:
-    """The registered model's answers, loaded by MLflow itself (an independent path from evaluate's)."""
+def predict(model_uri: str, features: np.ndarray, folder: Path) -> np.ndarray:
+    """The registered model's answers, loaded by MLflow itself (an independent path from evaluate's) from a copy in
+    ``folder`` (MLflow's default is a new /tmp folder nobody removes)."""
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri, dst_path=str(folder))
     return np.asarray(model.predict(features), dtype=np.float64)
 
 
-def test_a_torch_regressor_gets_rmse_mae_r2_a_residual_plot_and_the_regression_gate(home: TaskHome) -> None:
+def test_a_torch_regressor_gets_rmse_mae_r2_a_residual_plot_and_the_regression_gate(
+    home: TaskHome, tmp_path: Path
+) -> None:
     import mlflow
 
     name = model_name("diabetes")
@@ -138,7 +141,7 @@ def test_a_torch_regressor_gets_rmse_mae_r2_a_residual_plot_and_the_regression_g
     x_test, y_test = read_split(home.diabetes, "test")
     mlflow.set_tracking_uri(settings.tracking_uri())
     try:
-        predicted = predict(f"models:/{name}/1", x_test).reshape(-1)
+        predicted = predict(f"models:/{name}/1", x_test, tmp_path).reshape(-1)
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     assert first.metrics["rmse"] == pytest.approx(math.sqrt(np.mean((predicted - y_test) ** 2)), rel=1e-5)
@@ -147,7 +150,7 @@ def test_a_torch_regressor_gets_rmse_mae_r2_a_residual_plot_and_the_regression_g
     run = client.get_run(first.evaluate_run_id)
     assert {"test_rmse", "test_mae", "test_r2"} <= set(run.data.metrics)
     assert run.data.tags["gpuflow.task"] == "regression"
-    png = Path(client.download_artifacts(first.evaluate_run_id, "evaluation/residuals.png"))
+    png = Path(client.download_artifacts(first.evaluate_run_id, "evaluation/residuals.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     version = client.get_model_version(name, "1")
     assert version.tags["gpuflow.task"] == "regression" and "gpuflow.labels" not in version.tags
@@ -177,7 +180,7 @@ def test_a_torch_regressor_gets_rmse_mae_r2_a_residual_plot_and_the_regression_g
     assert "| max_regression |" in artifacts(flow_run_id)["quality-gate"].data
 
 
-def test_a_scikit_learn_classifier_with_string_classes_is_scored_through_pyfunc(home: TaskHome) -> None:
+def test_a_scikit_learn_classifier_with_string_classes_is_scored_through_pyfunc(home: TaskHome, tmp_path: Path) -> None:
     import mlflow
 
     name = model_name("cancer")
@@ -204,7 +207,7 @@ def test_a_scikit_learn_classifier_with_string_classes_is_scored_through_pyfunc(
     truth = np.asarray([manifest.class_names[i] for i in stored])
     mlflow.set_tracking_uri(settings.tracking_uri())
     try:
-        probabilities = predict(f"models:/{name}/1", x_test)
+        probabilities = predict(f"models:/{name}/1", x_test, tmp_path)
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     labels = np.asarray(["benign", "malignant"])  # the classifier's classes_, alphabetical

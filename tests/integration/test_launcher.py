@@ -114,7 +114,7 @@ def last_line(text: str) -> str:
 # ------------------------------------------------------------------------------------------- good trainers
 
 
-def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup) -> None:
+def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup, tmp_path: Path) -> None:
     result = setup.launch(COMMAND_TRAINER, {"steps": 4})
 
     assert result.returncode == 0, result.stderr
@@ -143,7 +143,7 @@ def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup) -> None:
     assert "world_size" not in params  # one process
     assert params["stop_reason"] == tags["gpuflow.stop_reason"]
     # the model it names answers class probabilities for the dataset's rows
-    model = mlflow.pyfunc.load_model(tags["gpuflow.model_uri"])
+    model = mlflow.pyfunc.load_model(tags["gpuflow.model_uri"], dst_path=str(tmp_path))
     x, y = read_split(setup.dataset_uri, "val")
     accuracy = float((np.asarray(model.predict(x)).argmax(axis=1) == y).mean())
     run = setup.client().get_run(setup.run_id)
@@ -151,14 +151,15 @@ def test_command_trainer_is_relayed_checked_and_tagged(setup: Setup) -> None:
     # telemetry as the built-in trainer logs it: per step beside the figures, the whole launch at the end
     assert setup.steps("cumulative_gpu_seconds")[-1] == 4
     assert setup.steps("gpu.gpuflow_duration_seconds") == [4]
-    summary = json.loads(Path(setup.client().download_artifacts(setup.run_id, "telemetry/summary.json")).read_text())
+    downloaded = setup.client().download_artifacts(setup.run_id, "telemetry/summary.json", str(tmp_path))
+    summary = json.loads(Path(downloaded).read_text())
     assert summary["stage"] == "train" and "setup" in summary["segments"] and "finish" in summary["segments"]
     assert summary["run"]["duration_s"] > 0
     # the checkpoint folder was mirrored to the store
     assert json.loads((setup.store / "checkpoints" / "t1" / "state.json").read_text()) == {"step": 4}
 
 
-def test_sdk_entry_point_trains_torch_and_logs_pt2(setup: Setup) -> None:
+def test_sdk_entry_point_trains_torch_and_logs_pt2(setup: Setup, tmp_path: Path) -> None:
     result = setup.launch(entry_point(f"{SDK}:train_torch"), {"epochs": 3})
 
     assert result.returncode == 0, result.stderr
@@ -171,7 +172,7 @@ def test_sdk_entry_point_trains_torch_and_logs_pt2(setup: Setup) -> None:
     files = [f.path for f in setup.client().list_logged_model_artifacts(uri.split("/")[-1], "data")]
     assert any(path.endswith("model.pt2") for path in files), files  # exported, not pickled
     x, _ = read_split(setup.dataset_uri, "val")
-    assert np.asarray(mlflow.pyfunc.load_model(uri).predict(x[:7])).shape == (7, 10)
+    assert np.asarray(mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path)).predict(x[:7])).shape == (7, 10)
 
 
 def test_a_pt2_model_passes_the_checks_on_a_node_where_mlflow_predicts_on_cuda(setup: Setup) -> None:
@@ -188,11 +189,11 @@ def test_a_pt2_model_passes_the_checks_on_a_node_where_mlflow_predicts_on_cuda(s
     assert setup.tags()["gpuflow.model_uri"]
 
 
-def test_sdk_scikit_learn_estimator_answers_probabilities(setup: Setup) -> None:
+def test_sdk_scikit_learn_estimator_answers_probabilities(setup: Setup, tmp_path: Path) -> None:
     result = setup.launch(entry_point(f"{SDK}:train_sklearn"))
 
     assert result.returncode == 0, result.stderr
-    model = mlflow.pyfunc.load_model(setup.tags()["gpuflow.model_uri"])
+    model = mlflow.pyfunc.load_model(setup.tags()["gpuflow.model_uri"], dst_path=str(tmp_path))
     x, _ = read_split(setup.dataset_uri, "val")
     probabilities = np.asarray(model.predict(x[:4]))
     assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1.0)

@@ -49,7 +49,7 @@ def flow_run_logs(flow_run_id: UUID | None, expected: str, timeout: float = 20.0
 
 
 def test_train_flow_logs_a_model_that_classifies_digits_and_announces_it(
-    dataset_uri: str, monkeypatch: pytest.MonkeyPatch
+    dataset_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     since = datetime.now(UTC)
 
@@ -65,7 +65,7 @@ def test_train_flow_logs_a_model_that_classifies_digits_and_announces_it(
     assert 0 < trained.seconds < 120
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri())
-    model = mlflow.pytorch.load_model(trained.model_uri)
+    model = mlflow.pytorch.load_model(trained.model_uri, dst_path=str(tmp_path))
     x, y = read_split(dataset_uri, "val")
     with torch.no_grad():
         predicted = model(torch.tensor(x)).argmax(dim=1)
@@ -139,7 +139,7 @@ def test_a_regression_dataset_trains_a_regressor_tagged_with_its_task(
     assert run.data.tags["gpuflow.task"] == "regression" and "gpuflow.labels" not in run.data.tags
     assert run.data.params["task"] == "regression"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri())
-    model = mlflow.pytorch.load_model(trained.model_uri)
+    model = mlflow.pytorch.load_model(trained.model_uri, dst_path=str(tmp_path))
     with torch.no_grad():
         values = model(torch.from_numpy(x)).numpy()
     assert values.shape == (len(y), 1)

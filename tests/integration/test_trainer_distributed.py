@@ -131,7 +131,7 @@ def errors(stderr: str) -> list[str]:
 
 def model_accuracy(setup: Setup, model_uri: str, monkeypatch: pytest.MonkeyPatch) -> float:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", setup.tracking_uri)
-    model = mlflow.pytorch.load_model(model_uri)
+    model = mlflow.pytorch.load_model(model_uri, dst_path=str(setup.scratch))
     x, y = read_split(setup.dataset_uri, "val")
     with torch.no_grad():
         return float((model(torch.tensor(x)).argmax(dim=1) == torch.tensor(y)).float().mean().item())

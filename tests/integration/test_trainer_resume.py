@@ -104,7 +104,7 @@ def test_killed_trainer_resumes_from_its_checkpoint_without_repeating_an_epoch(
     assert kept == [f"epoch-000{e}.pt" for e in (4, 5, 6)]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", setup.tracking_uri)
-    model = mlflow.pytorch.load_model(run.data.tags["gpuflow.model_uri"])
+    model = mlflow.pytorch.load_model(run.data.tags["gpuflow.model_uri"], dst_path=str(setup.scratch))
     x, y = read_split(setup.dataset_uri, "val")
     with torch.no_grad():
         accuracy = (model(torch.tensor(x)).argmax(dim=1) == torch.tensor(y)).float().mean().item()
