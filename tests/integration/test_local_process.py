@@ -149,10 +149,12 @@ def temporary_folders(lines: list[str]) -> tuple[Path, Path]:
 def test_what_a_workload_leaves_in_its_temporary_directory_goes_with_it(tmp_path: Path, seconds: int) -> None:
     spec = workload(tmp_path, "litter", LEAVES_A_FOLDER, args=[str(seconds)])
     lines: list[str] = []
-    try:
-        LocalProcess(timeout_seconds=3, termination_grace_seconds=0.5).run_workload(spec, lines.append)
-    except WorkloadFailed as failed:
-        assert seconds and failed.reason == "timed out after 3s"
+    local = LocalProcess(timeout_seconds=3, termination_grace_seconds=0.5)
+    if seconds:
+        with pytest.raises(WorkloadFailed, match="timed out after 3s"):
+            local.run_workload(spec, lines.append)
+    else:
+        local.run_workload(spec, lines.append)
     tmpdir, left = temporary_folders(lines)
     assert tmpdir.name.startswith("gpuflow-litter-") and left.parent == tmpdir  # a folder of its own, as in a pod
     assert not tmpdir.exists()
