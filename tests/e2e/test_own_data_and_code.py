@@ -133,7 +133,8 @@ def test_the_digits_cnn_example_trains_images_on_the_sdk_and_earns_traffic_throu
     history = client.get_metric_history(first.train_run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(1, 16))  # every epoch once
     version = client.get_model_version("digits-cnn", "1")
-    model = mlflow.pytorch.load_model(version.source)  # the torch path: an exported CNN taking [N, 1, 8, 8]
+    # the torch path: an exported CNN taking [N, 1, 8, 8]
+    model = mlflow.pytorch.load_model(version.source, dst_path=str(tmp_path))
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
     second = ml_pipeline(**common, hyperparameters={"seed": 1})  # another CNN: it must earn its traffic

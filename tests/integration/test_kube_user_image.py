@@ -90,7 +90,7 @@ def run_train(setting: Setting, trainer: Path) -> State[Any]:
 
 
 def test_the_digits_cnn_image_trains_on_two_pods_and_logs_its_model_once(
-    setting: Setting, monkeypatch: pytest.MonkeyPatch
+    setting: Setting, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     services = setting[0]
 
@@ -115,7 +115,8 @@ def test_the_digits_cnn_image_trains_on_two_pods_and_logs_its_model_once(
     assert [m.split()[2] for m in logs if m.startswith("[0] epoch ")] == ["1/2", "2/2"]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", services.tracking.uri)
-    model = mlflow.pytorch.load_model(trained.model_uri)  # the torch path: the exported CNN on [N, 1, 8, 8]
+    # the torch path: the exported CNN on [N, 1, 8, 8]
+    model = mlflow.pytorch.load_model(trained.model_uri, dst_path=str(tmp_path))
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
