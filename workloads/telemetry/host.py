@@ -97,7 +97,8 @@ class HostProbe:
         cpu_pct = None
         busy, total = _busy_total(psutil.cpu_times())
         if self._last_cpu is not None and total > self._last_cpu[1]:
-            cpu_pct = 100.0 * (busy - self._last_cpu[0]) / (total - self._last_cpu[1])
+            # clamped: on a fully busy host float rounding of the tick sums gave 100.00000000364
+            cpu_pct = min(100.0, max(0.0, 100.0 * (busy - self._last_cpu[0]) / (total - self._last_cpu[1])))
         self._last_cpu = (busy, total)
         cpu_s, rss = 0.0, 0
         for proc in list(self._procs.values()):
