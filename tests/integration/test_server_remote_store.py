@@ -27,7 +27,7 @@ def test_the_downloaded_model_is_removed_when_the_server_stops(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
-    served = start(mlflow_server.url, "--model-uri", model_uri, env={"TMPDIR": str(scratch)})
+    served = start(mlflow_server.url, "--model-uri", model_uri, extra_env={"TMPDIR": str(scratch)})
     try:
         served.wait_for(r"ready: model=")
         downloads = sorted(p.name for p in scratch.iterdir())
