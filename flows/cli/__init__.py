@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 from flows.cli.arguments import EXIT_USAGE
@@ -56,12 +57,30 @@ def _configure_logging() -> None:
             handler.addFilter(tidy)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _GpuflowParser(argparse.ArgumentParser):
+    """Keeps its subcommands, so that an unknown option is reported with the usage of its command."""
+
+    commands: argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Plain argparse hands a command's unknown options back to the top level, whose error shows only
+    ``gpuflow [-h] COMMAND ...``: no help for someone who mistyped one of ``gpuflow report``'s options."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def build_parser() -> _GpuflowParser:
+    parser = _GpuflowParser(
         prog="gpuflow",
         description="Event-driven GPU ML pipelines on Prefect, Kubernetes and MLflow.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     add_run_parser(commands)
     add_serve_parser(commands)
     add_report_parser(commands)
@@ -103,7 +122,7 @@ def _exit_on_another_interrupt() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     quiet_environment()  # a successful run's output free of noise that is not ours to show
     if args.command == "serve":
         from flows.cli.serve_command import serve_command
