@@ -6,7 +6,7 @@ malignant / benign: the kind of file a team brings. Nothing is downloaded.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -24,4 +24,10 @@ def main(folder: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1] if len(sys.argv) > 1 else ".")))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "folder", nargs="?", type=Path, default=Path("."), help="where to write breast_cancer.csv (default: here)"
+    )
+    folder = parser.parse_args().folder
+    folder.mkdir(parents=True, exist_ok=True)
+    print(main(folder))

@@ -6,7 +6,7 @@ dataset.yaml reads the 64 columns as one ``[1, 8, 8]`` image tensor. Nothing is 
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from sklearn.datasets import load_digits
@@ -23,4 +23,10 @@ def main(folder: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1] if len(sys.argv) > 1 else ".")))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "folder", nargs="?", type=Path, default=Path("."), help="where to write digits.csv (default: here)"
+    )
+    folder = parser.parse_args().folder
+    folder.mkdir(parents=True, exist_ok=True)
+    print(main(folder))
