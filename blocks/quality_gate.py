@@ -132,9 +132,14 @@ def resolve_gate(name: str | None) -> QualityGate:
     is given; an invalid file or saved block is a ConfigurationError naming its fields."""
     if not name:
         return QualityGate()
-    if name.strip().lower().endswith(GATE_FILE_SUFFIXES):
+    if names_gate_file(name):
         return gate_from_file(name.strip())
     return load_saved(QualityGate, name)
+
+
+def names_gate_file(name: str) -> bool:
+    """Whether ``--gate`` names a file (by its suffix) rather than a saved block."""
+    return name.strip().lower().endswith(GATE_FILE_SUFFIXES)
 
 
 def gate_from_file(ref: str) -> QualityGate:

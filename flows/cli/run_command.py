@@ -178,11 +178,13 @@ def _print_result(result: Any, as_json: bool) -> None:
 
 
 def refuse_early(args: argparse.Namespace) -> int | None:
-    """What ``gpuflow run`` can refuse before any server boots or torch loads: a bad --data, a hopeless canary.
+    """What ``gpuflow run`` can refuse before any server boots or torch loads: a bad --data, --trainer or --gate
+    file, a hopeless canary.
 
     The same checks (and messages) as the flows, which still run them all: the file exists, is not empty and
-    its header has the schema's columns; the default canary policy can collect ``min_requests`` at step 1.
-    A named policy block is checked by ``ml_pipeline`` before any work (loading it needs the Prefect API).
+    its header has the schema's columns; a trainer or gate file exists and declares valid fields; the default
+    canary policy can collect ``min_requests`` at step 1. Named blocks (policy, trainer, gate) are checked by
+    ``ml_pipeline`` before any work (loading them needs the Prefect API).
     """
     from tasks.core.errors import GpuflowError
     from tasks.core.spec_files import looks_like_file
@@ -191,6 +193,11 @@ def refuse_early(args: argparse.Namespace) -> int | None:
     try:
         if not args.trainer or looks_like_file(args.trainer):  # a block name is loaded once the API is up
             resolve_trainer(args.trainer).with_overrides(hyperparameter_overrides(args))
+        if args.gate:
+            from blocks.quality_gate import gate_from_file, names_gate_file
+
+            if names_gate_file(args.gate):
+                gate_from_file(args.gate.strip())
         if args.dataset_spec:
             from tasks.data.spec import quick_check_spec
 

@@ -73,6 +73,20 @@ def test_a_bad_trainer_spec_or_hyperparameter_is_refused_before_any_server_start
         assert tracebacks(run) == [] and not server_log(tmp_path).exists() and leftovers(tmp_path) == []
 
 
+def test_a_missing_or_invalid_gate_file_is_refused_before_any_server_starts(tmp_path: Path) -> None:
+    invalid = tmp_path / "gate.yaml"
+    invalid.write_text("rules:\n  - metric: accuracy\n    minimum: 0.9\n")
+    cases = {
+        tmp_path / "missing.yaml": f"quality gate file {tmp_path / 'missing.yaml'} does not exist",
+        invalid: f"quality gate file {invalid} is not valid: rules.0.minimum: Extra inputs are not permitted",
+    }
+    for gate, message in cases.items():
+        run = gpuflow(tmp_path, "run", "--gate", str(gate), timeout=60)
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.strip().splitlines()[-1] == f"gpuflow: error: {message}"
+        assert tracebacks(run) == [] and not server_log(tmp_path).exists() and leftovers(tmp_path) == []
+
+
 def test_a_failure_while_the_server_is_still_booting_stops_it(tmp_path: Path) -> None:
     """The leak race, provoked: loading fails right after the server process started, long before it answers."""
     script = textwrap.dedent(
