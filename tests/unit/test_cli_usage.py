@@ -31,3 +31,15 @@ def test_an_unknown_command_still_lists_the_commands(capsys: pytest.CaptureFixtu
         main(["nosuch"])
     assert exited.value.code == 2
     assert "invalid choice: 'nosuch' (choose from 'run', 'serve'," in capsys.readouterr().err
+
+
+def test_serve_refuses_a_model_uri_of_the_wrong_shape_as_its_own_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "gpuflow-digits@champion"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: gpuflow serve [-h]")
+    last = err.rstrip().splitlines()[-1]
+    assert last.startswith("gpuflow serve: error: argument MODEL_URI: unsupported model URI 'gpuflow-digits@champion'")

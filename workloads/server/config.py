@@ -22,6 +22,26 @@ EXIT_UNAVAILABLE = 3  # MLflow or the artifact store could not be reached: retry
 EXIT_LISTEN = 4  # cannot listen on --host/--port (address in use, permission)
 
 ENV_PREFIX = "GPUFLOW_SERVER_"
+MODEL_URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model id> or runs:/<run id>/<path>"
+
+
+def model_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot name a model, by its shape alone (no MLflow needed), or None when it can."""
+    if uri.startswith("runs:/"):
+        return None
+    if not uri.startswith("models:/"):
+        return f"unsupported model URI {uri!r}: expected {MODEL_URI_FORMS}"
+    rest = uri.removeprefix("models:/")
+    if "@" not in rest and "/" not in rest and not rest.startswith("m-"):
+        return f"model URI {uri!r} names no version or alias: expected {MODEL_URI_FORMS}"
+    return None
+
+
+def model_uri_argument(uri: str) -> str:
+    """``--model-uri``'s type: a URI of the wrong shape is a usage error before the server listens or imports MLflow."""
+    if (problem := model_uri_problem(uri)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return uri
 
 
 @dataclass(frozen=True)
@@ -83,11 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         variable = _variable(flag)
         parser.add_argument(flag, default=default, help=f"{help_text} [env {variable}; default %(default)s]", **kwargs)
 
-    add(
-        "--model-uri",
-        "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id> or runs:/<run>/<path>",
-        required=True,
-    )
+    add("--model-uri", MODEL_URI_FORMS, required=True, type=model_uri_argument)
     add("--tracking-uri", "MLflow tracking (and registry) URI; else MLFLOW_TRACKING_URI")
     add("--host", "address to listen on (0.0.0.0 in a pod)", defaults.host)
     add("--port", "TCP port; 0 picks a free one (logged)", defaults.port, type=_bounded(int, 0, 65535))

@@ -26,14 +26,13 @@ from urllib.parse import urlparse
 import numpy as np
 
 from workloads.mlflow_errors import is_not_found
-from workloads.server.config import EXIT_UNAVAILABLE, EXIT_USAGE
+from workloads.server.config import EXIT_UNAVAILABLE, EXIT_USAGE, model_uri_problem
 from workloads.server.errors import ModelLoadError
 from workloads.server.inputs import InputSpec, example_rows, input_spec
 from workloads.tags import TAG_LABELS, TAG_TASK
 
 log = logging.getLogger(__name__)
 
-_URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model id> or runs:/<run id>/<path>"
 TASKS = ("classification", "regression")
 
 
@@ -108,14 +107,14 @@ def _with_run(
 
 
 def _resolve(client: Any, uri: str) -> ModelSource:
+    if (problem := model_uri_problem(uri)) is not None:
+        raise ModelLoadError(problem, EXIT_USAGE)
     if uri.startswith("runs:/"):
         run_id, _, path = uri.removeprefix("runs:/").partition("/")
         run = client.get_run(run_id)
         location = run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
         labels, task = _described(run.data.tags, f"MLflow run {run_id}")
         return ModelSource(uri, f"run-{run_id}", run_id, location, run_id, labels, task=task or "classification")
-    if not uri.startswith("models:/"):
-        raise ModelLoadError(f"unsupported model URI {uri!r}: expected {_URI_FORMS}", EXIT_USAGE)
     rest = uri.removeprefix("models:/")
     alias = None
     if "@" in rest:
@@ -123,8 +122,6 @@ def _resolve(client: Any, uri: str) -> ModelSource:
         version = str(client.get_model_version_by_alias(name, alias).version)
     elif "/" in rest:
         name, _, version = rest.partition("/")
-    elif not rest.startswith("m-"):
-        raise ModelLoadError(f"model URI {uri!r} names no version or alias: expected {_URI_FORMS}", EXIT_USAGE)
     else:  # models:/m-<id>: a logged model outside the registry
         logged = client.get_logged_model(rest)
         labels, task = _with_run(client, logged.source_run_id, *_described(logged.tags, f"logged model {rest}"))
