@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -31,6 +30,7 @@ from tasks.core.errors import GateFailed
 from tasks.rollout.canary_report import artifact_key
 from tasks.tracking.events import MODEL_PROMOTED, MODEL_ROLLED_BACK
 from tests.fixtures.flow_env import mlflow_db_template  # noqa: F401
+from tests.fixtures.model_server import assert_no_server_left, live_servers
 from tests.fixtures.models import (
     RolloutHome,
     aliases,
@@ -67,26 +67,10 @@ def home(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> 
         yield made
 
 
-def _server_processes() -> list[str]:
-    """Command lines of live model servers started (directly or not) by this test process."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            command = " ".join(child.cmdline())
-            if child.status() != psutil.STATUS_ZOMBIE and ("workloads.server" in command or "bad_servers" in command):
-                found.append(command)
-        except psutil.Error:  # exited while we looked
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_server_outlives_the_test() -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 5
-    while (left := _server_processes()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == [], f"server processes outlived the rollout: {left}"
+    assert_no_server_left()
 
 
 @pytest.fixture
@@ -315,7 +299,7 @@ def test_a_rollout_that_times_out_leaves_no_server_running(home: RolloutHome, mo
 
     def watch() -> None:
         while not done.wait(0.2):
-            seen.append(len(_server_processes()))
+            seen.append(len(live_servers()))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

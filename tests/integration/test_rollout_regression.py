@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import pytest
 
 from blocks.canary_policy import CanaryPolicy
@@ -23,6 +22,7 @@ from flows.evaluate import evaluate
 from flows.rollout import rollout
 from tasks.core import settings
 from tasks.core.errors import ConfigurationError
+from tests.fixtures.model_server import assert_no_server_left, live_servers
 from tests.fixtures.models import aliases, champion_and_challenger
 from tests.fixtures.spec_data import diabetes_csv, diabetes_spec, publish_by_spec
 from tests.fixtures.task_models import log_diabetes_regressor
@@ -66,24 +66,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegressionHome]:
         yield RegressionHome(dataset, good, worse)
 
 
-def _servers() -> list[str]:
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "workloads.server" in " ".join(child.cmdline()):
-                found.append(" ".join(child.cmdline()))
-        except psutil.Error:
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_server_outlives_the_test() -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 5
-    while (left := _servers()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == [], f"server processes outlived the rollout: {left}"
+    assert_no_server_left()
 
 
 @pytest.fixture
@@ -136,7 +122,7 @@ def test_a_classification_threshold_on_a_regression_model_is_refused_before_any_
     with pytest.raises(ConfigurationError, match=r"sets min_accuracy=0\.8, which only applies to classification"):
         rollout(model_name=model_name, dataset_uri=home.dataset_uri, policy=policy)
 
-    assert time.monotonic() - started < 30 and _servers() == []
+    assert time.monotonic() - started < 30 and live_servers() == []
     assert aliases(model_name) == {"champion": champion, "challenger": "2"}
 
 
