@@ -25,6 +25,7 @@ itself is :class:`flows.prefect_process.TemporaryPrefectServer`; this module dec
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import threading
@@ -132,8 +133,21 @@ def deliver_events_and_logs() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    EventsWorker.drain_all(timeout=10)
-    APILogWorker.drain_all(timeout=10)
+    for worker in (EventsWorker, APILogWorker):
+        _quiet_while_draining(logging.getLogger(worker.__name__))
+        worker.drain_all(timeout=10)
+
+
+def _still_processing(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Still processing items")
+
+
+def _quiet_while_draining(logger: logging.Logger) -> None:
+    """Drop a worker's "Still processing items: N items remaining..." warning: Prefect logs it whenever a worker
+    is stopped with items queued, which is what a drain is for (every `gpuflow report` printed one). Its other
+    warnings (a full queue dropping items) still show."""
+    if _still_processing not in logger.filters:
+        logger.addFilter(_still_processing)
 
 
 _slot_guard = threading.Lock()

@@ -1,4 +1,5 @@
-"""``gpuflow run --json`` end to end, as a newcomer runs it: a real process, an empty home, no servers."""
+"""``gpuflow run --json`` and the report of its run, end to end, as a newcomer runs them: a real process, an empty home,
+no servers."""
 
 from __future__ import annotations
 
@@ -92,6 +93,20 @@ def test_successful_run_prints_no_warnings_errors_or_tracebacks(first_run: subpr
 def test_successful_run_leaves_no_process_behind(home: Path, first_run: subprocess.CompletedProcess[str]) -> None:
     assert first_run.returncode == 0
     assert len(announced_ports(home)) == 1  # gpuflow's own temporary Prefect server, stopped before it exited
+    assert leftovers(home) == []
+
+
+def test_the_report_of_the_first_run_is_written_and_prints_nothing_noisy(
+    home: Path, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    assert first_run.returncode == 0
+    run_id = last_json(first_run.stdout)["pipeline_run_id"]
+    out = home / "report"
+    report = gpuflow(home, "report", run_id, "--out", str(out), timeout=180)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"report of run {run_id}" in report.stdout
+    assert (out / "report.md").read_text().startswith(f"# gpuflow report: pipeline run {run_id}")
+    assert noisy_lines(report) == []  # Prefect's workers, drained at the end, once warned "Still processing items"
     assert leftovers(home) == []
 
 
