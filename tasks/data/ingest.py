@@ -23,6 +23,7 @@ from workloads.store import ObjectStore, StoreError, is_s3, local_path, split_s3
 
 _CHUNK = 8 * 1024 * 1024
 _PARQUET_MAGIC = b"PAR1"
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")  # the raw data formats prepare reads, by extension
 
 
 def normalize_uri(uri: str) -> str:
@@ -132,9 +133,7 @@ def _spool_s3(uri: str, store: ObjectStore, dest: Path) -> tuple[str, int]:
 def detect_format(uri: str, path: Path) -> Format:
     """By extension (.csv, .parquet/.pq); otherwise by Parquet's magic bytes."""
     name = uri.lower().rsplit("/", 1)[-1]
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
+    if name.endswith(DATA_SUFFIXES):
+        return "csv" if name.endswith(".csv") else "parquet"
     with path.open("rb") as handle:
         return "parquet" if handle.read(4) == _PARQUET_MAGIC else "csv"

@@ -28,7 +28,7 @@ from tasks.core.dataset_spec import (
 from tasks.core.errors import DataNotFoundError, DataValidationError
 from tasks.core.spec_files import looks_like_file, read_spec_file
 from tasks.data.conform import conform, split_rows
-from tasks.data.ingest import detect_format, normalize_uri, open_raw
+from tasks.data.ingest import DATA_SUFFIXES, detect_format, normalize_uri, open_raw
 from tasks.data.parts import Parts, is_pattern, local_parts, open_parts
 from tasks.data.publishing import (
     Log,
@@ -65,6 +65,11 @@ def resolve_spec(ref: SpecRef) -> DatasetSpec | None:
         return None
     if looks_like_file(text):
         path, content = read_spec_file(text, "dataset spec", SpecError)
+        if path.suffix.lower() in DATA_SUFFIXES:
+            raise SpecError(
+                f"dataset spec {path} is a data file, not a spec: a spec is YAML or JSON "
+                f"(`gpuflow spec infer {path}` writes one to start from)"
+            )
         return parse_spec_text(content, f"dataset spec {path}")
     from blocks.dataset_spec import load_spec_block
 

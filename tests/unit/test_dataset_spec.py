@@ -144,3 +144,15 @@ def test_yaml_and_json_files_load_and_a_missing_file_is_named(tmp_path: Path) ->
         parse_spec_text("columns: [", "x.yaml")
     with pytest.raises(SpecError, match="expected a mapping"):
         parse_spec_text("- 1\n- 2\n")
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet", "DATA.PQ"])
+def test_a_data_file_given_as_the_spec_is_named_as_such(name: str, tmp_path: Path) -> None:
+    data = tmp_path / name
+    data.write_text("x,y\n1,2\n")
+    with pytest.raises(SpecError) as refused:
+        resolve_spec(str(data))
+    assert str(refused.value) == (
+        f"dataset spec {data} is a data file, not a spec: a spec is YAML or JSON "
+        f"(`gpuflow spec infer {data}` writes one to start from)"
+    )
