@@ -134,7 +134,7 @@ def deliver_events_and_logs() -> None:
     from prefect.logging.handlers import APILogWorker
 
     for worker in (EventsWorker, APILogWorker):
-        _quiet_while_draining(logging.getLogger(worker.__name__))
+        _drop_drain_warning(logging.getLogger(worker.__name__))
         worker.drain_all(timeout=10)
 
 
@@ -142,10 +142,10 @@ def _still_processing(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Still processing items")
 
 
-def _quiet_while_draining(logger: logging.Logger) -> None:
-    """Drop a worker's "Still processing items: N items remaining..." warning: Prefect logs it whenever a worker
-    is stopped with items queued, which is what a drain is for (every `gpuflow report` printed one). Its other
-    warnings (a full queue dropping items) still show."""
+def _drop_drain_warning(logger: logging.Logger) -> None:
+    """From now on, drop a worker's "Still processing items: N items remaining..." warning: Prefect logs it only
+    when a worker is stopped with items queued, which is what a drain is for (every `gpuflow report` printed one).
+    Its other warnings (a full queue dropping items) still show."""
     if _still_processing not in logger.filters:
         logger.addFilter(_still_processing)
 
