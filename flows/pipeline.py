@@ -25,9 +25,9 @@ from flows.prefect_server import own_prefect_ephemeral_server
 from flows.prepare import prepare
 from flows.rollout import resolve_serving, rollout
 from flows.train import train
-from tasks.core import settings
 from tasks.core.dataset_spec import DatasetSpec
 from tasks.core.errors import GateFailed, ModelRejected, RolledBack
+from tasks.data.naming import dataset_name_for, model_name_for
 from tasks.evaluation.gate import check_gate_for_task
 from tasks.reporting.stage_telemetry import pipeline_gpu_and_cost
 from tasks.tracking import runs
@@ -77,8 +77,8 @@ class PipelineResult(BaseModel):
 @flow(name="ml_pipeline", log_prints=False)
 def ml_pipeline(
     data_uri: str = "demo",
-    dataset_name: str = settings.DEFAULT_DATASET_NAME,
-    model_name: str = settings.DEFAULT_MODEL_NAME,
+    dataset_name: str | None = None,
+    model_name: str | None = None,
     epochs: int = 20,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -107,8 +107,9 @@ def ml_pipeline(
 
     Args:
         data_uri: Raw data (CSV or Parquet): a path, file://, s3://bucket/key, or "demo" for the bundled digits.
-        dataset_name: Name of the prepared dataset under <store>/datasets/.
-        model_name: Registered model name in MLflow.
+        dataset_name: Name of the prepared dataset under <store>/datasets/; empty: the data file's name without its
+            suffix (a pattern's folder name), "digits" for the demo.
+        model_name: Registered model name in MLflow; empty: "gpuflow-<dataset name>".
         epochs: Training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
@@ -138,6 +139,8 @@ def ml_pipeline(
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    dataset_name = dataset_name or dataset_name_for(data_uri)  # a team's own file is never published as "digits"
+    model_name = model_name or model_name_for(dataset_name)
     tracking_cfg = resolve_tracking(tracking)
     prices = resolve_pricing(pricing)  # a bad block name fails before any work
     if promote_on_pass:

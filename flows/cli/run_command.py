@@ -28,9 +28,13 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help="raw CSV/Parquet: a file (path, file://, s3://bucket/key), a glob of parts ('data/*.csv', quoted), "
         "an S3 prefix of parts (s3://bucket/raw/), or 'demo'",
     )
-    run.add_argument("--dataset-name", default=None, help="prepared dataset name (default: digits)")
+    run.add_argument(
+        "--dataset-name",
+        default=None,
+        help="prepared dataset name (default: the data file's name; digits for the demo)",
+    )
     run.add_argument("--dataset-spec", metavar="FILE|BLOCK", help="dataset spec: YAML/JSON file or saved block name")
-    run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-digits)")
+    run.add_argument("--model-name", default=None, help="registered model name (default: gpuflow-<dataset name>)")
     add_trainer_options(run)
     run.add_argument(
         "--trainer",

@@ -114,9 +114,11 @@ def test_worse_model_fails_the_gate_and_champion_stays(home: Path, first_run: su
     assert first_run.returncode == 0
     raw = home / "shuffled.csv"
     write_shuffled_digits(raw)
-    second = gpuflow(home, "run", "--data", str(raw), "--epochs", "1", "--json")
+    # the same model name, so the worse version meets the champion; the dataset is named after its file
+    second = gpuflow(home, "run", "--data", str(raw), "--model-name", "gpuflow-digits", "--epochs", "1", "--json")
     assert second.returncode == 3, second.stderr[-3000:]
     result = last_json(second.stdout)
+    assert result["dataset_name"] == "shuffled"
     assert result["gate"]["passed"] is False
     assert any("accuracy" in reason for reason in result["gate"]["reasons"])
     assert result["model_version"] == "2"

@@ -160,17 +160,15 @@ def test_breast_cancer_runs_through_the_pipeline_and_a_gate_a_regression_cannot_
     from tasks.core.errors import ConfigurationError
 
     spec = write_spec(tmp_path, breast_cancer_spec())
-    result = ml_pipeline(
+    result = ml_pipeline(  # no names: the dataset and the model are named after the file
         data_uri=str(breast_cancer_csv(tmp_path)),
-        dataset_name="breast-cancer",
-        model_name="breast-cancer",
         dataset_spec=str(spec),
         epochs=8,
         device="cpu",
         promote_on_pass=False,
     )
     assert isinstance(result, PipelineResult)
-    assert result.dataset_name == "breast-cancer"
+    assert (result.dataset_name, result.model_name) == ("breast_cancer", "gpuflow-breast_cancer")
     assert result.metrics["accuracy"] > 0.85  # standardisation is the model's job; raw features still separate
 
     regression = write_spec(tmp_path, diabetes_spec(), "diabetes.yaml")
