@@ -26,7 +26,7 @@ from tasks.core.dataset_spec import (
     spec_from_data,
 )
 from tasks.core.errors import DataNotFoundError, DataValidationError
-from tasks.core.spec_files import looks_like_file, read_spec_file
+from tasks.core.spec_files import looks_like_file, read_spec_file, spec_path
 from tasks.data.conform import conform, split_rows
 from tasks.data.ingest import DATA_SUFFIXES, detect_format, normalize_uri, open_raw
 from tasks.data.parts import Parts, is_pattern, local_parts, open_parts
@@ -64,12 +64,12 @@ def resolve_spec(ref: SpecRef) -> DatasetSpec | None:
     if not text:
         return None
     if looks_like_file(text):
-        path, content = read_spec_file(text, "dataset spec", SpecError)
-        if path.suffix.lower() in DATA_SUFFIXES:
+        if (path := spec_path(text)).suffix.lower() in DATA_SUFFIXES:  # refused unread: it may be gigabytes
             raise SpecError(
                 f"dataset spec {path} is a data file, not a spec: a spec is YAML or JSON "
                 f"(`gpuflow spec infer {path}` writes one to start from)"
             )
+        path, content = read_spec_file(text, "dataset spec", SpecError)
         return parse_spec_text(content, f"dataset spec {path}")
     from blocks.dataset_spec import load_spec_block
 

@@ -156,3 +156,5 @@ def test_a_data_file_given_as_the_spec_is_named_as_such(name: str, tmp_path: Pat
         f"dataset spec {data} is a data file, not a spec: a spec is YAML or JSON "
         f"(`gpuflow spec infer {data}` writes one to start from)"
     )
+    with pytest.raises(SpecError, match="is a data file, not a spec"):  # told by its name, before any read
+        resolve_spec(str(tmp_path / "absent" / name))
